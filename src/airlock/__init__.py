@@ -1,0 +1,1 @@
+"""airlock: sandboxes that reach exactly the GitHub repositories they were granted."""

@@ -1,0 +1,180 @@
+"""The gateway's configuration file (TOML), validated with pydantic.
+
+An unknown key or a bad value stops start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from airlock.core.durations import parse_duration
+from airlock.core.hostnames import InvalidHostname, normalize_hostname
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who edits the file."""
+
+
+def _duration(v: Any) -> Any:
+    if isinstance(v, str):
+        return parse_duration(v)
+    return v
+
+
+Duration = Annotated[int, BeforeValidator(_duration), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{v!r} must be ADDRESS:PORT, e.g. 127.0.0.1:8443")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{v!r}: {host!r} is not an IP address") from None
+    return v
+
+
+class GatewayConfig(_Strict):
+    state_dir: Path = Path("/var/lib/airlock")
+    control_socket: Path = Path("/run/airlock/control.sock")
+    git_listen: str = "127.0.0.1:8443"
+    public_name: str = "airlock.internal"
+    control_uids: list[int] = Field(default_factory=lambda: [0])
+    audit_log: Path | None = None  # JSON lines; stdout when unset
+
+    @field_validator("git_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _check_listen(v)
+
+    @field_validator("public_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return normalize_hostname(v)
+        except InvalidHostname as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def git_host(self) -> str:
+        return self.git_listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def git_port(self) -> int:
+        return int(self.git_listen.rpartition(":")[2])
+
+
+class SessionDefaults(_Strict):
+    idle_timeout: Duration = 3600
+    lifetime: Duration = 8 * 3600
+    max_lifetime: Duration = 24 * 3600  # the longest --ttl anyone may ask for
+    max_requests: int = Field(default=20_000, gt=0)
+    max_bytes: int = Field(default=20 * 1024**3, gt=0)
+
+
+class GitProxyConfig(_Strict):
+    max_request_body: int = Field(default=2 * 1024**3, gt=0)  # push packs
+    max_upload_pack_body: int = Field(default=64 * 1024**2, gt=0)  # fetch negotiation
+    connect_timeout: Duration = 15
+    idle_timeout: Duration = 120  # no byte either way for this long ends the request
+    total_timeout: Duration = 3600
+    chunk_size: int = Field(default=256 * 1024, ge=4096, le=4 * 1024**2)
+
+
+class UpstreamConfig(_Strict):
+    host: str
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            return normalize_hostname(v)
+        except InvalidHostname as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "https":
+            raise ValueError(f"{v!r}: upstreams are reached over https only")
+        if parts.username or parts.password:
+            raise ValueError(f"{v!r}: credentials in the URL are not allowed; use token_file")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{v!r}: no query or fragment allowed")
+        if not parts.hostname:
+            raise ValueError(f"{v!r}: no host name")
+        return v.rstrip("/")
+
+
+class Config(_Strict):
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    sessions: SessionDefaults = Field(default_factory=SessionDefaults)
+    git: GitProxyConfig = Field(default_factory=GitProxyConfig)
+    upstream: list[UpstreamConfig] = Field(min_length=1)
+
+    @field_validator("upstream")
+    @classmethod
+    def _unique(cls, v: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        seen: set[str] = set()
+        for u in v:
+            if u.host in seen:
+                raise ValueError(f"upstream host {u.host} is listed twice")
+            seen.add(u.host)
+        return v
+
+    @property
+    def upstream_hosts(self) -> frozenset[str]:
+        return frozenset(u.host for u in self.upstream)
+
+    def upstream_for(self, host: str) -> UpstreamConfig | None:
+        for u in self.upstream:
+            if u.host == host:
+                return u
+        return None
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the README for the keys)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg.removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: Path) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)

@@ -1,0 +1,208 @@
+"""Session lifecycle: a pure state machine, time passed in, no I/O.
+
+A session is created by the host side, optionally waits for activation (the host has
+verified the container that will use it), serves authenticated requests, and ends when it
+is revoked, expires (idle or absolute), or reaches a usage cap. Only a successful,
+authenticated git request extends the idle deadline; nothing extends the absolute one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from airlock.core.grants import Access, Grant
+
+
+class SessionState(StrEnum):
+    PENDING = "pending"  # created, waiting for the host to bind it to a verified container
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class Refusal(StrEnum):
+    """Why a request on a session is refused; goes to the audit log, never to the client."""
+
+    UNKNOWN_SESSION = "unknown_session"
+    WRONG_CERTIFICATE = "wrong_certificate"
+    NOT_ACTIVATED = "not_activated"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    IDLE_TIMEOUT = "idle_timeout"
+    REQUEST_CAP = "request_cap"
+    BYTE_CAP = "byte_cap"
+    WRONG_SOURCE = "wrong_source"
+    WRONG_NETWORK = "wrong_network"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a session may be used from, as verified by the host through the Docker API."""
+
+    container_id: str
+    network: str
+    address: str  # the sandbox's own address on its network
+    gateway_address: str | None = None  # the gateway's address on that network
+
+
+@dataclass(frozen=True)
+class Limits:
+    idle_timeout: int  # seconds
+    lifetime: int  # seconds, absolute
+    max_requests: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    grants: tuple[Grant, ...]
+    created_at: float
+    expires_at: float
+    idle_timeout: int
+    last_used: float
+    max_requests: int
+    max_bytes: int
+    state: SessionState = SessionState.ACTIVE
+    bind_ip: str | None = None
+    binding: Binding | None = None
+    allow_hosts: tuple[str, ...] = ()
+    cert_fingerprint: str | None = None  # sha256 hex of the one client certificate accepted
+    requests: int = 0
+    bytes: int = 0
+    revoked_reason: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def idle_deadline(self) -> float:
+        return min(self.last_used + self.idle_timeout, self.expires_at)
+
+    def access(self, host: str, owner: str, repo: str) -> Access | None:
+        from airlock.core.grants import access_for
+
+        return access_for(self.grants, host, owner, repo)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["grants"] = [str(g) for g in self.grants]
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any], upstream_hosts: frozenset[str] | None = None) -> Session:
+        d = dict(d)
+        grants = []
+        for g in d.pop("grants"):
+            target, _, access = g.rpartition(":")
+            host, owner, repo = target.split("/")
+            grants.append(Grant(host=host, owner=owner, repo=repo, access=Access(access)))
+        binding = d.pop("binding")
+        return Session(
+            grants=tuple(grants),
+            binding=Binding(**binding) if binding else None,
+            state=SessionState(d.pop("state")),
+            allow_hosts=tuple(d.pop("allow_hosts")),
+            **d,
+        )
+
+
+def new_session_id() -> str:
+    return "s-" + secrets.token_hex(16)
+
+
+def create_session(
+    *,
+    grants: tuple[Grant, ...],
+    now: float,
+    limits: Limits,
+    bind_ip: str | None = None,
+    require_activation: bool = False,
+    allow_hosts: tuple[str, ...] = (),
+    labels: dict[str, str] | None = None,
+) -> Session:
+    return Session(
+        id=new_session_id(),
+        grants=grants,
+        created_at=now,
+        expires_at=now + limits.lifetime,
+        idle_timeout=limits.idle_timeout,
+        last_used=now,
+        max_requests=limits.max_requests,
+        max_bytes=limits.max_bytes,
+        state=SessionState.PENDING if require_activation else SessionState.ACTIVE,
+        bind_ip=bind_ip,
+        allow_hosts=allow_hosts,
+        labels=dict(labels or {}),
+    )
+
+
+def check_usable(
+    s: Session,
+    *,
+    now: float,
+    source_ip: str,
+    cert_fingerprint: str | None,
+    local_ip: str | None = None,
+) -> Refusal | None:
+    """Return why ``s`` may not serve a request now from ``source_ip``, or None if it may."""
+    if s.state is SessionState.REVOKED:
+        return Refusal.REVOKED
+    if s.cert_fingerprint is not None and cert_fingerprint != s.cert_fingerprint:
+        return Refusal.WRONG_CERTIFICATE
+    if now >= s.expires_at:
+        return Refusal.EXPIRED
+    if now >= s.last_used + s.idle_timeout:
+        return Refusal.IDLE_TIMEOUT
+    if s.state is SessionState.PENDING:
+        return Refusal.NOT_ACTIVATED
+    if s.bind_ip is not None and source_ip != s.bind_ip:
+        return Refusal.WRONG_SOURCE
+    if s.binding is not None:
+        if source_ip != s.binding.address:
+            return Refusal.WRONG_SOURCE
+        # The connection must arrive on the gateway's address on the sandbox's own network.
+        gw = s.binding.gateway_address
+        if gw is not None and local_ip != gw:
+            return Refusal.WRONG_NETWORK
+    if s.requests >= s.max_requests:
+        return Refusal.REQUEST_CAP
+    if s.bytes >= s.max_bytes:
+        return Refusal.BYTE_CAP
+    return None
+
+
+def begin_request(s: Session) -> Session:
+    """Count a request against the cap; callers check :func:`check_usable` first."""
+    return dataclasses.replace(s, requests=s.requests + 1)
+
+
+def finish_request(s: Session, *, now: float, nbytes: int, success: bool) -> Session:
+    """Account bytes; only a successful request extends the idle deadline."""
+    return dataclasses.replace(
+        s,
+        bytes=s.bytes + nbytes,
+        last_used=now if success else s.last_used,
+    )
+
+
+def activate(s: Session, binding: Binding) -> Session:
+    if s.state is not SessionState.PENDING:
+        raise ValueError(f"session {s.id} is {s.state.value}, not pending")
+    return dataclasses.replace(s, state=SessionState.ACTIVE, binding=binding)
+
+
+def revoke(s: Session, reason: str) -> Session:
+    if s.state is SessionState.REVOKED:
+        return s
+    return dataclasses.replace(s, state=SessionState.REVOKED, revoked_reason=reason)
+
+
+def renew_certificate(s: Session, fingerprint: str) -> Session:
+    return dataclasses.replace(s, cert_fingerprint=fingerprint)
+
+
+def is_finished(s: Session, now: float) -> bool:
+    """True when no request can ever succeed again (for cleanup)."""
+    return s.state is SessionState.REVOKED or now >= s.expires_at or now >= s.idle_deadline

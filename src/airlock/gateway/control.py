@@ -1,0 +1,285 @@
+"""The control API: JSON over the hardened Unix socket, for the host side only.
+
+Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
+  GET  /v1/health                      -> {"status": "ok", "sessions": N}
+  POST /v1/sessions                    CreateSession -> SessionIssued
+  GET  /v1/sessions                    -> {"sessions": [Session, ...]}
+  GET  /v1/sessions/{id}               -> Session
+  POST /v1/sessions/{id}/renew         {"csr": PEM} -> SessionIssued (new certificate)
+  POST /v1/sessions/{id}/revoke        {"reason": str} -> Session
+  POST /v1/sessions/{id}/activate      Binding -> Session
+  POST /v1/revoke-all                  {"reason": str} -> {"revoked": N}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from airlock.config import Config
+from airlock.core import session as lifecycle
+from airlock.core.grants import InvalidGrant, parse_grant
+from airlock.core.hostnames import InvalidHostname, normalize_hostname
+from airlock.core.session import Binding, Limits, Session
+from airlock.gateway.audit import AuditLog
+from airlock.gateway.pki import GatewayIdentity, cert_fingerprint
+from airlock.gateway.store import SessionStore
+from airlock.gateway.unixsock import peer_uid
+
+MAX_CONTROL_BODY = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSession(_Body):
+    grants: list[str] = Field(min_length=1, max_length=100)
+    csr: str = Field(max_length=8192)
+    ttl: int | None = Field(default=None, gt=0)
+    idle_timeout: int | None = Field(default=None, gt=0)
+    bind_ip: str | None = None
+    require_activation: bool = False
+    allow_hosts: list[str] = Field(default_factory=list, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+    @field_validator("bind_ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.ip_address(v))
+
+
+class Renew(_Body):
+    csr: str = Field(max_length=8192)
+
+
+class Revoke(_Body):
+    reason: str = Field(default="revoked by operator", max_length=200)
+
+
+class Activate(_Body):
+    container_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    network: str = Field(min_length=1, max_length=128)
+    address: str
+    gateway_address: str | None = None
+
+    @field_validator("address", "gateway_address")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.ip_address(v))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class ControlAPI:
+    def __init__(
+        self,
+        config: Config,
+        store: SessionStore,
+        identity: GatewayIdentity,
+        audit: AuditLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.audit = audit
+        self.clock = clock
+        self.on_revoke: list[Callable[[Session], None]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[self._peer_check])
+        app.router.add_get("/v1/health", self.health)
+        app.router.add_post("/v1/sessions", self.create)
+        app.router.add_get("/v1/sessions", self.list)
+        app.router.add_get("/v1/sessions/{id}", self.show)
+        app.router.add_post("/v1/sessions/{id}/renew", self.renew)
+        app.router.add_post("/v1/sessions/{id}/revoke", self.revoke)
+        app.router.add_post("/v1/sessions/{id}/activate", self.activate)
+        app.router.add_post("/v1/revoke-all", self.revoke_all)
+        return app
+
+    @web.middleware
+    async def _peer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        uid = peer_uid(sock) if sock is not None else -1
+        if uid not in self.config.gateway.control_uids:
+            self.audit.event("control_refused", uid=uid, path=request.path)
+            return _error(403, f"uid {uid} may not use the control socket")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+
+    async def _json(self, request: web.Request, model: type[_Body]) -> Any:
+        try:
+            return model.model_validate_json(await request.read())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "body"
+            raise _BadRequest(f"{loc}: {first['msg']}") from None
+
+    def _session(self, request: web.Request) -> Session:
+        s = self.store.get(request.match_info["id"])
+        if s is None:
+            raise web.HTTPNotFound(reason="no such session")
+        return s
+
+    def _issue(self, s: Session, csr: str) -> dict[str, Any]:
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        not_after = dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
+        try:
+            cert = self.identity.ca.issue_session(csr.encode(), s.id, now, not_after)
+        except ValueError as exc:
+            raise _BadRequest(f"csr: {exc}") from None
+        from cryptography.hazmat.primitives import serialization
+
+        der = cert.public_bytes(serialization.Encoding.DER)
+        s = lifecycle.renew_certificate(s, cert_fingerprint(der))
+        self.store.put(s)
+        gw = self.config.gateway
+        return {
+            "session": s.to_json(),
+            "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "ca_pem": self.identity.ca.cert_pem.decode(),
+            "pinned_pubkey": self.identity.pinned_pubkey,
+            "gateway": {"name": gw.public_name, "address": gw.git_host, "port": gw.git_port},
+            "upstream_hosts": sorted(self.config.upstream_hosts),
+        }
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": sum(1 for _ in self.store)})
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            body: CreateSession = await self._json(request, CreateSession)
+            hosts = self.config.upstream_hosts
+            grants = tuple(parse_grant(g, hosts) for g in body.grants)
+            allow = tuple(normalize_hostname(h.removeprefix("*.")) for h in body.allow_hosts)
+        except (InvalidGrant, InvalidHostname) as exc:
+            return _error(400, str(exc))
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        d = self.config.sessions
+        ttl = body.ttl or d.lifetime
+        if ttl > d.max_lifetime:
+            return _error(400, f"ttl {ttl}s exceeds sessions.max_lifetime ({d.max_lifetime}s)")
+        limits = Limits(
+            idle_timeout=min(body.idle_timeout or d.idle_timeout, ttl),
+            lifetime=ttl,
+            max_requests=d.max_requests,
+            max_bytes=d.max_bytes,
+        )
+        s = lifecycle.create_session(
+            grants=grants,
+            now=self.clock(),
+            limits=limits,
+            bind_ip=body.bind_ip,
+            require_activation=body.require_activation,
+            allow_hosts=tuple(
+                ("*." + a) if h.startswith("*.") else a
+                for h, a in zip(body.allow_hosts, allow, strict=True)
+            ),
+            labels=body.labels,
+        )
+        try:
+            issued = self._issue(s, body.csr)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        self.audit.event(
+            "session_created",
+            session=s.id,
+            grants=[str(g) for g in grants],
+            bind_ip=s.bind_ip,
+            expires_at=s.expires_at,
+            pending=body.require_activation,
+        )
+        return web.json_response(issued, status=201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        return web.json_response({"sessions": [s.to_json() for s in self.store]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return web.json_response(self._session(request).to_json())
+
+    async def renew(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        if lifecycle.is_finished(s, self.clock()):
+            return _error(409, "session has ended; create a new one")
+        try:
+            body: Renew = await self._json(request, Renew)
+            issued = self._issue(s, body.csr)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        self.audit.event("session_renewed", session=s.id)
+        return web.json_response(issued)
+
+    def _revoke(self, s: Session, reason: str) -> Session:
+        s = lifecycle.revoke(s, reason)
+        self.store.put(s)
+        for hook in self.on_revoke:
+            hook(s)
+        self.audit.event("session_revoked", session=s.id, reason=reason)
+        return s
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        try:
+            body: Revoke = await self._json(request, Revoke)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        return web.json_response(self._revoke(s, body.reason).to_json())
+
+    async def revoke_all(self, request: web.Request) -> web.Response:
+        try:
+            body: Revoke = await self._json(request, Revoke)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        n = 0
+        for s in self.store:
+            if s.state is not lifecycle.SessionState.REVOKED:
+                self._revoke(s, body.reason)
+                n += 1
+        return web.json_response({"revoked": n})
+
+    async def activate(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        try:
+            body: Activate = await self._json(request, Activate)
+            s = lifecycle.activate(
+                s,
+                Binding(
+                    container_id=body.container_id,
+                    network=body.network,
+                    address=body.address,
+                    gateway_address=body.gateway_address,
+                ),
+            )
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        except ValueError as exc:
+            return _error(409, str(exc))
+        self.store.put(s)
+        self.audit.event(
+            "session_activated",
+            session=s.id,
+            container=body.container_id,
+            network=body.network,
+            address=body.address,
+        )
+        return web.json_response(s.to_json())
+
+
+class _BadRequest(Exception):
+    pass

@@ -1,0 +1,76 @@
+"""Upstream credentials: read from files only, re-read when the file changes."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from airlock.core.redact import GITHUB_TOKEN_RE
+
+
+class CredentialError(Exception):
+    pass
+
+
+# Variables through which tools hand out GitHub credentials; their presence means a token
+# may already be in the environment of every child process, which airlock refuses.
+_CREDENTIAL_VAR = re.compile(
+    r"^(GH|GITHUB|GH_ENTERPRISE|GITHUB_ENTERPRISE|GHE)(_[A-Z0-9]+)*_(TOKEN|PAT|PASSWORD|SECRET|KEY)$"
+    r"|^(GH|GITHUB)_(TOKEN|PAT)(_[A-Z0-9]+)*$"
+)
+
+
+def credential_variables(env: Mapping[str, str]) -> list[str]:
+    """Names of environment variables that carry (or look like they carry) a GitHub token."""
+    found = []
+    for name, value in env.items():
+        if _CREDENTIAL_VAR.match(name.upper()) or GITHUB_TOKEN_RE.search(value):
+            found.append(name)
+    return sorted(found)
+
+
+def check_token_file(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CredentialError(f"token file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CredentialError(f"token file {path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise CredentialError(
+            f"token file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
+            f"read it; run: chmod 600 {path}"
+        )
+
+
+@dataclass
+class _Cached:
+    key: tuple[int, int, int, int]
+    token: str
+
+
+class TokenFile:
+    """A token read from a file; a change (rotation) is used by the next request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cached: _Cached | None = None
+
+    def get(self) -> str:
+        st = os.stat(self.path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._cached is None or self._cached.key != key:
+            check_token_file(self.path)
+            token = self.path.read_text(encoding="utf-8").strip()
+            if not token or any(c.isspace() for c in token):
+                raise CredentialError(f"token file {self.path}: empty or malformed token")
+            self._cached = _Cached(key, token)
+        return self._cached.token
+
+    @property
+    def current(self) -> str | None:
+        return self._cached.token if self._cached else None

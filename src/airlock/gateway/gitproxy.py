@@ -1,0 +1,357 @@
+"""The git smart-HTTP proxy: mTLS in, credential-injecting HTTPS out, both bodies streamed.
+
+Only three endpoints exist (info/refs, git-upload-pack, git-receive-pack). The request
+target is validated raw (never decoded), the session is checked on every request (so a
+revoked or capped session fails on the very next request, even on a kept-alive connection),
+and the upstream is asked with the gateway's own credential. Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from airlock.config import Config, UpstreamConfig
+from airlock.core import session as lifecycle
+from airlock.core.gitpath import GitRequest, RequestRefused, Service, parse_git_request
+from airlock.core.grants import Access
+from airlock.core.pktline import PktLineError, ReceivePackCommandParser
+from airlock.core.session import Refusal
+from airlock.gateway.audit import AuditLog
+from airlock.gateway.credentials import CredentialError, TokenFile
+from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
+from airlock.gateway.store import SessionStore
+
+REQUEST_ID_HEADER = "X-Airlock-Request-Id"
+# What git clients send and what git servers answer; nothing else is passed along.
+_EXPECTED_RESPONSE_TYPE = {
+    ("info", Service.UPLOAD_PACK): "application/x-git-upload-pack-advertisement",
+    ("info", Service.RECEIVE_PACK): "application/x-git-receive-pack-advertisement",
+    ("rpc", Service.UPLOAD_PACK): "application/x-git-upload-pack-result",
+    ("rpc", Service.RECEIVE_PACK): "application/x-git-receive-pack-result",
+}
+_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Expires", "Pragma")
+_GIT_UA = re.compile(r"^git/[A-Za-z0-9._+-]{1,64}$")
+_GIT_PROTOCOL = re.compile(r"^[A-Za-z0-9=:._-]{1,128}$")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BadBody(Exception):
+    pass
+
+
+@dataclass
+class _Outcome:
+    """What one request did, for the audit log."""
+
+    request_id: str
+    source: str
+    started: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _text(status: int, message: str, request_id: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=f"airlock: {message} (request id {request_id})\n",
+        headers={REQUEST_ID_HEADER: request_id, **headers},
+    )
+
+
+def not_found(request_id: str) -> web.Response:
+    """The one answer for a repository that is missing, not granted or otherwise hidden."""
+    return _text(404, "repository not found", request_id)
+
+
+class GitProxy:
+    def __init__(
+        self,
+        config: Config,
+        store: SessionStore,
+        tokens: dict[str, TokenFile],
+        audit: AuditLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.tokens = tokens
+        self.audit = audit
+        self.clock = clock
+        self._clients: dict[str, aiohttp.ClientSession] = {}
+
+    def _client(self, upstream: UpstreamConfig) -> aiohttp.ClientSession:
+        client = self._clients.get(upstream.host)
+        if client is None or client.closed:
+            ctx = ssl.create_default_context(
+                cafile=str(upstream.ca_file) if upstream.ca_file else None
+            )
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=256),
+                auto_decompress=False,  # bytes pass through untouched, encoding and all
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                trust_env=False,  # never route the credential through an env-configured proxy
+            )
+            self._clients[upstream.host] = client
+        return client
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+
+    # --- request handling -------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rid = secrets.token_hex(8)
+        source = request.transport.get_extra_info("peername")[0] if request.transport else "?"
+        out = _Outcome(rid, source, time.monotonic())
+        try:
+            response = await self._handle(request, out)
+        except Exception as exc:  # the audit line must be written whatever happened
+            out.fields.setdefault("reason", f"internal_error:{type(exc).__name__}")
+            out.fields["status"] = 500
+            self._log(out)
+            raise
+        out.fields.setdefault("status", response.status)
+        self._log(out)
+        return response
+
+    def _log(self, out: _Outcome) -> None:
+        self.audit.event(
+            "git_request",
+            request_id=out.request_id,
+            source=out.source,
+            bytes_in=out.bytes_in,
+            bytes_out=out.bytes_out,
+            duration_ms=round((time.monotonic() - out.started) * 1000, 1),
+            **out.fields,
+        )
+
+    def _refuse(self, out: _Outcome, reason: str, response: web.Response) -> web.Response:
+        out.fields["reason"] = reason
+        return response
+
+    async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
+        rid = out.request_id
+        ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        session_id = session_id_from_cert(der) if der else None
+        out.fields["session"] = session_id
+        if session_id is None:
+            return self._refuse(out, "no_session_certificate", _text(403, "forbidden", rid))
+        s = self.store.get(session_id)
+        if s is None:
+            return self._refuse(out, Refusal.UNKNOWN_SESSION, _text(403, "session invalid", rid))
+        now = self.clock()
+        local = request.transport.get_extra_info("sockname") if request.transport else None
+        refusal = lifecycle.check_usable(
+            s,
+            now=now,
+            source_ip=out.source,
+            cert_fingerprint=cert_fingerprint(der) if der else None,
+            local_ip=local[0] if local else None,
+        )
+        if refusal is not None:
+            status = 429 if refusal in (Refusal.REQUEST_CAP, Refusal.BYTE_CAP) else 403
+            return self._refuse(out, refusal, _text(status, "session not usable", rid))
+        if s.binding is not None:
+            out.fields["container"] = s.binding.container_id
+        try:
+            req = parse_git_request(
+                request.method,
+                request.raw_path,
+                request.headers.get("Content-Type"),
+                self.config.upstream_hosts,
+            )
+        except RequestRefused as exc:
+            out.fields["target"] = request.raw_path[:300]
+            return self._refuse(out, f"bad_request:{exc.reason}", _text(400, "bad request", rid))
+        out.fields.update(
+            host=req.host,
+            repo=req.repo_path,
+            service=req.service.value,
+            endpoint=req.endpoint.value,
+        )
+        access = s.access(req.host, req.owner, req.repo)
+        if access is None:
+            return self._refuse(out, "not_granted", not_found(rid))
+        if req.is_write and access is not Access.WRITE:
+            return self._refuse(
+                out, "read_only_grant", _text(403, "this session may not push here", rid)
+            )
+        upstream = self.config.upstream_for(req.host)
+        if upstream is None:  # parse_git_request already refused unknown hosts
+            return self._refuse(out, "unknown_upstream", not_found(rid))
+        # Count the request before the first await so concurrent requests cannot overshoot.
+        self.store.put(lifecycle.begin_request(s))
+        success = False
+        try:
+            response, success = await self._forward(request, req, upstream, out)
+            return response
+        finally:
+            current = self.store.get(session_id)
+            if current is not None:
+                self.store.put(
+                    lifecycle.finish_request(
+                        current,
+                        now=self.clock(),
+                        nbytes=out.bytes_in + out.bytes_out,
+                        success=success,
+                    )
+                )
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, req: GitRequest, token: str
+    ) -> dict[str, str]:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        headers = {"Authorization": f"Basic {basic}", "Accept-Encoding": "gzip"}
+        ua = request.headers.get("User-Agent", "")
+        headers["User-Agent"] = ua if _GIT_UA.match(ua) else "git/airlock"
+        accept = request.headers.get("Accept")
+        if accept and len(accept) < 200 and accept.isprintable():
+            headers["Accept"] = accept
+        if req.service is Service.UPLOAD_PACK:
+            # Protocol v2 negotiation is for fetches only, as git itself does.
+            proto = request.headers.get("Git-Protocol")
+            if proto and _GIT_PROTOCOL.match(proto):
+                headers["Git-Protocol"] = proto
+        if request.method == "POST":
+            headers["Content-Type"] = f"application/x-{req.service.value}-request"
+            enc = request.headers.get("Content-Encoding")
+            if enc:
+                headers["Content-Encoding"] = enc
+            if request.content_length is not None:
+                headers["Content-Length"] = str(request.content_length)
+        return headers
+
+    async def _request_body(
+        self, request: web.BaseRequest, req: GitRequest, limit: int, out: _Outcome
+    ) -> AsyncIterator[bytes]:
+        parser = ReceivePackCommandParser() if req.service is Service.RECEIVE_PACK else None
+        plain = request.headers.get("Content-Encoding") is None
+        idle = self.config.git.idle_timeout
+        chunk_size = self.config.git.chunk_size
+        while True:
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
+            if not chunk:
+                break
+            out.bytes_in += len(chunk)
+            if out.bytes_in > limit:
+                raise _BodyTooLarge
+            if parser is not None and plain and not parser.done:
+                try:
+                    parser.feed(chunk)
+                except PktLineError as exc:
+                    raise _BadBody(str(exc)) from None
+                if parser.done:
+                    out.fields["ref_updates"] = [
+                        f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands
+                    ]
+            # Yield in bounded pieces; readany() never returns more than its buffer holds.
+            for i in range(0, len(chunk), chunk_size):
+                yield chunk[i : i + chunk_size]
+
+    async def _forward(
+        self, request: web.BaseRequest, req: GitRequest, upstream: UpstreamConfig, out: _Outcome
+    ) -> tuple[web.StreamResponse, bool]:
+        rid = out.request_id
+        cfg = self.config.git
+        try:
+            token = self.tokens[upstream.host].get()
+        except (CredentialError, OSError) as exc:
+            out.fields["reason"] = f"credential_unavailable:{exc}"
+            return _text(502, "upstream unavailable", rid), False
+        limit = cfg.max_request_body if req.is_write else cfg.max_upload_pack_body
+        data = None
+        if request.method == "POST":
+            if request.content_length is not None and request.content_length > limit:
+                out.fields["reason"] = "body_too_large"
+                return _text(413, "request body too large", rid), False
+            data = self._request_body(request, req, limit, out)
+        query = req.upstream_query()
+        url = upstream.url + req.upstream_path() + (f"?{query}" if query else "")
+        timeout = aiohttp.ClientTimeout(
+            total=cfg.total_timeout, connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
+        )
+        try:
+            async with self._client(upstream).request(
+                request.method,
+                url,
+                headers=self._upstream_headers(request, req, token),
+                data=data,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as up:
+                out.fields["upstream_status"] = up.status
+                return await self._relay(request, req, up, out)
+        except _BodyTooLarge:
+            out.fields["reason"] = "body_too_large"
+            return _text(413, "request body too large", rid), False
+        except _BadBody as exc:
+            out.fields["reason"] = f"bad_pkt_line:{exc}"
+            return _text(400, "bad request", rid), False
+        except TimeoutError:
+            out.fields["reason"] = "timeout"
+            return _text(504, "upstream timed out", rid), False
+        except aiohttp.ClientError as exc:
+            out.fields["reason"] = f"upstream_error:{type(exc).__name__}"
+            return _text(502, "upstream unavailable", rid), False
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        req: GitRequest,
+        up: aiohttp.ClientResponse,
+        out: _Outcome,
+    ) -> tuple[web.StreamResponse, bool]:
+        rid = out.request_id
+        if 300 <= up.status < 400:
+            out.fields["reason"] = "upstream_redirect"
+            out.fields["redirect_to"] = up.headers.get("Location", "")[:500]
+            return _text(502, "upstream redirect not followed", rid), False
+        if up.status in (401, 403, 404):
+            # Missing, renamed-away or forbidden upstream: the same answer as an ungranted repo.
+            out.fields["reason"] = f"upstream_{up.status}"
+            return not_found(rid), False
+        if up.status == 429:
+            out.fields["reason"] = "upstream_rate_limited"
+            retry = up.headers.get("Retry-After", "60")
+            retry = retry if retry.isdigit() else "60"
+            return _text(429, "upstream rate limited", rid, **{"Retry-After": retry}), False
+        if up.status != 200:
+            out.fields["reason"] = f"upstream_status_{up.status}"
+            return _text(502, "upstream error", rid), False
+        kind = "info" if req.endpoint.value == "info/refs" else "rpc"
+        expected = _EXPECTED_RESPONSE_TYPE[(kind, req.service)]
+        if up.headers.get("Content-Type", "").split(";")[0].strip().lower() != expected:
+            out.fields["reason"] = "upstream_bad_content_type"
+            return _text(502, "upstream error", rid), False
+        response = web.StreamResponse(status=200)
+        for name in _RESPONSE_HEADERS:
+            if name in up.headers:
+                response.headers[name] = up.headers[name]
+        response.headers[REQUEST_ID_HEADER] = rid
+        if up.content_length is not None:
+            response.content_length = up.content_length
+        await response.prepare(request)
+        async for chunk in up.content.iter_chunked(self.config.git.chunk_size):
+            out.bytes_out += len(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+        out.fields["reason"] = "ok"
+        return response, True

@@ -1,0 +1,148 @@
+"""Session bundles: the files a git client needs to use a session, and nothing secret besides
+its own session key (the upstream token never appears here)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CA_FILE = "ca.pem"
+CERT_FILE = "client.pem"
+KEY_FILE = "client.key"
+GITCONFIG_FILE = "gitconfig"
+MANIFEST_FILE = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class GatewayEndpoint:
+    name: str  # the name in the gateway's certificate
+    address: str  # where that name points for this client
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.name}:{self.port}"
+
+
+def _q(value: str) -> str:
+    # git config values: quote and escape so paths with spaces or quotes stay one value.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_gitconfig(
+    *,
+    endpoint: GatewayEndpoint,
+    upstream_hosts: list[str],
+    pinned_pubkey: str,
+    ca_path: str,
+    cert_path: str,
+    key_path: str,
+    resolve: bool,
+) -> str:
+    """Git configuration that sends every configured upstream through the gateway.
+
+    Hooks, fsmonitor, credential helpers, redirects and every transport but https are off,
+    so a malicious repository or a rewritten URL cannot run code or reach anywhere else.
+    """
+    base = endpoint.base_url
+    lines = []
+    for host in sorted(upstream_hosts):
+        lines += [
+            f'[url "{base}/git/{host}/"]',
+            f"\tinsteadOf = https://{host}/",
+            f"\tinsteadOf = http://{host}/",
+            f"\tinsteadOf = ssh://git@{host}/",
+            f"\tinsteadOf = git@{host}:",
+            f"\tinsteadOf = git://{host}/",
+        ]
+    lines += [
+        f'[http "{base}/"]',
+        f"\tsslCAInfo = {_q(ca_path)}",
+        f"\tpinnedPubkey = {pinned_pubkey}",
+        f"\tsslCert = {_q(cert_path)}",
+        f"\tsslKey = {_q(key_path)}",
+        "\tsslVerify = true",
+        "\tfollowRedirects = false",
+    ]
+    if resolve:
+        # The gateway's name need not be in DNS: curl is told where it lives.
+        lines.append(f"\tcurloptResolve = {endpoint.name}:{endpoint.port}:{endpoint.address}")
+    lines += [
+        "[http]",
+        "\tfollowRedirects = false",
+        "[core]",
+        "\thooksPath = /dev/null",
+        "\tfsmonitor = false",
+        "[protocol]",
+        "\tallow = never",
+        '[protocol "https"]',
+        "\tallow = always",
+        "[credential]",
+        "\thelper =",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def write_bundle(
+    directory: Path,
+    issued: dict[str, Any],
+    key_pem: bytes,
+    *,
+    endpoint: GatewayEndpoint,
+    mount_point: Path | None = None,
+    resolve: bool = True,
+    key_mode: int = 0o600,
+    uid: int | None = None,
+) -> Path:
+    """Write a session bundle to ``directory`` (0700); return the gitconfig's path.
+
+    ``mount_point`` is where the bundle will be seen by the git client (a sandbox's
+    /run/airlock); paths inside the gitconfig point there.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    seen_at = mount_point or directory.resolve()
+    files = {
+        CA_FILE: (issued["ca_pem"].encode(), 0o444),
+        CERT_FILE: (issued["cert_pem"].encode(), 0o444),
+        KEY_FILE: (key_pem, key_mode),
+    }
+    config = render_gitconfig(
+        endpoint=endpoint,
+        upstream_hosts=list(issued["upstream_hosts"]),
+        pinned_pubkey=issued["pinned_pubkey"],
+        ca_path=str(seen_at / CA_FILE),
+        cert_path=str(seen_at / CERT_FILE),
+        key_path=str(seen_at / KEY_FILE),
+        resolve=resolve,
+    )
+    files[GITCONFIG_FILE] = (config.encode(), 0o444)
+    for name, (data, mode) in files.items():
+        _write(directory / name, data, mode)
+    # A manifest of what was generated, so anyone can check the files were not altered.
+    manifest = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, (data, _) in sorted(files.items())
+    )
+    _write(directory / MANIFEST_FILE, manifest.encode(), 0o444)
+    _write(
+        directory / "session.json",
+        json.dumps({"id": issued["session"]["id"], "gateway": endpoint.base_url}).encode(),
+        0o444,
+    )
+    if uid is not None:
+        for name in [*files, MANIFEST_FILE, "session.json"]:
+            os.chown(directory / name, uid, uid)
+        os.chown(directory, uid, uid)
+    return directory / GITCONFIG_FILE

@@ -1,0 +1,101 @@
+"""A small synchronous client for the gateway's control socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+
+class ControlError(Exception):
+    """The control socket could not be reached or refused the call."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("airlock-control", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+class ControlClient:
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            raise ControlError(
+                f"no gateway control socket at {self.path}; start it with "
+                "`airlock gateway --config FILE`"
+            ) from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlError(f"{self.path} is not a socket; refusing to connect")
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, route, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except ConnectionRefusedError:
+            raise ControlError(
+                f"the gateway is not running (nothing listens on {self.path})"
+            ) from None
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            raise ControlError(f"control socket answered {resp.status} with non-JSON") from None
+        if resp.status >= 400:
+            msg = decoded.get("error") if isinstance(decoded, dict) else None
+            raise ControlError(msg or f"HTTP {resp.status}", resp.status)
+        return decoded
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/v1/health")
+        return result
+
+    def create_session(self, **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/v1/sessions", body)
+        return result
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", "/v1/sessions")["sessions"]
+        return result
+
+    def show(self, session_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/sessions/{session_id}")
+        return result
+
+    def revoke(self, session_id: str, reason: str = "revoked by operator") -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST", f"/v1/sessions/{session_id}/revoke", {"reason": reason}
+        )
+        return result
+
+    def renew(self, session_id: str, csr: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/sessions/{session_id}/renew", {"csr": csr})
+        return result
+
+    def activate(self, session_id: str, **binding: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/sessions/{session_id}/activate", binding)
+        return result

@@ -1,0 +1,441 @@
+"""Per-sandbox host firewall rules, in nftables' ``inet airlock`` table.
+
+What the rules enforce, for packets arriving on a sandbox's bridge (``al-…``): the only thing
+that passes is sandbox address -> gateway address on the gateway's TCP/UDP ports (plus
+conntrack-established/related traffic between the same two addresses). Everything else from
+that bridge is dropped: other source addresses (spoofing), other host addresses and services,
+all IPv6, and anything routed (to other sandboxes, other networks, the outside). Nothing is
+routed *into* a sandbox bridge either.
+
+Why nftables, in a table of our own:
+
+* **Separate table.** Docker 20.10 writes its rules with ``iptables`` (here the iptables-nft
+  backend: tables ``ip filter``/``ip nat``) and rewrites its chains when it restarts or creates
+  networks. Our own ``inet airlock`` table is never touched by Docker, and we never touch
+  Docker's. ``inet`` covers IPv4 and IPv6 with one set of chains.
+* **Atomic transactions.** Each change (one sandbox added, replaced or removed) is one
+  ``nft -j -f -`` batch: the kernel applies all of it or none, so there is no moment with half a
+  sandbox's rules, and a failure leaves the previous state intact.
+* **Coexistence with Docker, and why a drop here is enough.** Every base chain registered at a
+  hook sees the packet, in priority order, whatever table it lives in. A ``drop`` verdict in any
+  of them is final; an ``accept`` only ends *that* chain, and the packet goes on to the next
+  base chain (Docker's ``FORWARD``, the ``INPUT`` chains of others). Our chains hook at
+  ``filter - 10`` (and a guard at ``raw``), i.e. before Docker's ``filter`` chains, so our drops
+  cannot be undone by anything Docker does, while our accepts take nothing away from Docker's
+  own isolation rules, which stay as a second layer.
+
+Layout of the table::
+
+    chain prerouting  (filter hook prerouting priority raw = -300, policy accept)
+        iifname "al-x" jump sbx_<name>_pre       # one per sandbox, comment "airlock:<name>"
+        iifname "al-*" drop                      # guard: a bridge without rules is closed
+    chain input       (filter hook input priority filter - 10, policy accept)
+        iifname "al-x" jump sbx_<name>_in
+        iifname "al-*" drop
+    chain forward     (filter hook forward priority filter - 10, policy accept)
+        iifname "al-x" jump sbx_<name>_fwd
+        oifname "al-x" jump sbx_<name>_fwd
+        iifname "al-*" drop
+        oifname "al-*" drop
+
+The ``prerouting`` chain runs before conntrack and before Docker's DNAT (``nat`` PREROUTING), so
+spoofed or misdirected packets never create conntrack entries or get rewritten towards a
+published port elsewhere. Every rule matches a bridge name starting with ``al-``; the host's
+own interfaces are never matched. All access goes through a process-wide lock file so that two
+airlock processes do not interleave read-modify-write cycles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BRIDGE_PREFIX",
+    "FAMILY",
+    "TABLE",
+    "FirewallError",
+    "SandboxRules",
+    "apply_rules",
+    "list_sandbox_rule_names",
+    "remove_rules",
+    "verify_rules",
+]
+
+FAMILY = "inet"
+TABLE = "airlock"
+BRIDGE_PREFIX = "al-"
+LOCK_PATH = Path("/run/lock/airlock-firewall.lock")
+
+# name -> (hook, priority). raw = -300, filter = 0.
+_BASE_CHAINS: dict[str, tuple[str, int]] = {
+    "prerouting": ("prerouting", -300),
+    "input": ("input", -10),
+    "forward": ("forward", -10),
+}
+_GUARD_COMMENT = "airlock:guard"
+_SUFFIXES = ("pre", "in", "fwd")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
+# Linux interface names are at most 15 bytes; no "*" or "\" (nft wildcards/escapes).
+_BRIDGE_RE = re.compile(r"al-[a-z0-9_.-]{1,12}")
+_CHAIN_RE = re.compile(r"sbx_(?P<name>.+)_(?P<suffix>pre|in|fwd)")
+
+Expr = dict[str, Any]
+
+
+class FirewallError(RuntimeError):
+    """nft failed, or the request conflicts with rules already in place."""
+
+
+@dataclass(frozen=True)
+class SandboxRules:
+    name: str
+    bridge: str
+    subnet: IPv4Network
+    gateway_ip: IPv4Address
+    sandbox_ip: IPv4Address
+    tcp_ports: list[int]
+    udp_ports: list[int]
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):
+            raise ValueError(f"bad sandbox name {self.name!r}: want {_NAME_RE.pattern}")
+        if not _BRIDGE_RE.fullmatch(self.bridge):
+            raise ValueError(f"bad bridge name {self.bridge!r}: want {_BRIDGE_RE.pattern}")
+        for addr in (self.gateway_ip, self.sandbox_ip):
+            if addr not in self.subnet:
+                raise ValueError(f"{addr} is not in {self.subnet}")
+        if self.gateway_ip == self.sandbox_ip:
+            raise ValueError("gateway and sandbox addresses must differ")
+        for port in [*self.tcp_ports, *self.udp_ports]:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"bad port {port!r}")
+        # Sorted and deduplicated: the form nft lists them in, so verify can compare exactly.
+        object.__setattr__(self, "tcp_ports", sorted(set(self.tcp_ports)))
+        object.__setattr__(self, "udp_ports", sorted(set(self.udp_ports)))
+
+
+# --- pure: the rules as nft JSON ------------------------------------------------------------
+# Expressions are written in the canonical form `nft -j list` prints them in, so that
+# verify_rules can compare what is in the kernel with what we meant, exactly.
+
+
+def _chain_name(name: str, suffix: str) -> str:
+    return f"sbx_{name}_{suffix}"
+
+
+def _comment(name: str) -> str:
+    return f"airlock:{name}"
+
+
+def _match(left: Expr, right: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _ports(ports: list[int]) -> Any:
+    return ports[0] if len(ports) == 1 else {"set": list(ports)}
+
+
+_DROP: Expr = {"drop": None}
+_ACCEPT: Expr = {"accept": None}
+_IPV6_DROP = [_match(_meta("nfproto"), "ipv6"), _DROP]
+
+
+def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
+    """The sandbox's own chains and their rules (each rule a list of expressions)."""
+    src = _match(_payload("ip", "saddr"), str(r.sandbox_ip))
+    dst = _match(_payload("ip", "daddr"), str(r.gateway_ip))
+    pre = [
+        _IPV6_DROP,
+        [_match(_payload("ip", "saddr"), str(r.sandbox_ip), "!="), _DROP],
+        [_match(_payload("ip", "daddr"), str(r.gateway_ip), "!="), _DROP],
+        # Ends our prerouting chain only; the packet still meets input/forward below.
+        [_ACCEPT],
+    ]
+    inp = [
+        _IPV6_DROP,
+        [src, dst, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), _ACCEPT],
+    ]
+    if r.tcp_ports:
+        inp.append([src, dst, _match(_payload("tcp", "dport"), _ports(r.tcp_ports)), _ACCEPT])
+    if r.udp_ports:
+        inp.append([src, dst, _match(_payload("udp", "dport"), _ports(r.udp_ports)), _ACCEPT])
+    inp.append([_DROP])
+    fwd = [[_DROP]]  # a sandbox talks to the gateway on the host, never through it
+    return {
+        _chain_name(r.name, "pre"): pre,
+        _chain_name(r.name, "in"): inp,
+        _chain_name(r.name, "fwd"): fwd,
+    }
+
+
+def _jump(interface_key: str, bridge: str, target: str) -> list[Expr]:
+    return [_match(_meta(interface_key), bridge), {"jump": {"target": target}}]
+
+
+def jump_rules(r: SandboxRules) -> list[tuple[str, list[Expr]]]:
+    """(base chain, rule) pairs that send the bridge's packets to the sandbox's chains."""
+    fwd = _chain_name(r.name, "fwd")
+    return [
+        ("prerouting", _jump("iifname", r.bridge, _chain_name(r.name, "pre"))),
+        ("input", _jump("iifname", r.bridge, _chain_name(r.name, "in"))),
+        ("forward", _jump("iifname", r.bridge, fwd)),
+        ("forward", _jump("oifname", r.bridge, fwd)),
+    ]
+
+
+def guard_rules() -> list[tuple[str, list[Expr]]]:
+    """Fail closed: an airlock bridge that has no sandbox rules (yet, or any more) is cut off."""
+    wildcard = f"{BRIDGE_PREFIX}*"
+    return [
+        ("prerouting", [_match(_meta("iifname"), wildcard), _DROP]),
+        ("input", [_match(_meta("iifname"), wildcard), _DROP]),
+        ("forward", [_match(_meta("iifname"), wildcard), _DROP]),
+        ("forward", [_match(_meta("oifname"), wildcard), _DROP]),
+    ]
+
+
+def _base_chain_obj(name: str) -> Expr:
+    hook, prio = _BASE_CHAINS[name]
+    return {
+        "family": FAMILY,
+        "table": TABLE,
+        "name": name,
+        "type": "filter",
+        "hook": hook,
+        "prio": prio,
+        "policy": "accept",
+    }
+
+
+def _rule_obj(chain: str, expr: list[Expr], comment: str, handle: int | None = None) -> Expr:
+    obj: Expr = {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr}
+    obj["comment"] = comment
+    if handle is not None:
+        obj["handle"] = handle
+    return obj
+
+
+# --- reading the kernel's state -------------------------------------------------------------
+
+
+@dataclass
+class _Rule:
+    chain: str
+    handle: int
+    comment: str | None
+    expr: list[Expr]
+
+    def jump_target(self) -> str | None:
+        for e in self.expr:
+            if "jump" in e:
+                target = e["jump"].get("target")
+                return target if isinstance(target, str) else None
+        return None
+
+    def interface_match(self) -> str | None:
+        for e in self.expr:
+            m = e.get("match")
+            if m and m.get("left", {}).get("meta", {}).get("key") in ("iifname", "oifname"):
+                right = m.get("right")
+                return right if isinstance(right, str) else None
+        return None
+
+
+@dataclass
+class _State:
+    chains: dict[str, Expr]
+    rules: dict[str, list[_Rule]]  # chain -> rules in order
+
+    def base_rules(self) -> Iterator[_Rule]:
+        for chain in _BASE_CHAINS:
+            yield from self.rules.get(chain, [])
+
+
+def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True, check=False)
+
+
+def _read_state() -> _State | None:
+    proc = _nft(["-j", "list", "table", FAMILY, TABLE])
+    if proc.returncode != 0:
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise FirewallError(f"nft list table failed: {proc.stderr.strip()}")
+    data = json.loads(proc.stdout)
+    chains: dict[str, Expr] = {}
+    rules: dict[str, list[_Rule]] = {}
+    for item in data.get("nftables", []):
+        if "chain" in item:
+            chains[item["chain"]["name"]] = item["chain"]
+        elif "rule" in item:
+            rule = item["rule"]
+            rules.setdefault(rule["chain"], []).append(
+                _Rule(rule["chain"], int(rule["handle"]), rule.get("comment"), rule["expr"])
+            )
+    return _State(chains, rules)
+
+
+def _run_batch(commands: list[Expr]) -> None:
+    payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
+    proc = _nft(["-j", "-f", "-"], stdin=payload)
+    if proc.returncode != 0:
+        raise FirewallError(f"nft transaction failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_PATH, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sandbox_chain_names(name: str) -> list[str]:
+    return [_chain_name(name, s) for s in _SUFFIXES]
+
+
+def _rule_ref(chain: str, handle: int) -> Expr:
+    return {"family": FAMILY, "table": TABLE, "chain": chain, "handle": handle}
+
+
+def _delete_jump_commands(state: _State, name: str) -> list[Expr]:
+    """Delete (by handle) every base-chain rule that jumps to sandbox ``name``'s chains."""
+    mine = set(_sandbox_chain_names(name))
+    return [
+        {"delete": {"rule": _rule_ref(x.chain, x.handle)}}
+        for x in state.base_rules()
+        if x.jump_target() in mine
+    ]
+
+
+def _delete_chain_commands(state: _State, name: str) -> list[Expr]:
+    commands: list[Expr] = []
+    for chain in _sandbox_chain_names(name):
+        if chain in state.chains:
+            ref = {"family": FAMILY, "table": TABLE, "name": chain}
+            commands += [{"flush": {"chain": ref}}, {"delete": {"chain": ref}}]
+    return commands
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def apply_rules(r: SandboxRules) -> None:
+    """Install (or replace) the sandbox's rules in one atomic transaction. Idempotent."""
+    with _locked():
+        state = _read_state() or _State({}, {})
+        mine = set(_sandbox_chain_names(r.name))
+        for rule in state.base_rules():
+            target = rule.jump_target()
+            if rule.interface_match() == r.bridge and target is not None and target not in mine:
+                raise FirewallError(f"bridge {r.bridge} already belongs to chain {target}")
+
+        commands: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+        commands += [{"add": {"chain": _base_chain_obj(c)}} for c in _BASE_CHAINS]
+        for chain, expr in guard_rules():
+            if not any(x.expr == expr for x in state.rules.get(chain, [])):
+                commands.append({"add": {"rule": _rule_obj(chain, expr, _GUARD_COMMENT)}})
+        # Replace rather than patch: drop the old jumps by handle; the sandbox chains are
+        # flushed and refilled. All in the same batch, so the swap is atomic.
+        commands += _delete_jump_commands(state, r.name)
+        comment = _comment(r.name)
+        for chain, rules in sandbox_chains(r).items():
+            ref = {"family": FAMILY, "table": TABLE, "name": chain}
+            commands.append({"add": {"chain": ref}})
+            commands.append({"flush": {"chain": ref}})
+            commands += [{"add": {"rule": _rule_obj(chain, expr, comment)}} for expr in rules]
+        # `insert` puts the jumps at the head of the base chains, ahead of the guards.
+        for chain, expr in jump_rules(r):
+            commands.append({"insert": {"rule": _rule_obj(chain, expr, comment)}})
+        _run_batch(commands)
+
+
+def remove_rules(name: str) -> None:
+    """Remove every rule and chain of sandbox ``name`` atomically. No-op if there are none."""
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"bad sandbox name {name!r}")
+    with _locked():
+        state = _read_state()
+        if state is None:
+            return
+        # Jumps go first: a chain that is still referenced cannot be deleted.
+        commands = _delete_jump_commands(state, name) + _delete_chain_commands(state, name)
+        if commands:
+            _run_batch(commands)
+
+
+def verify_rules(r: SandboxRules) -> bool:
+    """True when the kernel holds exactly the rules :func:`apply_rules` would install for ``r``.
+
+    Checks the base chains (hook, priority, policy), the guards, the sandbox's own chains rule
+    by rule, that each jump exists once and ahead of the guards, and that no other rule in a
+    base chain mentions the bridge or jumps into the sandbox's chains.
+    """
+    with _locked():
+        state = _read_state()
+    if state is None:
+        return False
+    for base in _BASE_CHAINS:
+        have, want = state.chains.get(base), _base_chain_obj(base)
+        if have is None or any(have.get(k) != want[k] for k in ("type", "hook", "prio", "policy")):
+            return False
+    comment = _comment(r.name)
+    for chain, want_rules in sandbox_chains(r).items():
+        if chain not in state.chains:
+            return False
+        got = [(x.expr, x.comment) for x in state.rules.get(chain, [])]
+        if got != [(e, comment) for e in want_rules]:
+            return False
+    first_guard: dict[str, int] = {}
+    for chain, expr in guard_rules():
+        rules = state.rules.get(chain, [])
+        hits = [i for i, x in enumerate(rules) if x.expr == expr and x.comment == _GUARD_COMMENT]
+        if not hits:
+            return False
+        first_guard[chain] = min(hits[0], first_guard.get(chain, hits[0]))
+    for chain, expr in jump_rules(r):
+        rules = state.rules.get(chain, [])
+        hits = [i for i, x in enumerate(rules) if x.expr == expr and x.comment == comment]
+        if len(hits) != 1 or hits[0] > first_guard[chain]:
+            return False
+    mine = set(_sandbox_chain_names(r.name))
+    expected = {(c, json.dumps(e, sort_keys=True)) for c, e in jump_rules(r)}
+    for rule in state.base_rules():
+        relevant = rule.interface_match() == r.bridge or rule.jump_target() in mine
+        if relevant and (rule.chain, json.dumps(rule.expr, sort_keys=True)) not in expected:
+            return False
+    return True
+
+
+def list_sandbox_rule_names() -> set[str]:
+    """Names of sandboxes that have chains or jump rules in the table."""
+    with _locked():
+        state = _read_state()
+    if state is None:
+        return set()
+    names = {m["name"] for c in state.chains if (m := _CHAIN_RE.fullmatch(c))}
+    for rule in state.base_rules():
+        target = rule.jump_target()
+        if target and (m := _CHAIN_RE.fullmatch(target)):
+            names.add(m["name"])
+    return names

@@ -1,0 +1,291 @@
+"""The sandbox image airlock's tests and demo use, built offline from Debian's packages.
+
+No registry is involved: ``debootstrap`` fetches signed packages from a Debian mirror into a
+directory, a non-root user is added with ``chroot useradd``, the tree is tarred and handed to
+``docker import``. The tarball is cached, so after ``docker image rm`` only the import runs again.
+
+The tag is ``airlock/sandbox:<key>`` where ``<key>`` hashes everything that shapes the image
+(suite, mirror, variant, package list, user, this recipe's version): change any of them and a
+new image is built instead of silently reusing an old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+__all__ = [
+    "IMAGE_KEY",
+    "IMAGE_REPOSITORY",
+    "PACKAGES",
+    "SANDBOX_GID",
+    "SANDBOX_HOME",
+    "SANDBOX_UID",
+    "SANDBOX_USER",
+    "ImageBuildError",
+    "ensure_sandbox_image",
+    "sandbox_image_tag",
+]
+
+# Bump when the recipe below changes in a way the other inputs do not capture.
+RECIPE_VERSION = 1
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"  # packages are verified against the keyring below
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+VARIANT = "minbase"
+PACKAGES: tuple[str, ...] = (
+    "git",
+    "curl",
+    "ca-certificates",
+    "python3",
+    "python3-pip",
+    "iproute2",
+    "dnsutils",
+    "netcat-openbsd",
+)
+SANDBOX_USER = "sandbox"
+SANDBOX_UID = 10000
+SANDBOX_GID = 10000
+SANDBOX_HOME = "/home/sandbox"
+IMAGE_REPOSITORY = "airlock/sandbox"
+
+
+def _image_key() -> str:
+    recipe = {
+        "recipe": RECIPE_VERSION,
+        "suite": SUITE,
+        "mirror": MIRROR,
+        "variant": VARIANT,
+        "packages": sorted(PACKAGES),
+        "user": [SANDBOX_USER, SANDBOX_UID, SANDBOX_GID, SANDBOX_HOME],
+    }
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+IMAGE_KEY = _image_key()
+
+# Applied by `docker import`: an imported rootfs has no config at all.
+_CHANGES = [
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    f"ENV HOME={SANDBOX_HOME}",
+    f"USER {SANDBOX_UID}:{SANDBOX_GID}",
+    f"WORKDIR {SANDBOX_HOME}",
+    f"LABEL org.airlock.image-key={IMAGE_KEY}",
+    'CMD ["/bin/bash"]',
+]
+
+Progress = Callable[[str], None]
+
+
+class ImageBuildError(RuntimeError):
+    """Building or importing the sandbox image failed."""
+
+
+def sandbox_image_tag() -> str:
+    return f"{IMAGE_REPOSITORY}:{IMAGE_KEY}"
+
+
+def ensure_sandbox_image(
+    client: docker.DockerClient,
+    *,
+    cache_dir: Path = Path("/var/cache/airlock"),
+    progress: Progress | None = None,
+) -> str:
+    """Return the tag of the sandbox image, building and/or importing it first if needed."""
+    say: Progress = progress or (lambda _msg: None)
+    tag = sandbox_image_tag()
+    if _image_exists(client, tag):
+        return tag
+
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Two test processes may race for the first build; the lock makes the second one wait
+    # and then find the image (or at least the tarball) ready.
+    with _locked(cache_dir / ".sandbox-image.lock"):
+        if _image_exists(client, tag):
+            return tag
+        tarball = cache_dir / f"sandbox-rootfs-{IMAGE_KEY}.tar"
+        digest_file = tarball.with_suffix(".tar.sha256")
+        if not (tarball.is_file() and digest_file.is_file()):
+            say(f"building sandbox rootfs with debootstrap ({SUITE}, {len(PACKAGES)} packages)")
+            _build_rootfs_tarball(cache_dir, tarball, digest_file, say)
+        say(f"importing {tarball.name} as {tag}")
+        _import(client, tarball, digest_file, tag)
+    return tag
+
+
+def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say: Progress) -> None:
+    if not KEYRING.is_file():
+        # debootstrap would otherwise carry on without checking signatures.
+        raise ImageBuildError(f"{KEYRING} missing: install debian-archive-keyring")
+    # Work inside cache_dir so the final rename is on one filesystem (atomic).
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir))
+    try:
+        root = work / "rootfs"
+        log = work / "debootstrap.log"
+        _run(
+            [
+                "debootstrap",
+                f"--variant={VARIANT}",
+                f"--keyring={KEYRING}",
+                f"--include={','.join(PACKAGES)}",
+                SUITE,
+                str(root),
+                MIRROR,
+            ],
+            log,
+        )
+        say("adding the sandbox user")
+        _run(["chroot", str(root), "groupadd", "--gid", str(SANDBOX_GID), SANDBOX_USER], log)
+        _run(
+            [
+                "chroot",
+                str(root),
+                "useradd",
+                "--uid",
+                str(SANDBOX_UID),
+                "--gid",
+                str(SANDBOX_GID),
+                "--create-home",
+                "--home-dir",
+                SANDBOX_HOME,
+                "--shell",
+                "/bin/bash",
+                SANDBOX_USER,
+            ],
+            log,
+        )
+        _trim_rootfs(root)
+        say("writing rootfs tarball")
+        partial = work / "rootfs.tar"
+        _run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--xattrs",
+                "--acls",
+                # Docker supplies /dev, /proc and /sys at run time.
+                "--exclude=./dev/*",
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+                "-C",
+                str(root),
+                "-cf",
+                str(partial),
+                ".",
+            ],
+            log,
+        )
+        digest = _sha256(partial)
+        os.replace(partial, tarball)
+        digest_file.write_text(f"{digest}  {tarball.name}\n")
+    finally:
+        _remove_tree(work)
+
+
+def _trim_rootfs(root: Path) -> None:
+    # Downloaded .debs and apt lists are dead weight in the image (~100 MB).
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        d = root / sub
+        if d.is_dir():
+            for entry in d.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+    # The host's resolver and name must not leak into the image; Docker mounts its own.
+    for name in ("etc/resolv.conf", "etc/hostname"):
+        p = root / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+
+
+def _import(client: docker.DockerClient, tarball: Path, digest_file: Path, tag: str) -> None:
+    expected = digest_file.read_text().split()[0]
+    if _sha256(tarball) != expected:
+        # A damaged or altered cache must not become the sandbox image; rebuild next time.
+        tarball.unlink()
+        digest_file.unlink()
+        raise ImageBuildError(f"{tarball} does not match its recorded sha256; removed it")
+    repository, _, version = tag.partition(":")
+    # Pass an open file, never a path string: docker-py treats a str it cannot open as a
+    # URL for the daemon to fetch.
+    with open(tarball, "rb") as f:
+        result: Any = client.api.import_image(
+            src=f, repository=repository, tag=version, changes=_CHANGES
+        )
+    if not _image_exists(client, tag):
+        raise ImageBuildError(f"docker import did not produce {tag}: {result!r}"[:2000])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(argv: list[str], log: Path) -> None:
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        raise ImageBuildError(
+            f"{argv[0]} exited with {proc.returncode}; last output:\n" + "\n".join(tail)
+        )
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            # Field 5 is the mount point, with spaces etc. octal-escaped.
+            mount_point = line.split()[4].encode().decode("unicode_escape")
+            if mount_point.startswith(prefix):
+                found.append(mount_point)
+    return found
+
+
+def _remove_tree(path: Path) -> None:
+    # A failed debootstrap can leave /proc or /sys mounted inside the target; deleting
+    # through those mounts would be disastrous, so unmount them first (deepest first) and
+    # let `rm --one-file-system` refuse anything still mounted.
+    for mount_point in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", mount_point], check=False)
+    if path.exists():
+        # If this fails the directory stays behind (named build-* under the cache dir);
+        # that is better than forcing a delete through a mount.
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)

@@ -1,0 +1,383 @@
+"""A GitHub-like git smart-HTTP server for tests and ``airlock demo``.
+
+It fronts git's own ``git http-backend`` (CGI) with the bits of GitHub behaviour that
+airlock cares about: App-installation-token Basic auth, "Repository not found." 404s,
+301s for renamed repositories, and only the smart-HTTP endpoints. Request and response
+bodies are streamed in both directions, so multi-GB packs pass in flat memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import os
+import re
+import shutil
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from airlock.testing.tls import TestTLS
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+# The fixed Basic-auth user name GitHub expects with an installation token (not a secret).
+TOKEN_USER = "x-access-token"  # noqa: S105
+_MAX_CGI_HEADER_BYTES = 64 * 1024
+_STDERR_TAIL = 8 * 1024
+_HTTP_BACKEND = Path("/usr/lib/git-core/git-http-backend")
+
+_NAME = r"[A-Za-z0-9._-]+"
+_PATH_RE = re.compile(
+    rf"^/(?P<owner>{_NAME})/(?P<repo>{_NAME})"
+    r"(?P<rest>/info/refs|/git-upload-pack|/git-receive-pack)$"
+)
+_REALM = 'Basic realm="GitHub"'
+_SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
+# Never forwarded from CGI output: aiohttp frames the response body itself.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """What reached the upstream, for assertions in tests."""
+
+    method: str
+    path: str
+    query: str
+    git_protocol: str | None
+    authorization_ok: bool
+    status: int
+
+
+@dataclass(frozen=True)
+class _Target:
+    owner: str
+    repo: str  # without ".git"
+    rest: str  # "info/refs", "git-upload-pack" or "git-receive-pack"
+
+
+def basic_auth_header(token: str) -> str:
+    """The ``Authorization`` value git sends for a GitHub App installation token."""
+    creds = base64.b64encode(f"{TOKEN_USER}:{token}".encode()).decode("ascii")
+    return f"Basic {creds}"
+
+
+def _valid_name(name: str) -> bool:
+    # The regex already limits the alphabet; dot-only names would escape the root.
+    return ".." not in name and name.strip(".") != ""
+
+
+def _text(status: int, body: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+
+
+class GitUpstream:
+    """Smart-HTTP git server over TLS, serving bare repos at ``root/<owner>/<repo>.git``."""
+
+    def __init__(
+        self,
+        root: Path,
+        token_file: Path,
+        tls: TestTLS,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.root = root
+        self.token_file = token_file
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.requests: list[UpstreamRequest] = []
+        self._redirects: dict[tuple[str, str], tuple[str, str]] = {}
+        self._runner: web.ServerRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def repo_url(self, owner: str, repo: str) -> str:
+        return f"{self.url}/{owner}/{repo}.git"
+
+    def add_redirect(self, old: str, new: str) -> None:
+        """Answer requests for ``old`` ("owner/name") with a 301 to ``new``, like a rename."""
+        old_owner, _, old_repo = old.removesuffix(".git").partition("/")
+        new_owner, _, new_repo = new.removesuffix(".git").partition("/")
+        self._redirects[(old_owner, old_repo)] = (new_owner, new_repo)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+        server = web.Server(
+            self._handle,
+            # Stop git promptly when a client goes away mid-transfer.
+            handler_cancellation=True,
+            # Pass gzip request bodies through untouched: http-backend inflates them itself,
+            # exactly as on GitHub; decoding here would make git inflate plain data.
+            auto_decompress=False,
+            access_log=None,
+        )
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=ctx)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> GitUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- request handling --------------------------------------------------------------
+
+    def _authorized(self, header: str | None) -> bool:
+        try:
+            # Re-read every time so a test can rotate the token under a running server.
+            token = self.token_file.read_text().strip()
+        except OSError:
+            return False
+        if not token or header is None:
+            return False
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            presented = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        expected = f"{TOKEN_USER}:{token}".encode()
+        return hmac.compare_digest(presented, expected)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        git_protocol = request.headers.get("Git-Protocol")
+        authorized = self._authorized(request.headers.get("Authorization"))
+
+        def record(status: int) -> None:
+            self.requests.append(
+                UpstreamRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=request.query_string,
+                    git_protocol=git_protocol,
+                    authorization_ok=authorized,
+                    status=status,
+                )
+            )
+
+        routed = await self._route(request, authorized)
+        if isinstance(routed, web.Response):
+            record(routed.status)
+            return routed
+        return await self._run_backend(request, routed, record)
+
+    async def _route(self, request: web.BaseRequest, authorized: bool) -> web.Response | _Target:
+        """Return an early response (error/redirect), or the repo to hand over to git."""
+        not_found = _text(404, "Not Found\n")
+        m = _PATH_RE.match(request.path)
+        if m is None:
+            return not_found
+        # GitHub accepts the repo with or without ".git"; both map to the bare repo.
+        owner, repo, rest = m["owner"], m["repo"].removesuffix(".git"), m["rest"]
+        if not (_valid_name(owner) and _valid_name(repo)):
+            return not_found
+        if rest == "/info/refs":
+            if request.method != "GET" or request.query.get("service") not in _SERVICES:
+                return not_found
+        elif request.method != "POST":
+            return not_found
+
+        # Authentication comes before anything that reveals whether a repo exists.
+        if not authorized:
+            return _text(401, "Invalid username or token.\n", **{"WWW-Authenticate": _REALM})
+
+        target = self._redirects.get((owner, repo))
+        if target is not None:
+            location = f"https://{request.host}/{target[0]}/{target[1]}.git{rest}"
+            if request.query_string:
+                location += f"?{request.query_string}"
+            return web.Response(status=301, headers={"Location": location})
+
+        if not (self.root / owner / f"{repo}.git").is_dir():
+            return _text(404, "Repository not found.\n")
+
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # The low-level server doesn't do this for us; without it curl stalls ~1 s
+            # before sending each large push body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return _Target(owner, repo, rest.removeprefix("/"))
+
+    def _cgi_env(self, request: web.BaseRequest, target: _Target) -> dict[str, str]:
+        env = {
+            # Nothing from our own environment leaks in (tokens, GIT_* overrides, ...).
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_PROJECT_ROOT": str(self.root.resolve()),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "http.receivepack",
+            "GIT_CONFIG_VALUE_0": "true",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PROTOCOL": f"HTTP/{request.version.major}.{request.version.minor}",
+            "REQUEST_METHOD": request.method,
+            "PATH_INFO": f"/{target.owner}/{target.repo}.git/{target.rest}",
+            "QUERY_STRING": request.query_string,
+            "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+            "REMOTE_USER": TOKEN_USER,
+            "REMOTE_ADDR": request.remote or "",
+        }
+        if request.content_length is not None:
+            env["CONTENT_LENGTH"] = str(request.content_length)
+        encoding = request.headers.get("Content-Encoding")
+        if encoding:
+            env["HTTP_CONTENT_ENCODING"] = encoding
+        git_protocol = request.headers.get("Git-Protocol")
+        if git_protocol is not None:
+            env["GIT_PROTOCOL"] = git_protocol
+        return env
+
+    async def _run_backend(
+        self,
+        request: web.BaseRequest,
+        target: _Target,
+        record: Callable[[int], None],
+    ) -> web.StreamResponse:
+        proc = await asyncio.create_subprocess_exec(
+            *_backend_argv(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._cgi_env(request, target),
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        feeder = asyncio.create_task(_feed_stdin(request, proc.stdin))
+        stderr_tail = asyncio.create_task(_drain_tail(proc.stderr))
+        try:
+            parsed = await _read_cgi_headers(proc.stdout)
+            if parsed is None:
+                await proc.wait()
+                log.warning(
+                    "git http-backend produced no headers (rc=%s): %s",
+                    proc.returncode,
+                    (await stderr_tail).decode(errors="replace"),
+                )
+                record(502)
+                return _text(502, "Bad gateway: git http-backend failed.\n")
+            status, headers = parsed
+            response = web.StreamResponse(status=status)
+            for name, value in headers:
+                if name.lower() not in _HOP_BY_HOP:
+                    response.headers.add(name, value)
+            # Record before streaming so a test that has seen git exit sees the entry.
+            record(status)
+            await response.prepare(request)
+            while chunk := await proc.stdout.read(CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+            await feeder
+            rc = await proc.wait()
+            if rc != 0:
+                log.warning(
+                    "git http-backend exited %s: %s",
+                    rc,
+                    (await stderr_tail).decode(errors="replace"),
+                )
+            return response
+        finally:
+            feeder.cancel()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await asyncio.shield(proc.wait())
+            stderr_tail.cancel()
+
+
+def _backend_argv() -> list[str]:
+    if _HTTP_BACKEND.exists():
+        return [str(_HTTP_BACKEND)]
+    git = shutil.which("git")
+    if git is None:
+        raise RuntimeError("git is not installed")
+    return [git, "http-backend"]
+
+
+async def _feed_stdin(request: web.BaseRequest, stdin: asyncio.StreamWriter) -> None:
+    """Copy the request body into the CGI's stdin, 64 KiB at a time, honouring backpressure."""
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            stdin.write(chunk)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        return  # backend stopped reading (e.g. it rejected the request); its output says why
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.close()
+
+
+async def _drain_tail(stream: asyncio.StreamReader) -> bytes:
+    """Consume stderr (so the child never blocks on it), keeping the last few KiB."""
+    tail = b""
+    while chunk := await stream.read(CHUNK):
+        tail = (tail + chunk)[-_STDERR_TAIL:]
+    return tail
+
+
+async def _read_cgi_headers(
+    stdout: asyncio.StreamReader,
+) -> tuple[int, list[tuple[str, str]]] | None:
+    """Parse CGI response headers up to the blank line; None if the output is malformed."""
+    status = 200
+    headers: list[tuple[str, str]] = []
+    size = 0
+    while True:
+        try:
+            line = await stdout.readuntil(b"\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        size += len(line)
+        if size > _MAX_CGI_HEADER_BYTES:
+            return None
+        text = line.decode("latin-1").rstrip("\r\n")
+        if not text:
+            return status, headers
+        name, sep, value = text.partition(":")
+        if not sep:
+            return None
+        name, value = name.strip(), value.strip()
+        if name.lower() == "status":
+            try:
+                status = int(value.split(None, 1)[0])
+            except (IndexError, ValueError):
+                return None
+        else:
+            headers.append((name, value))
