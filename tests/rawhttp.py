@@ -17,8 +17,9 @@ class RawResponse:
     body: bytes
 
 
-def client_context(bundle_dir: Path | None, ca: Path, *, cert: Path | None = None,
-                   key: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    bundle_dir: Path | None, ca: Path, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = True
     if bundle_dir is not None:
@@ -28,12 +29,19 @@ def client_context(bundle_dir: Path | None, ca: Path, *, cert: Path | None = Non
     return ctx
 
 
-def send_raw(ctx: ssl.SSLContext, port: int, payload: bytes, *, source: str | None = None,
-             timeout: float = 10) -> RawResponse:
+def send_raw(
+    ctx: ssl.SSLContext,
+    port: int,
+    payload: bytes,
+    *,
+    source: str | None = None,
+    timeout: float = 10,
+) -> RawResponse:
     """Raises ConnectionResetError when the gateway closes without answering."""
     """Send ``payload`` verbatim over TLS to the gateway and parse one response."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                   source_address=(source, 0) if source else None)
+    raw = socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+    )
     with ctx.wrap_socket(raw, server_hostname="airlock.internal") as s:
         s.sendall(payload)
         conn = h11.Connection(h11.CLIENT)
@@ -47,7 +55,9 @@ def send_raw(ctx: ssl.SSLContext, port: int, payload: bytes, *, source: str | No
             if event is h11.NEED_DATA:
                 data = s.recv(65536)
                 if not data and status == 0:
-                    raise ConnectionResetError("the gateway closed the connection without answering")
+                    raise ConnectionResetError(
+                        "the gateway closed the connection without answering"
+                    )
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Response):
@@ -60,8 +70,9 @@ def send_raw(ctx: ssl.SSLContext, port: int, payload: bytes, *, source: str | No
         return RawResponse(status, headers, body)
 
 
-def get(target: str, *, method: str = "GET", headers: dict[str, str] | None = None,
-        body: bytes = b"") -> bytes:
+def get(
+    target: str, *, method: str = "GET", headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", "Host: airlock.internal", "Connection: close"]
     for k, v in (headers or {}).items():
         lines.append(f"{k}: {v}")

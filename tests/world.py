@@ -124,10 +124,18 @@ ca_file = "{self.tls.ca_cert}"
         ready = self.root / "gateway.ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(self.config),
-             "--ready-file", str(ready)],
+            [
+                sys.executable,
+                "-m",
+                "airlock.cli",
+                "gateway",
+                "--config",
+                str(self.config),
+                "--ready-file",
+                str(ready),
+            ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.gateway_log, "ab"),  # noqa: SIM115
+            stderr=open(self.gateway_log, "ab"),
             env=self.gateway_env(),
         )
         deadline = time.monotonic() + 30
@@ -162,9 +170,7 @@ ca_file = "{self.tls.ca_cert}"
 
     def issue(self, *grants: str, **kw: Any) -> tuple[dict[str, Any], bytes]:
         key = new_private_key()
-        issued = self.control.create_session(
-            grants=list(grants), csr=make_csr(key).decode(), **kw
-        )
+        issued = self.control.create_session(grants=list(grants), csr=make_csr(key).decode(), **kw)
         return issued, key_pem(key)
 
     def session(self, *grants: str, **kw: Any) -> Bundle:
@@ -177,18 +183,30 @@ ca_file = "{self.tls.ca_cert}"
         return Bundle(issued["session"]["id"], d)
 
     def git(
-        self, bundle: Bundle | None, *args: str, cwd: Path | None = None, check: bool = False,
-        env: dict[str, str] | None = None, timeout: float = 600,
+        self,
+        bundle: Bundle | None,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = False,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
         extra = {"GIT_CONFIG_GLOBAL": str(bundle.gitconfig)} if bundle else {}
         e = git_env(self.home, GIT_TERMINAL_PROMPT="0", **extra)
         e.update(env or {})
         return subprocess.run(
-            ["git", *args], cwd=cwd or self.root, env=e, capture_output=True, text=True,
-            check=check, timeout=timeout,
+            ["git", *args],
+            cwd=cwd or self.root,
+            env=e,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
         )
 
-    def clone(self, bundle: Bundle, repo: str, dest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    def clone(
+        self, bundle: Bundle, repo: str, dest: Path, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
         return self.git(bundle, "clone", *extra, f"https://{HOST}/{repo}", str(dest))
 
     def audit(self) -> list[dict[str, Any]]:

@@ -76,8 +76,9 @@ def test_caller_uid_not_allowed_is_refused(tmp_path_factory: pytest.TempPathFact
     try:
         assert w.control.health()["status"] == "ok"
         w.stop_gateway()
-        text = w.config.read_text().replace(f"control_uids = [{os.geteuid()}]",
-                                            "control_uids = [4242]")
+        text = w.config.read_text().replace(
+            f"control_uids = [{os.geteuid()}]", "control_uids = [4242]"
+        )
         w.config.write_text(text)
         w.start_gateway()
         with pytest.raises(ControlError, match=f"uid {os.geteuid()} may not use"):
@@ -110,7 +111,7 @@ def test_api_validates_input(world: World) -> None:
     c = world.control
     with pytest.raises(ControlError, match="grants"):
         c.call("POST", "/v1/sessions", {"grants": [], "csr": "x"})
-    with pytest.raises(ControlError, match="unexpected|Extra inputs"):
+    with pytest.raises(ControlError, match=r"evil: Extra inputs"):
         c.call("POST", "/v1/sessions", {"grants": [f"{HOST}/a/b:read"], "csr": "x", "evil": 1})
     with pytest.raises(ControlError, match="csr"):
         c.call("POST", "/v1/sessions", {"grants": [f"{HOST}/a/b:read"], "csr": "not a csr"})

@@ -35,14 +35,18 @@ def test_clone_fetch_push(world: World, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     fetched = world.git(None, "rev-parse", "origin/main", cwd=work, check=True).stdout.strip()
     assert fetched == world.git(None, "rev-parse", "HEAD", cwd=other, check=True).stdout.strip()
-    pushes = [e for e in world.audit_for(b.session_id)
-              if e.get("service") == "git-receive-pack" and e.get("endpoint") == "rpc"]
+    pushes = [
+        e
+        for e in world.audit_for(b.session_id)
+        if e.get("service") == "git-receive-pack" and e.get("endpoint") == "rpc"
+    ]
     assert pushes and all(e["status"] == 200 for e in pushes)
     assert any("refs/heads/main" in u for e in pushes for u in e.get("ref_updates", []))
 
 
-def test_protocol_v2_fetch_passes_git_protocol_to_upload_pack_only(world: World,
-                                                                   tmp_path: Path) -> None:
+def test_protocol_v2_fetch_passes_git_protocol_to_upload_pack_only(
+    world: World, tmp_path: Path
+) -> None:
     world.make_repo("acme", "proto")
     b = world.session(f"{HOST}/acme/proto:write")
     before = len(world.upstream.requests)

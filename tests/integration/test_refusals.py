@@ -53,14 +53,23 @@ def _foreign_client_cert(tmp: Path, session_id: str) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(f"spiffe://airlock/session/{session_id}")]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://airlock/session/{session_id}")]
+            ),
+            False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     cp, kp = tmp / "foreign.pem", tmp / "foreign.key"
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+    kp.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cp, kp
 
 
@@ -200,7 +209,7 @@ PATH_TRICKS = [
     ("GET", f"/git/{HOST}/acme/tricks/HEAD"),
     ("GET", f"/git/{HOST}/acme/tricks/objects/info/packs"),
     ("GET", f"/git/{HOST}/acme/tricks/.git/config"),
-    ("GET", f"/git/GITHUB.COM/acme/tricks/info/refs?service=git-upload-pack"),
+    ("GET", "/git/GITHUB.COM/acme/tricks/info/refs?service=git-upload-pack"),
     ("GET", f"/git/{HOST}:443/acme/tricks/info/refs?service=git-upload-pack"),
     ("GET", f"/git/x@{HOST}/acme/tricks/info/refs?service=git-upload-pack"),
     ("GET", f"/git/{HOST}/acme/tricks\\..\\x/info/refs?service=git-upload-pack"),
@@ -220,7 +229,9 @@ PATH_TRICKS = [
 def test_path_tricks_are_refused_without_reaching_upstream(
     world: World, method: str, target: str
 ) -> None:
-    world.make_repo("acme", "tricks") if not (world.repos / "acme" / "tricks.git").exists() else None
+    world.make_repo("acme", "tricks") if not (
+        world.repos / "acme" / "tricks.git"
+    ).exists() else None
     b = world.session(f"{HOST}/acme/tricks:write", f"{HOST}/acme/other:write")
     before = len(world.upstream.requests)
     headers = {"Content-Type": "application/x-git-upload-pack-request"} if method == "POST" else {}
@@ -234,11 +245,21 @@ def test_wrong_content_type_is_refused(world: World) -> None:
     world.make_repo("acme", "ctype") if not (world.repos / "acme" / "ctype.git").exists() else None
     b = world.session(f"{HOST}/acme/ctype:write")
     before = len(world.upstream.requests)
-    for ctype in ("text/plain", "application/x-git-receive-pack-request",
-                  "application/x-git-upload-pack-request; charset=utf-8"):
-        resp = send_raw(_ctx(world, b.dir), world.port, get(
-            f"/git/{HOST}/acme/ctype/git-upload-pack", method="POST",
-            headers={"Content-Type": ctype}, body=b"0000"))
+    for ctype in (
+        "text/plain",
+        "application/x-git-receive-pack-request",
+        "application/x-git-upload-pack-request; charset=utf-8",
+    ):
+        resp = send_raw(
+            _ctx(world, b.dir),
+            world.port,
+            get(
+                f"/git/{HOST}/acme/ctype/git-upload-pack",
+                method="POST",
+                headers={"Content-Type": ctype},
+                body=b"0000",
+            ),
+        )
         assert resp.status == 400
     assert len(world.upstream.requests) == before
 
@@ -263,8 +284,11 @@ def test_unconfigured_upstream_host_is_refused(world: World) -> None:
         world.session("gitlab.com/acme/x:read")
     b = world.session(f"{HOST}/acme/x:read")
     before = len(world.upstream.requests)
-    resp = send_raw(_ctx(world, b.dir), world.port,
-                    get("/git/gitlab.com/acme/x/info/refs?service=git-upload-pack"))
+    resp = send_raw(
+        _ctx(world, b.dir),
+        world.port,
+        get("/git/gitlab.com/acme/x/info/refs?service=git-upload-pack"),
+    )
     assert resp.status == 400
     assert len(world.upstream.requests) == before
     assert world.audit_for(b.session_id)[-1]["reason"] == "bad_request:unknown_host"

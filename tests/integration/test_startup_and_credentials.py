@@ -16,8 +16,13 @@ from tests.world import HOST, TOKEN, World
 def _gateway(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
-                          capture_output=True, text=True, env=e, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=60,
+    )
 
 
 def _base_config(tmp: Path, token_mode: int = 0o600) -> Path:
@@ -27,8 +32,8 @@ def _base_config(tmp: Path, token_mode: int = 0o600) -> Path:
     cfg = tmp / "airlock.toml"
     cfg.write_text(f"""
 [gateway]
-state_dir = "{tmp / 'state'}"
-control_socket = "{tmp / 'run' / 'control.sock'}"
+state_dir = "{tmp / "state"}"
+control_socket = "{tmp / "run" / "control.sock"}"
 git_listen = "127.0.0.1:1"
 
 [[upstream]]
@@ -68,11 +73,18 @@ def test_refuses_a_token_file_readable_by_others(tmp_path: Path, mode: int) -> N
         ('[gateway]\ngit_listen = "localhost"\n', "gateway.git_listen"),
         ('[gateway]\ngit_listen = "example.org:443"\n', "is not an IP address"),
         ('[gateway]\npublic_name = "bad_name!"\n', "gateway.public_name"),
-        ('[[upstream]]\nhost = "github.com"\nurl = "http://github.com"\ntoken_file = "/t"\n',
-         "https only"),
-        ('[[upstream]]\nhost = "git hub.com"\nurl = "https://x"\ntoken_file = "/t"\n',
-         "upstream.0.host"),
-        ('[[upstream]]\nhost = "github.com"\nurl = "https://x"\n', "upstream.0.token_file: required"),
+        (
+            '[[upstream]]\nhost = "github.com"\nurl = "http://github.com"\ntoken_file = "/t"\n',
+            "https only",
+        ),
+        (
+            '[[upstream]]\nhost = "git hub.com"\nurl = "https://x"\ntoken_file = "/t"\n',
+            "upstream.0.host",
+        ),
+        (
+            '[[upstream]]\nhost = "github.com"\nurl = "https://x"\n',
+            "upstream.0.token_file: required",
+        ),
         ('[sessions]\nidle_timeout = "forever"\n', "sessions.idle_timeout"),
         ("[gateway\n", "not valid TOML"),
         ("", "upstream: required"),
@@ -129,9 +141,12 @@ def test_upstream_token_appears_nowhere(world: World) -> None:
     b = world.session(f"{HOST}/acme/scan:write")
     ctx = client_context(b.dir, world.state_dir / "ca.pem")
     bodies = []
-    for target in (f"/git/{HOST}/acme/scan/info/refs?service=git-upload-pack",
-                   f"/git/{HOST}/acme/nope/info/refs?service=git-upload-pack",
-                   f"/git/{HOST}/acme/scan/../x", "/"):
+    for target in (
+        f"/git/{HOST}/acme/scan/info/refs?service=git-upload-pack",
+        f"/git/{HOST}/acme/nope/info/refs?service=git-upload-pack",
+        f"/git/{HOST}/acme/scan/../x",
+        "/",
+    ):
         r = send_raw(ctx, world.port, get(target))
         bodies.append(repr(r.headers).encode() + r.body)
     r_git = world.git(b, "ls-remote", f"https://{HOST}/acme/nope")

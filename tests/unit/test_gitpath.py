@@ -143,6 +143,7 @@ REFUSED: list[tuple[str, str, str | None, str]] = [
     ("GET", "/git/github.com/o/r /info/refs?service=git-upload-pack", None, "bad_char"),
     ("GET", "/git/github.com/o/r/info/refs?service=git-upload-pack\r\n", None, "bad_char"),
     ("GET", "/git/github.com/o/r\x7f/info/refs?service=git-upload-pack", None, "bad_char"),
+    # Cyrillic "i" and fullwidth "g" lookalikes: non-ASCII never gets as far as the host check.
     ("GET", "/git/g\u0456thub.com/o/r/info/refs?service=git-upload-pack", None, "bad_char"),
     ("GET", "/git/\uff47ithub.com/o/r/info/refs?service=git-upload-pack", None, "bad_char"),
     ("GET", "/git/github.com/o_o/r/info/refs?service=git-upload-pack", None, "bad_owner"),
@@ -191,6 +192,7 @@ REFUSED: list[tuple[str, str, str | None, str]] = [
         "bad_path",
     ),
     ("GET", "*", None, "bad_path"),
+    ("GET", f"/git/github.com/o/r/info/refs?service=git-upload-pack{'&' * 2000}", None, "bad_path"),
     ("GET", "", None, "bad_path"),
     ("GET", "git/github.com/o/r/info/refs?service=git-upload-pack", None, "bad_path"),
     ("GET", "/git/github.com/o/r/objects/info/packs", None, "bad_path"),
@@ -216,6 +218,14 @@ def test_refused(method: str, target: str, ct: str | None, reason: str) -> None:
 def test_refused_message_mentions_reason() -> None:
     with pytest.raises(RequestRefused, match=r"^percent_encoding: "):
         parse("GET", "/git/github.com/o/r%2f/info/refs?service=git-upload-pack")
+
+
+def test_longest_valid_target_accepted() -> None:
+    host = ".".join(["h" * 63] * 3) + "." + "h" * 61
+    owner, repo = "o" * 39, "r" * 100
+    target = f"/git/{host}/{owner}/{repo}.git/info/refs?service=git-receive-pack"
+    req = parse_git_request("GET", target, None, frozenset({host}))
+    assert (req.host, req.owner, req.repo) == (host, owner, repo)
 
 
 def test_empty_upstream_hosts_refuses_everything() -> None:

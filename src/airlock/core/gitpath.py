@@ -26,6 +26,9 @@ __all__ = [
     "parse_git_request",
 ]
 
+# The longest valid target is ~450 characters (253-char host, 39-char owner,
+# 104-char repo segment); anything far beyond that is not worth scanning.
+MAX_TARGET_LENGTH = 1024
 OWNER_MAX_LENGTH = 39
 REPO_MAX_LENGTH = 100
 
@@ -230,7 +233,9 @@ def parse_git_request(
             accepted request shapes.
     """
     if method not in ("GET", "POST"):
-        raise RequestRefused(Reason.BAD_METHOD, f"method {method!r} not allowed")
+        raise RequestRefused(Reason.BAD_METHOD, f"method {method[:16]!r} not allowed")
+    if len(raw_target) > MAX_TARGET_LENGTH:
+        raise RequestRefused(Reason.BAD_PATH, "request target too long")
     _check_chars(raw_target)
 
     path, qmark, query_str = raw_target.partition("?")

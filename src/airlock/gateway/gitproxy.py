@@ -63,6 +63,7 @@ class _Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
+    body_error: Exception | None = None  # raised inside the upload; aiohttp wraps it
 
 
 def _text(status: int, message: str, request_id: str, **headers: str) -> web.Response:
@@ -243,7 +244,6 @@ class GitProxy:
         self, request: web.BaseRequest, req: GitRequest, limit: int, out: _Outcome
     ) -> AsyncIterator[bytes]:
         parser = ReceivePackCommandParser() if req.service is Service.RECEIVE_PACK else None
-        plain = request.headers.get("Content-Encoding") is None
         idle = self.config.git.idle_timeout
         chunk_size = self.config.git.chunk_size
         while True:
@@ -252,12 +252,14 @@ class GitProxy:
                 break
             out.bytes_in += len(chunk)
             if out.bytes_in > limit:
-                raise _BodyTooLarge
-            if parser is not None and plain and not parser.done:
+                out.body_error = _BodyTooLarge()
+                raise out.body_error
+            if parser is not None and not parser.done:
                 try:
                     parser.feed(chunk)
                 except PktLineError as exc:
-                    raise _BadBody(str(exc)) from None
+                    out.body_error = _BadBody(str(exc))
+                    raise out.body_error from None
                 if parser.done:
                     out.fields["ref_updates"] = [
                         f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands
@@ -265,6 +267,12 @@ class GitProxy:
             # Yield in bounded pieces; readany() never returns more than its buffer holds.
             for i in range(0, len(chunk), chunk_size):
                 yield chunk[i : i + chunk_size]
+        if parser is not None:
+            try:
+                parser.finish()  # a push body cut off before its command list ends is refused
+            except PktLineError as exc:
+                out.body_error = _BadBody(str(exc))
+                raise out.body_error from None
 
     async def _forward(
         self, request: web.BaseRequest, req: GitRequest, upstream: UpstreamConfig, out: _Outcome
@@ -279,6 +287,11 @@ class GitProxy:
         limit = cfg.max_request_body if req.is_write else cfg.max_upload_pack_body
         data = None
         if request.method == "POST":
+            encoding = request.headers.get("Content-Encoding")
+            # git gzips fetch negotiation only; a push body must stay readable for the audit.
+            if encoding is not None and (req.is_write or encoding.lower() != "gzip"):
+                out.fields["reason"] = "bad_content_encoding"
+                return _text(400, "bad request", rid), False
             if request.content_length is not None and request.content_length > limit:
                 out.fields["reason"] = "body_too_large"
                 return _text(413, "request body too large", rid), False
@@ -289,16 +302,22 @@ class GitProxy:
             total=cfg.total_timeout, connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
         )
         try:
-            async with self._client(upstream).request(
-                request.method,
-                url,
-                headers=self._upstream_headers(request, req, token),
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-            ) as up:
-                out.fields["upstream_status"] = up.status
-                return await self._relay(request, req, up, out)
+            try:
+                async with self._client(upstream).request(
+                    request.method,
+                    url,
+                    headers=self._upstream_headers(request, req, token),
+                    data=data,
+                    allow_redirects=False,
+                    timeout=timeout,
+                ) as up:
+                    out.fields["upstream_status"] = up.status
+                    return await self._relay(request, req, up, out)
+            except Exception as exc:
+                # An error raised while uploading the body surfaces wrapped in a client error.
+                if out.body_error is None or exc is out.body_error:
+                    raise
+                raise out.body_error from None
         except _BodyTooLarge:
             out.fields["reason"] = "body_too_large"
             return _text(413, "request body too large", rid), False

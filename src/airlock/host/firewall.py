@@ -5,7 +5,10 @@ that passes is sandbox address -> gateway address on the gateway's TCP/UDP ports
 conntrack-established/related traffic between the same two addresses). Everything else from
 that bridge is dropped: other source addresses (spoofing), other host addresses and services,
 all IPv6, and anything routed (to other sandboxes, other networks, the outside). Nothing is
-routed *into* a sandbox bridge either.
+routed *into* a sandbox bridge either. And the gateway's address on that bridge answers only
+packets that arrived on that bridge (or from the host itself, via ``lo``): so the gateway can
+trust that a connection to that address came from that sandbox's network, which is what binds a
+session to its network.
 
 Why nftables, in a table of our own:
 
@@ -28,6 +31,7 @@ Layout of the table::
 
     chain prerouting  (filter hook prerouting priority raw = -300, policy accept)
         iifname "al-x" jump sbx_<name>_pre       # one per sandbox, comment "airlock:<name>"
+        ip daddr <gw> jump sbx_<name>_dst        # the gateway address: from al-x or lo only
         iifname "al-*" drop                      # guard: a bridge without rules is closed
     chain input       (filter hook input priority filter - 10, policy accept)
         iifname "al-x" jump sbx_<name>_in
@@ -40,8 +44,9 @@ Layout of the table::
 
 The ``prerouting`` chain runs before conntrack and before Docker's DNAT (``nat`` PREROUTING), so
 spoofed or misdirected packets never create conntrack entries or get rewritten towards a
-published port elsewhere. Every rule matches a bridge name starting with ``al-``; the host's
-own interfaces are never matched. All access goes through a process-wide lock file so that two
+published port elsewhere. Every rule matches a bridge name starting with ``al-`` or the
+gateway address of such a bridge (an address from airlock's pool, on that bridge only), so the
+host's own traffic is never matched. All access goes through a process-wide lock file so that two
 airlock processes do not interleave read-modify-write cycles.
 """
 
@@ -82,11 +87,11 @@ _BASE_CHAINS: dict[str, tuple[str, int]] = {
     "forward": ("forward", -10),
 }
 _GUARD_COMMENT = "airlock:guard"
-_SUFFIXES = ("pre", "in", "fwd")
+_SUFFIXES = ("pre", "dst", "in", "fwd")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
 # Linux interface names are at most 15 bytes; no "*" or "\" (nft wildcards/escapes).
 _BRIDGE_RE = re.compile(r"al-[a-z0-9_.-]{1,12}")
-_CHAIN_RE = re.compile(r"sbx_(?P<name>.+)_(?P<suffix>pre|in|fwd)")
+_CHAIN_RE = re.compile(r"sbx_(?P<name>.+)_(?P<suffix>pre|dst|in|fwd)")
 
 Expr = dict[str, Any]
 
@@ -168,6 +173,12 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
         # Ends our prerouting chain only; the packet still meets input/forward below.
         [_ACCEPT],
     ]
+    gw_only_here = [
+        # Anything reaching the gateway address from elsewhere (another sandbox, a Docker
+        # network, the LAN routing towards us) is dropped; the host itself may connect.
+        [_match(_meta("iifname"), {"set": sorted(["lo", r.bridge])}), {"return": None}],
+        [_DROP],
+    ]
     inp = [
         _IPV6_DROP,
         [src, dst, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), _ACCEPT],
@@ -180,6 +191,7 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
     fwd = [[_DROP]]  # a sandbox talks to the gateway on the host, never through it
     return {
         _chain_name(r.name, "pre"): pre,
+        _chain_name(r.name, "dst"): gw_only_here,
         _chain_name(r.name, "in"): inp,
         _chain_name(r.name, "fwd"): fwd,
     }
@@ -194,6 +206,13 @@ def jump_rules(r: SandboxRules) -> list[tuple[str, list[Expr]]]:
     fwd = _chain_name(r.name, "fwd")
     return [
         ("prerouting", _jump("iifname", r.bridge, _chain_name(r.name, "pre"))),
+        (
+            "prerouting",
+            [
+                _match(_payload("ip", "daddr"), str(r.gateway_ip)),
+                {"jump": {"target": _chain_name(r.name, "dst")}},
+            ],
+        ),
         ("input", _jump("iifname", r.bridge, _chain_name(r.name, "in"))),
         ("forward", _jump("iifname", r.bridge, fwd)),
         ("forward", _jump("oifname", r.bridge, fwd)),

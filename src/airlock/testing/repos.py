@@ -96,47 +96,48 @@ def _fast_import_with_env(
     parent: bool,
     env: Mapping[str, str],
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            "git",
-            # Random data doesn't compress; storing it as-is is ~5x faster to import.
-            "-c",
-            "pack.compression=0",
-            # Keep the pack rather than exploding <100 objects into loose files.
-            "-c",
-            "fastimport.unpackLimit=0",
-            f"--git-dir={repo}",
-            "fast-import",
-            "--quiet",
-            # Stream blobs over 1 MiB straight into the pack: flat memory, no delta search.
-            "--big-file-threshold=1m",
-        ],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env),
-    )
-    assert proc.stdin is not None
-    try:
-        _commit_header(proc.stdin, message, parent)
-        for path, size, source in feed:
-            proc.stdin.write(f"M 100644 inline {path}\n".encode())
-            proc.stdin.write(b"data %d\n" % size)
-            if isinstance(source, bytes):
-                proc.stdin.write(source)
-            else:
-                remaining = size
-                while remaining:
-                    n = min(_CHUNK, remaining)
-                    proc.stdin.write(source.randbytes(n))
-                    remaining -= n
-            proc.stdin.write(b"\n")
-        proc.stdin.write(b"done\n")
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # fast-import died; its stderr below says why
-    stderr = proc.stderr.read() if proc.stderr else b""
-    if proc.wait() != 0:
-        raise RuntimeError(f"git fast-import failed in {repo}: {stderr.decode(errors='replace')}")
+    argv = [
+        "git",
+        # Random data doesn't compress; storing it as-is is ~5x faster to import.
+        "-c",
+        "pack.compression=0",
+        # Keep the pack rather than exploding <100 objects into loose files.
+        "-c",
+        "fastimport.unpackLimit=0",
+        f"--git-dir={repo}",
+        "fast-import",
+        "--quiet",
+        # Stream blobs over 1 MiB straight into the pack: flat memory, no delta search.
+        "--big-file-threshold=1m",
+    ]
+    # stderr to a file, not a pipe: nobody reads it while we write, so a pipe could fill up.
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=errors, env=dict(env)) as proc,
+    ):
+        assert proc.stdin is not None
+        try:
+            _commit_header(proc.stdin, message, parent)
+            for path, size, source in feed:
+                proc.stdin.write(f"M 100644 inline {path}\n".encode())
+                proc.stdin.write(b"data %d\n" % size)
+                if isinstance(source, bytes):
+                    proc.stdin.write(source)
+                else:
+                    remaining = size
+                    while remaining:
+                        n = min(_CHUNK, remaining)
+                        proc.stdin.write(source.randbytes(n))
+                        remaining -= n
+                proc.stdin.write(b"\n")
+            proc.stdin.write(b"done\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # fast-import died; its stderr below says why
+        if proc.wait() != 0:
+            errors.seek(0)
+            detail = errors.read().decode(errors="replace")
+            raise RuntimeError(f"git fast-import failed in {repo}: {detail}")
 
 
 def create_bare_repo(

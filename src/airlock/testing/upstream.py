@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +279,8 @@ class GitUpstream:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._cgi_env(request, target),
+            # Own process group, so an abort also kills upload-pack/pack-objects beneath it.
+            start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         feeder = asyncio.create_task(_feed_stdin(request, proc.stdin))
@@ -316,10 +319,14 @@ class GitUpstream:
         finally:
             feeder.cancel()
             if proc.returncode is None:
+                # Client went away or we failed mid-stream: stop git's whole process tree.
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await asyncio.shield(proc.wait())
-            stderr_tail.cancel()
+            # Read the pipes to EOF (all writers are dead by now) so asyncio closes them.
+            while await proc.stdout.read(CHUNK):
+                pass
+            await stderr_tail
 
 
 def _backend_argv() -> list[str]:
