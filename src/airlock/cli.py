@@ -206,5 +206,173 @@ def session_renew(config_path: Path, session_id: str, out_dir: Path) -> None:
     err.print(f"renewed {session_id}; new bundle in {out_dir}", highlight=False)
 
 
+def _manager(config: Config) -> Any:
+    from airlock.host.sandbox import SandboxManager
+
+    return SandboxManager(config, say=lambda m: err.print(m, highlight=False))
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"-e {pair!r}: use KEY=VALUE", 2)
+        env[key] = value
+    return env
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@config_option
+@click.option("--grant", "grants", multiple=True, help="HOST/OWNER/REPO:read|write (repeatable).")
+@click.option("--allow-host", "allow_hosts", multiple=True, help="Egress host (repeatable).")
+@click.option("--name", help="Sandbox name (default airlock-<id>).")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the name.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep standard input open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a terminal.")
+@click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option("-v", "--volume", "volumes", multiple=True, help="/HOST:/CONTAINER[:ro].")
+@click.option("--read-only", is_flag=True, default=None, help="Read-only root file system.")
+@click.option("--ttl", help="Session lifetime, e.g. 2h (default from the config).")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(
+    config_path: Path,
+    grants: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    name: str | None,
+    detach: bool,
+    interactive: bool,
+    tty: bool,
+    env: tuple[str, ...],
+    volumes: tuple[str, ...],
+    read_only: bool | None,
+    ttl: str | None,
+    image: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in IMAGE in a sandbox that reaches only its grants, like `docker run`."""
+    from airlock.host.sandbox import RunSpec, SandboxError, run_foreground
+
+    config = _config(config_path)
+    try:
+        ttl_s = parse_duration(ttl) if ttl else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    spec = RunSpec(
+        image=image,
+        command=list(command),
+        grants=list(grants),
+        allow_hosts=list(allow_hosts),
+        name=name,
+        env=_parse_env(env),
+        volumes=list(volumes),
+        detach=detach,
+        interactive=interactive,
+        tty=tty,
+        read_only=read_only,
+        ttl=ttl_s,
+    )
+    try:
+        manager = _manager(config)
+        if detach:
+            sb = manager.start(spec)
+            click.echo(sb.name)
+            return
+        code = run_foreground(manager, spec)
+    except SandboxError as exc:
+        fail(str(exc), 125)
+    sys.exit(code)
+
+
+@main.command()
+@config_option
+def ps(config_path: Path) -> None:
+    """List running sandboxes."""
+    from airlock.host.sandbox import LABEL, LABEL_NAME, LABEL_SESSION, SandboxError
+
+    try:
+        rows = _manager(_config(config_path)).list()
+    except SandboxError as exc:
+        fail(str(exc))
+    table = Table("name", "sandbox", "session", "status", "image")
+    for c in rows:
+        labels = c.get("Labels") or {}
+        table.add_row(
+            labels.get(LABEL_NAME, "?"),
+            labels.get(LABEL, "?"),
+            labels.get(LABEL_SESSION, "?"),
+            c.get("Status", "?"),
+            c.get("Image", "?"),
+        )
+    out.print(table)
+
+
+@main.command()
+@config_option
+@click.argument("names", nargs=-1, required=True)
+def stop(config_path: Path, names: tuple[str, ...]) -> None:
+    """Stop sandboxes and remove their network, rules, session and files."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager(_config(config_path))
+    for n in names:
+        try:
+            manager.stop(n)
+        except SandboxError as exc:
+            fail(str(exc))
+        err.print(f"stopped {n}", highlight=False)
+
+
+@main.command()
+@config_option
+@click.option("--interval", default=10.0, show_default=True, help="Seconds between reconciles.")
+@click.option("--once", is_flag=True, help="Reconcile once and exit.")
+def supervise(config_path: Path, interval: float, once: bool) -> None:
+    """Revoke sessions of stopped sandboxes, restore firewall rules, remove leftovers."""
+    from airlock.host.sandbox import SandboxError
+    from airlock.host.supervisor import Supervisor
+
+    try:
+        sup = Supervisor(
+            _manager(_config(config_path)), say=lambda m: err.print(m, highlight=False)
+        )
+        if once:
+            sup.reconcile()
+        else:
+            sup.run(interval)
+    except SandboxError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+def image() -> None:
+    """Build (once, offline, from Debian packages) and import the default sandbox image."""
+    from airlock.host.images import ImageBuildError, ensure_sandbox_image
+    from airlock.host.sandbox import SandboxError, docker_client
+
+    try:
+        tag = ensure_sandbox_image(docker_client(), progress=lambda m: err.print(m))
+    except (SandboxError, ImageBuildError) as exc:
+        fail(str(exc))
+    click.echo(tag)
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's directory for inspection.")
+def demo(keep: bool) -> None:
+    """Run the whole story on an embedded default: upstream, gateway, sandbox, clone, push,
+    blocked egress, no token inside."""
+    from airlock.demo import DemoError, run_demo
+
+    try:
+        ok = run_demo(out, keep=keep)
+    except DemoError as exc:
+        fail(str(exc))
+    sys.exit(0 if ok else 1)
+
+
 if __name__ == "__main__":
     main()

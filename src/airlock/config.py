@@ -52,6 +52,7 @@ class GatewayConfig(_Strict):
     public_name: str = "airlock.internal"
     control_uids: list[int] = Field(default_factory=lambda: [0])
     audit_log: Path | None = None  # JSON lines; stdout when unset
+    dns_port: int = Field(default=53, gt=0, lt=65536)  # on each sandbox network's gateway address
 
     @field_validator("git_listen")
     @classmethod
@@ -92,6 +93,37 @@ class GitProxyConfig(_Strict):
     chunk_size: int = Field(default=256 * 1024, ge=4096, le=4 * 1024**2)
 
 
+class SandboxConfig(_Strict):
+    """Defaults for `airlock run`; each has a reason in docs/operations.md."""
+
+    pool: str = "10.213.0.0/16"  # one /28 per sandbox; refused when it overlaps the host
+    prefixlen: int = Field(default=28, ge=16, le=30)
+    bundle_dir: Path = Path("/run/airlock/sandboxes")  # on a tmpfs (mounted when it is not)
+    uid: int = Field(default=10000, gt=0)  # never root inside the sandbox
+    memory: str = "2g"
+    pids_limit: int = Field(default=512, gt=0)
+    cpus: float = Field(default=2.0, gt=0)
+    read_only_rootfs: bool = False
+    proxy_port: int = Field(default=3128, gt=0, lt=65536)
+    allow_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not an IPv4 network ({exc})") from None
+        return str(net)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if not v[:-1].isdigit() or v[-1].lower() not in "kmg":
+            raise ValueError(f"{v!r}: use a size such as 512m or 2g")
+        return v
+
+
 class UpstreamConfig(_Strict):
     host: str
     url: str
@@ -125,6 +157,7 @@ class Config(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     sessions: SessionDefaults = Field(default_factory=SessionDefaults)
     git: GitProxyConfig = Field(default_factory=GitProxyConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstream: list[UpstreamConfig] = Field(min_length=1)
 
     @field_validator("upstream")

@@ -9,6 +9,7 @@ What is proved here:
 * without airlock's rules Docker alone would let it reach any port on the host (the control
   that shows the rules are what blocks), and an ``al-`` bridge whose rules were removed is
   cut off entirely (fail closed);
+* the gateway address answers only its own bridge (and the host), not containers elsewhere;
 * apply_rules is idempotent, verify_rules notices tampering, remove_rules leaves no trace.
 
 Only networks and containers created here are touched; every packet stays on this host.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import threading
 import uuid
@@ -56,6 +58,11 @@ pytestmark = [
 ]
 
 TEST_POOL = IPv4Network("10.213.0.0/16")
+# Control networks use bridges outside airlock's "al-" namespace. host_networks() reports
+# those (they are not airlock's), so they get a pool of their own: were they in TEST_POOL, a
+# concurrent test run would rightly find TEST_POOL overlapping a host network.
+CONTROL_POOL = IPv4Network("10.214.0.0/16")
+CONTROL_PREFIX = "alctl"
 TEST_LABEL = "org.airlock.test"
 
 
@@ -106,11 +113,17 @@ def make_net(client: docker.DockerClient) -> Iterator[NetFactory]:
     created: list[Any] = []
 
     def make(bridge_prefix: str = "al-t") -> SandboxNet:
-        check_pool(TEST_POOL, host_networks())
+        if bridge_prefix == CONTROL_PREFIX:
+            pool, own_bridges = CONTROL_POOL, CONTROL_PREFIX
+        else:
+            pool, own_bridges = TEST_POOL, "al-"
+        check_pool(pool, host_networks(exclude_ifname_prefix=own_bridges))
         bridge = f"{bridge_prefix}{uuid.uuid4().hex[:6]}"
-        # Another test run may grab the same subnet between our look and our create: retry.
-        for _ in range(5):
-            subnet = allocate_subnet(TEST_POOL, 28, _docker_subnets(client))
+        # Another test run may grab the same subnet between our look and our create (Docker
+        # reserves it before the network shows up in its list): skip that subnet and retry.
+        lost: set[IPv4Network] = set()
+        for _ in range(20):
+            subnet = allocate_subnet(pool, 28, _docker_subnets(client) | lost)
             gw, sbx = gateway_and_sandbox_addresses(subnet)
             ipam = docker.types.IPAMConfig(
                 pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=str(gw))]
@@ -129,6 +142,7 @@ def make_net(client: docker.DockerClient) -> Iterator[NetFactory]:
                 )
             except docker.errors.APIError as e:
                 if "overlap" in str(e).lower():
+                    lost.add(subnet)
                     continue
                 raise
             created.append(net)
@@ -470,11 +484,38 @@ def test_without_airlock_rules_docker_alone_lets_the_sandbox_reach_any_host_port
     # sandbox chain nor the guard applies. Docker 20.10 installs no INPUT rules for internal
     # networks, so every host port on the gateway address is open. The test above therefore
     # shows our rules at work, not Docker's.
-    net = make_net(bridge_prefix="alctl")
+    net = make_net(bridge_prefix=CONTROL_PREFIX)
     gw = str(net.gateway_ip)
     port_a, port_b = listeners.tcp(gw), listeners.tcp(gw)
     out = run_in_sandbox(client, image, net, f"tcp {gw} {port_a} & tcp {gw} {port_b} & wait")
     assert probes(out) == {f"tcp {gw}:{port_a}": "open", f"tcp {gw}:{port_b}": "open"}, out
+
+
+def test_gateway_address_answers_only_its_own_bridge(
+    client: docker.DockerClient,
+    image: str,
+    make_net: NetFactory,
+    listeners: HostListeners,
+    rules_cleanup: list[str],
+) -> None:
+    # A container on some other Docker network routes to the host, and the host would accept
+    # a connection to any of its addresses -- including a sandbox's gateway address. The
+    # gateway relies on "arrived at my address on bridge X" meaning "came from sandbox X".
+    net, outsider = make_net(), make_net(bridge_prefix=CONTROL_PREFIX)
+    gw = str(net.gateway_ip)
+    port = listeners.tcp(gw)
+    before = run_in_sandbox(client, image, outsider, f"tcp {gw} {port}")
+    assert probes(before) == {f"tcp {gw}:{port}": "open"}, before
+
+    name = unique_name()
+    rules_cleanup.append(name)
+    firewall.apply_rules(rules_for(name, net, [port], []))
+    after = run_in_sandbox(client, image, outsider, f"tcp {gw} {port}")
+    assert probes(after) == {f"tcp {gw}:{port}": "blocked"}, after
+    # The host itself (over lo) still reaches the gateway, e.g. for health checks.
+    with socket.create_connection((gw, port), timeout=3) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert conn.recv(100).startswith(b"HTTP/1.0 200")
 
 
 def test_removed_rules_fail_closed(

@@ -9,6 +9,9 @@ Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
   POST /v1/sessions/{id}/revoke        {"reason": str} -> Session
   POST /v1/sessions/{id}/activate      Binding -> Session
   POST /v1/revoke-all                  {"reason": str} -> {"revoked": N}
+  GET  /v1/listeners                   -> {"addresses": [...]}
+  POST /v1/listeners                   {"address": IP} -> listen there (git + DNS)
+  POST /v1/listeners/remove            {"address": IP} -> stop listening there
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class ControlAPI:
         self.audit = audit
         self.clock = clock
         self.on_revoke: list[Callable[[Session], None]] = []
+        self.listeners: Any = None  # server.Listeners, set by the gateway
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[self._peer_check])
@@ -106,6 +110,9 @@ class ControlAPI:
         app.router.add_post("/v1/sessions/{id}/revoke", self.revoke)
         app.router.add_post("/v1/sessions/{id}/activate", self.activate)
         app.router.add_post("/v1/revoke-all", self.revoke_all)
+        app.router.add_get("/v1/listeners", self.list_listeners)
+        app.router.add_post("/v1/listeners", self.add_listener)
+        app.router.add_post("/v1/listeners/remove", self.remove_listener)
         return app
 
     @web.middleware
@@ -279,6 +286,42 @@ class ControlAPI:
             address=body.address,
         )
         return web.json_response(s.to_json())
+
+    async def list_listeners(self, request: web.Request) -> web.Response:
+        return web.json_response({"addresses": self.listeners.addresses})
+
+    async def add_listener(self, request: web.Request) -> web.Response:
+        try:
+            body: ListenerBody = await self._json(request, ListenerBody)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        try:
+            await self.listeners.add(body.address)
+        except OSError as exc:
+            return _error(409, f"cannot listen on {body.address}: {exc.strerror or exc}")
+        self.audit.event("listener_added", address=body.address)
+        return web.json_response({"addresses": self.listeners.addresses}, status=201)
+
+    async def remove_listener(self, request: web.Request) -> web.Response:
+        try:
+            body: ListenerBody = await self._json(request, ListenerBody)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        removed = await self.listeners.remove(body.address)
+        self.audit.event("listener_removed", address=body.address, existed=removed)
+        return web.json_response({"addresses": self.listeners.addresses})
+
+
+class ListenerBody(_Body):
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        addr = ipaddress.ip_address(v)
+        if addr.is_unspecified or addr.is_multicast:
+            raise ValueError("a listener needs a concrete unicast address")
+        return str(addr)
 
 
 class _BadRequest(Exception):

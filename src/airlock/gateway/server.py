@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
 import ssl
@@ -17,6 +18,7 @@ from airlock.config import Config
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.control import ControlAPI
 from airlock.gateway.credentials import CredentialError, TokenFile, credential_variables
+from airlock.gateway.dns import DNSServer
 from airlock.gateway.gitproxy import GitProxy
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
 from airlock.gateway.store import SessionStore
@@ -61,6 +63,74 @@ def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
     return ctx
 
 
+class Listeners:
+    """The gateway's git and DNS listeners on sandbox networks' bridge addresses.
+
+    The host side adds one when it creates a sandbox network (before the container exists)
+    and removes it afterwards; the set is saved so a restarted gateway listens again.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._sites: dict[str, tuple[web.TCPSite, DNSServer]] = {}
+        self._file = gateway.config.gateway.state_dir / "listeners.json"
+
+    @property
+    def addresses(self) -> list[str]:
+        return sorted(self._sites)
+
+    def _save(self) -> None:
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.addresses))
+        os.replace(tmp, self._file)
+
+    async def add(self, address: str) -> None:
+        if address in self._sites:
+            return
+        gw = self.gateway.config.gateway
+        runner = self.gateway.git_runner
+        assert runner is not None
+        site = web.TCPSite(runner, address, gw.git_port, ssl_context=self.gateway.ssl, backlog=128)
+        await site.start()
+        names = {gw.public_name: address}
+        dns = DNSServer(address, gw.dns_port, lambda: names)
+        try:
+            await dns.start()
+        except OSError:
+            await site.stop()
+            raise
+        self._sites[address] = (site, dns)
+        self._save()
+
+    async def remove(self, address: str) -> bool:
+        entry = self._sites.pop(address, None)
+        if entry is None:
+            return False
+        site, dns = entry
+        await site.stop()
+        await dns.stop()
+        self._save()
+        return True
+
+    async def restore(self) -> None:
+        try:
+            saved = json.loads(self._file.read_text())
+        except (OSError, ValueError):
+            return
+        for address in saved:
+            try:
+                await self.add(address)
+            except OSError as exc:  # the network is gone; the host side will clean up
+                self.gateway.audit.event("listener_not_restored", address=address, error=str(exc))
+        self._save()
+
+    async def close(self) -> None:
+        for site, dns in self._sites.values():
+            await site.stop()
+            await dns.stop()
+        self._sites.clear()
+
+
 class Gateway:
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.config = config
@@ -78,6 +148,9 @@ class Gateway:
         self.control = ControlAPI(config, self.store, self.identity, self.audit, time.time)
         self._runners: list[web.BaseRunner] = []
         self.ssl = server_ssl_context(self.identity)
+        self.git_runner: web.ServerRunner | None = None
+        self.listeners = Listeners(self)
+        self.control.listeners = self.listeners
 
     def _secrets(self) -> list[str]:
         return [t.current for t in self.tokens.values() if t.current]
@@ -93,12 +166,14 @@ class Gateway:
             git = web.ServerRunner(web.Server(self.proxy.handle), access_log=None)
             await git.setup()
             self._runners.append(git)
+            self.git_runner = git
             await web.TCPSite(
                 git, gw.git_host, gw.git_port, ssl_context=self.ssl, backlog=512
             ).start()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+        await self.listeners.restore()
         self.audit.event(
             "gateway_started",
             git_listen=gw.git_listen,
@@ -107,6 +182,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        await self.listeners.close()
         for r in reversed(self._runners):
             await r.cleanup()
         self._runners.clear()

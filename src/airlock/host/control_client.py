@@ -99,3 +99,17 @@ class ControlClient:
     def activate(self, session_id: str, **binding: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", f"/v1/sessions/{session_id}/activate", binding)
         return result
+
+    def add_listener(self, address: str) -> list[str]:
+        result: list[str] = self.call("POST", "/v1/listeners", {"address": address})["addresses"]
+        return result
+
+    def remove_listener(self, address: str) -> list[str]:
+        result: list[str] = self.call("POST", "/v1/listeners/remove", {"address": address})[
+            "addresses"
+        ]
+        return result
+
+    def listeners(self) -> list[str]:
+        result: list[str] = self.call("GET", "/v1/listeners")["addresses"]
+        return result

@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -123,7 +124,7 @@ class SandboxRules:
         for port in [*self.tcp_ports, *self.udp_ports]:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise ValueError(f"bad port {port!r}")
-        # Sorted and deduplicated: the form nft lists them in, so verify can compare exactly.
+        # Sorted and deduplicated, so equal port sets give equal rules (and verify compares them).
         object.__setattr__(self, "tcp_ports", sorted(set(self.tcp_ports)))
         object.__setattr__(self, "udp_ports", sorted(set(self.udp_ports)))
 
@@ -153,6 +154,24 @@ def _payload(protocol: str, field: str) -> Expr:
     return {"payload": {"protocol": protocol, "field": field}}
 
 
+def _set_key(value: Any) -> tuple[int, int, str]:
+    if isinstance(value, int):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
+
+
+def _canon(obj: Any) -> Any:
+    """Sort the members of anonymous sets: nft does not keep them in a predictable order."""
+    if isinstance(obj, list):
+        return [_canon(x) for x in obj]
+    if isinstance(obj, dict):
+        out = {k: _canon(v) for k, v in obj.items()}
+        if isinstance(out.get("set"), list):
+            out["set"] = sorted(out["set"], key=_set_key)
+        return out
+    return obj
+
+
 def _ports(ports: list[int]) -> Any:
     return ports[0] if len(ports) == 1 else {"set": list(ports)}
 
@@ -176,7 +195,7 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
     gw_only_here = [
         # Anything reaching the gateway address from elsewhere (another sandbox, a Docker
         # network, the LAN routing towards us) is dropped; the host itself may connect.
-        [_match(_meta("iifname"), {"set": sorted(["lo", r.bridge])}), {"return": None}],
+        [_match(_meta("iifname"), {"set": ["lo", r.bridge]}), {"return": None}],
         [_DROP],
     ]
     inp = [
@@ -189,12 +208,13 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
         inp.append([src, dst, _match(_payload("udp", "dport"), _ports(r.udp_ports)), _ACCEPT])
     inp.append([_DROP])
     fwd = [[_DROP]]  # a sandbox talks to the gateway on the host, never through it
-    return {
+    chains = {
         _chain_name(r.name, "pre"): pre,
         _chain_name(r.name, "dst"): gw_only_here,
         _chain_name(r.name, "in"): inp,
         _chain_name(r.name, "fwd"): fwd,
     }
+    return {name: [_canon(rule) for rule in rules] for name, rules in chains.items()}
 
 
 def _jump(interface_key: str, bridge: str, target: str) -> list[Expr]:
@@ -288,7 +308,11 @@ class _State:
 
 
 def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True, check=False)
+    # C locale: _read_state recognises "table absent" by nft's (untranslated) error text.
+    env = {**os.environ, "LC_ALL": "C"}
+    return subprocess.run(
+        ["nft", *args], input=stdin, capture_output=True, text=True, check=False, env=env
+    )
 
 
 def _read_state() -> _State | None:
@@ -306,7 +330,7 @@ def _read_state() -> _State | None:
         elif "rule" in item:
             rule = item["rule"]
             rules.setdefault(rule["chain"], []).append(
-                _Rule(rule["chain"], int(rule["handle"]), rule.get("comment"), rule["expr"])
+                _Rule(rule["chain"], int(rule["handle"]), rule.get("comment"), _canon(rule["expr"]))
             )
     return _State(chains, rules)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -133,7 +134,9 @@ def _fast_import_with_env(
             proc.stdin.write(b"done\n")
             proc.stdin.close()
         except BrokenPipeError:
-            pass  # fast-import died; its stderr below says why
+            # fast-import died; its stderr below says why. Drop what's left unflushed.
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
         if proc.wait() != 0:
             errors.seek(0)
             detail = errors.read().decode(errors="replace")

@@ -288,7 +288,7 @@ class GitUpstream:
         try:
             parsed = await _read_cgi_headers(proc.stdout)
             if parsed is None:
-                await proc.wait()
+                await _kill_tree(proc)
                 log.warning(
                     "git http-backend produced no headers (rc=%s): %s",
                     proc.returncode,
@@ -318,15 +318,20 @@ class GitUpstream:
             return response
         finally:
             feeder.cancel()
-            if proc.returncode is None:
-                # Client went away or we failed mid-stream: stop git's whole process tree.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.shield(proc.wait())
+            # Client went away or we failed mid-stream: stop git's whole process tree.
+            await _kill_tree(proc)
             # Read the pipes to EOF (all writers are dead by now) so asyncio closes them.
             while await proc.stdout.read(CHUNK):
                 pass
             await stderr_tail
+
+
+async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the CGI and everything it started, unless it already exited; then reap it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.shield(proc.wait())
 
 
 def _backend_argv() -> list[str]:

@@ -1,0 +1,619 @@
+"""Sandboxes on the real Docker engine: one network, firewall and session per container.
+
+Order of a start (each step is undone, in reverse, if a later one fails):
+  1. a subnet from the pool (checked against the host's own networks),
+  2. an ``--internal`` bridge network with ICC off,
+  3. nftables rules for its bridge, read back and verified,
+  4. the gateway listening (git + DNS) on the bridge address,
+  5. a session waiting for activation,
+  6. the session bundle on a tmpfs,
+  7. the container, created (not started) with the bundle mounted read-only,
+  8. start; inspect through the Docker API; activate the session bound to what was seen;
+     open the gate that holds the sandbox command until activation.
+
+Everything a sandbox owns carries the label ``airlock.sandbox=<id>`` (network, container)
+or is named after that id (rules, bundle directory), so teardown and ``supervise`` can find
+it from Docker's state alone after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import IPAMConfig, IPAMPool, Mount
+
+from airlock.config import Config
+from airlock.gateway.pki import key_pem, make_csr, new_private_key
+from airlock.host import firewall
+from airlock.host.bundle import GatewayEndpoint, write_bundle
+from airlock.host.control_client import ControlClient, ControlError
+from airlock.host.hostnet import host_networks
+from airlock.host.netpool import PoolError, allocate_subnet, check_pool
+
+LABEL = "airlock.sandbox"
+LABEL_SESSION = "airlock.session"
+LABEL_NAME = "airlock.name"
+LABEL_GATEWAY = "airlock.gateway_ip"
+LABEL_SANDBOX_IP = "airlock.sandbox_ip"
+MOUNT_POINT = Path("/run/airlock")
+READY_FILE = "ready"
+# Holds the sandbox command until the host has verified the container and activated its
+# session, so the very first instruction already runs under the final identity and rules.
+GATE = (
+    "i=0; while [ ! -e /run/airlock/ready ]; do i=$((i+1)); "
+    'if [ "$i" -gt 600 ]; then echo "airlock: sandbox was not activated" >&2; exit 125; fi; '
+    'sleep 0.05; done; exec "$@"'
+)
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+
+
+class SandboxError(Exception):
+    """A sandbox could not be started or managed; the message says what to do."""
+
+
+@dataclass
+class RunSpec:
+    image: str
+    command: list[str]
+    grants: list[str]
+    allow_hosts: list[str] = field(default_factory=list)
+    name: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)
+    detach: bool = False
+    interactive: bool = False
+    tty: bool = False
+    read_only: bool | None = None
+    ttl: int | None = None
+
+
+@dataclass
+class Sandbox:
+    id: str
+    name: str
+    network: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    gateway_ip: ipaddress.IPv4Address
+    sandbox_ip: ipaddress.IPv4Address
+    session_id: str | None = None
+    container_id: str | None = None
+    bundle_dir: Path | None = None
+
+    @property
+    def rules(self) -> firewall.SandboxRules:
+        return firewall.SandboxRules(
+            name=self.id,
+            bridge=self.bridge,
+            subnet=self.subnet,
+            gateway_ip=self.gateway_ip,
+            sandbox_ip=self.sandbox_ip,
+            tcp_ports=[],  # filled by the manager from the config
+            udp_ports=[],
+        )
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise SandboxError(
+            "cannot reach the Docker daemon "
+            f"({os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}): start it "
+            "(for example `systemctl start docker`, or run ./dev setup as root)"
+        ) from exc
+    return client
+
+
+def _ensure_tmpfs(directory: Path) -> None:
+    """Session keys live on a tmpfs so they never reach a disk."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    target = str(directory.resolve())
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if parts[1] == target and parts[2] == "tmpfs":
+                return
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m,nosuid,nodev,noexec", "tmpfs", target],
+        check=True,
+        capture_output=True,
+    )
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: docker.DockerClient | None = None,
+        control: ControlClient | None = None,
+        say: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self.control = control or ControlClient(config.gateway.control_socket)
+        self.say = say
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    # --- ports the sandbox may reach on its gateway address ---------------------------
+
+    def rules_for(self, sb: Sandbox) -> firewall.SandboxRules:
+        gw = self.config.gateway
+        return firewall.SandboxRules(
+            name=sb.id,
+            bridge=sb.bridge,
+            subnet=sb.subnet,
+            gateway_ip=sb.gateway_ip,
+            sandbox_ip=sb.sandbox_ip,
+            tcp_ports=[gw.git_port, self.config.sandbox.proxy_port, gw.dns_port],
+            udp_ports=[gw.dns_port],
+        )
+
+    # --- start ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _pool_lock(self) -> Iterator[None]:
+        # Concurrent `airlock run`s must not pick the same subnet.
+        lock = self.config.sandbox.bundle_dir.parent / "pool.lock"
+        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(lock, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _taken_subnets(self) -> list[ipaddress.IPv4Network]:
+        taken = []
+        for net in self.client.networks.list():
+            for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    taken.append(ipaddress.IPv4Network(cfg["Subnet"]))
+        return taken
+
+    def _preflight(self, spec: RunSpec) -> None:
+        try:
+            self.control.health()
+        except ControlError as exc:
+            raise SandboxError(f"the gateway is not available: {exc}") from None
+        try:
+            self.client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise SandboxError(
+                f"image {spec.image!r} not found locally; airlock never pulls: build or "
+                "import it first (`airlock image` builds the default sandbox image)"
+            ) from None
+        if spec.name is not None and not _NAME_RE.match(spec.name):
+            raise SandboxError(f"--name {spec.name!r}: use lowercase letters, digits, . _ -")
+        if not spec.grants and not spec.allow_hosts:
+            self.say("note: no --grant given; the sandbox can reach no repository")
+
+    def start(self, spec: RunSpec, *, open_gate: bool = True) -> Sandbox:
+        """Create everything and start the container; on failure leave nothing behind.
+
+        With ``open_gate=False`` the command waits until :meth:`open_gate` (so a caller can
+        attach to its output first).
+        """
+        self._preflight(spec)
+        sid = secrets.token_hex(5)
+        name = spec.name or f"airlock-{sid}"
+        if self._find_containers(name=name):
+            raise SandboxError(f"a sandbox named {name!r} already exists")
+        undo: list[Callable[[], object]] = []
+        try:
+            sb = self._create_network(sid, name, undo)
+            self._apply_firewall(sb, undo)
+            self._listen(sb, undo)
+            self._create_session(sb, spec, undo)
+            self._write_bundle(sb, undo)
+            self._create_container(sb, spec, undo)
+            self._start_and_activate(sb)
+            if open_gate:
+                self.open_gate(sb)
+            return sb
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+
+    def _create_network(self, sid: str, name: str, undo: list[Callable[[], object]]) -> Sandbox:
+        cfg = self.config.sandbox
+        pool = ipaddress.IPv4Network(cfg.pool)
+        with self._pool_lock():
+            try:
+                check_pool(pool, host_networks())
+                subnet = allocate_subnet(pool, cfg.prefixlen, self._taken_subnets())
+            except PoolError as exc:
+                raise SandboxError(f"sandbox.pool: {exc}") from None
+            gateway_ip, sandbox_ip = subnet[1], subnet[2]
+            bridge = f"al-{sid}"
+            network = f"airlock-{sid}"
+            try:
+                self.client.networks.create(
+                    network,
+                    driver="bridge",
+                    internal=True,
+                    enable_ipv6=False,
+                    ipam=IPAMConfig(
+                        pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(gateway_ip))]
+                    ),
+                    options={
+                        "com.docker.network.bridge.name": bridge,
+                        "com.docker.network.bridge.enable_icc": "false",
+                        "com.docker.network.bridge.enable_ip_masquerade": "false",
+                    },
+                    labels={
+                        LABEL: sid,
+                        LABEL_NAME: name,
+                        LABEL_GATEWAY: str(gateway_ip),
+                        LABEL_SANDBOX_IP: str(sandbox_ip),
+                    },
+                )
+            except docker.errors.APIError as exc:
+                raise SandboxError(
+                    f"cannot create the sandbox network: {exc.explanation}"
+                ) from None
+        undo.append(lambda: self._remove_network(network))
+        return Sandbox(sid, name, network, bridge, subnet, gateway_ip, sandbox_ip)
+
+    def _apply_firewall(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
+        rules = self.rules_for(sb)
+        undo.append(lambda: firewall.remove_rules(sb.id))
+        try:
+            firewall.apply_rules(rules)
+        except firewall.FirewallError as exc:
+            raise SandboxError(f"cannot install firewall rules: {exc}") from None
+        if not firewall.verify_rules(rules):
+            raise SandboxError("firewall rules did not verify after install; not starting")
+
+    def _listen(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
+        address = str(sb.gateway_ip)
+        undo.append(lambda: self.control.remove_listener(address))
+        try:
+            self.control.add_listener(address)
+        except ControlError as exc:
+            raise SandboxError(f"the gateway cannot listen on the sandbox network: {exc}") from None
+
+    def _create_session(self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]) -> None:
+        self._key = new_private_key()
+        try:
+            self._issued = self.control.create_session(
+                grants=spec.grants,
+                csr=make_csr(self._key).decode(),
+                ttl=spec.ttl,
+                require_activation=True,
+                allow_hosts=[*self.config.sandbox.allow_hosts, *spec.allow_hosts],
+                labels={"sandbox": sb.id, "name": sb.name},
+            )
+        except ControlError as exc:
+            raise SandboxError(f"the gateway refused the session: {exc}") from None
+        sid = self._issued["session"]["id"]
+        sb.session_id = sid
+        undo.append(lambda: self.control.revoke(sid, "sandbox start failed"))
+
+    def _write_bundle(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
+        cfg = self.config.sandbox
+        _ensure_tmpfs(cfg.bundle_dir)
+        d = cfg.bundle_dir / sb.id
+        undo.append(lambda: shutil.rmtree(d, ignore_errors=True))
+        gw = self.config.gateway
+        endpoint = GatewayEndpoint(gw.public_name, str(sb.gateway_ip), gw.git_port)
+        write_bundle(
+            d,
+            self._issued,
+            key_pem(self._key),
+            endpoint=endpoint,
+            mount_point=MOUNT_POINT,
+            resolve=False,  # the container's hosts file names the gateway
+            key_mode=0o400,
+            uid=cfg.uid,
+        )
+        (d / "resolv.conf").write_text(
+            f"nameserver {sb.gateway_ip}\noptions timeout:2 attempts:1\n"
+        )
+        os.chmod(d, 0o500)
+        sb.bundle_dir = d
+
+    def _environment(self, sb: Sandbox, spec: RunSpec) -> dict[str, str]:
+        proxy = f"http://{sb.gateway_ip}:{self.config.sandbox.proxy_port}"
+        env = {
+            "GIT_CONFIG_SYSTEM": str(MOUNT_POINT / "gitconfig"),
+            "GIT_SSL_NO_VERIFY": "",
+            "HTTPS_PROXY": proxy,
+            "HTTP_PROXY": proxy,
+            "https_proxy": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": f"{self.config.gateway.public_name},{sb.gateway_ip}",
+            "no_proxy": f"{self.config.gateway.public_name},{sb.gateway_ip}",
+            "AIRLOCK_SANDBOX": sb.id,
+        }
+        del env["GIT_SSL_NO_VERIFY"]  # never set; listed to document that it is not
+        env.update(spec.env)
+        return env
+
+    def _mounts(self, sb: Sandbox, spec: RunSpec) -> list[Mount]:
+        assert sb.bundle_dir is not None
+        mounts = [
+            Mount(str(MOUNT_POINT), str(sb.bundle_dir), type="bind", read_only=True),
+            Mount(
+                "/etc/resolv.conf", str(sb.bundle_dir / "resolv.conf"), type="bind", read_only=True
+            ),
+        ]
+        for v in spec.volumes:
+            parts = v.split(":")
+            if len(parts) not in (2, 3) or not parts[0].startswith("/"):
+                raise SandboxError(f"-v {v!r}: use /HOST/PATH:/CONTAINER/PATH[:ro]")
+            if (
+                parts[0] in ("/var/run/docker.sock", "/run/docker.sock")
+                or "docker.sock" in parts[0]
+            ):
+                raise SandboxError("-v: the Docker socket is never given to a sandbox")
+            mounts.append(
+                Mount(
+                    parts[1], parts[0], type="bind", read_only=len(parts) == 3 and parts[2] == "ro"
+                )
+            )
+        return mounts
+
+    def _create_container(self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]) -> None:
+        cfg = self.config.sandbox
+        image = self.client.images.get(spec.image)
+        entrypoint = image.attrs.get("Config", {}).get("Entrypoint") or []
+        command = spec.command or image.attrs.get("Config", {}).get("Cmd") or ["/bin/sh"]
+        networking = self.client.api.create_networking_config(
+            {sb.network: self.client.api.create_endpoint_config(ipv4_address=str(sb.sandbox_ip))}
+        )
+        host_config = self.client.api.create_host_config(
+            network_mode=sb.network,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            pids_limit=cfg.pids_limit,
+            mem_limit=cfg.memory,
+            nano_cpus=int(cfg.cpus * 1e9),
+            read_only=cfg.read_only_rootfs if spec.read_only is None else spec.read_only,
+            mounts=self._mounts(sb, spec),
+            extra_hosts={self.config.gateway.public_name: str(sb.gateway_ip)},
+            dns=[str(sb.gateway_ip)],
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+            init=False,
+        )
+        try:
+            created = self.client.api.create_container(
+                spec.image,
+                command=["/bin/sh", "-c", GATE, "airlock-gate", *entrypoint, *command],
+                entrypoint=[],
+                user=f"{cfg.uid}:{cfg.uid}",
+                environment=self._environment(sb, spec),
+                labels={LABEL: sb.id, LABEL_SESSION: sb.session_id or "", LABEL_NAME: sb.name},
+                name=sb.name,
+                hostname=sb.name[:63],
+                host_config=host_config,
+                networking_config=networking,
+                stdin_open=spec.interactive,
+                tty=spec.tty,
+                working_dir="/tmp" if not spec.volumes else None,
+            )
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"cannot create the container: {exc.explanation}") from None
+        sb.container_id = created["Id"]
+        cid = created["Id"]
+        undo.append(lambda: self.client.api.remove_container(cid, force=True))
+
+    def _verify(self, sb: Sandbox) -> dict[str, Any]:
+        """Inspect the container through the Docker API and check it is the one we made."""
+        info: dict[str, Any] = self.client.api.inspect_container(sb.container_id)
+        labels = info["Config"].get("Labels") or {}
+        nets = info["NetworkSettings"]["Networks"]
+        problems = []
+        if info["Id"] != sb.container_id:
+            problems.append("id differs")
+        if labels.get(LABEL) != sb.id or labels.get(LABEL_SESSION) != sb.session_id:
+            problems.append("labels differ")
+        if set(nets) != {sb.network}:
+            problems.append(f"networks are {sorted(nets)}")
+        elif nets[sb.network].get("IPAddress") != str(sb.sandbox_ip):
+            problems.append(f"address is {nets[sb.network].get('IPAddress')!r}")
+        if not info["State"].get("Running"):
+            problems.append(f"state is {info['State'].get('Status')}")
+        if info["HostConfig"].get("CapAdd"):
+            problems.append("capabilities were added")
+        others = self.client.api.inspect_network(sb.network).get("Containers") or {}
+        if set(others) - {sb.container_id}:
+            problems.append("another container joined the sandbox network")
+        if problems:
+            raise SandboxError("container verification failed: " + "; ".join(problems))
+        return info
+
+    def _start_and_activate(self, sb: Sandbox) -> None:
+        try:
+            self.client.api.start(sb.container_id)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"cannot start the container: {exc.explanation}") from None
+        self._verify(sb)
+        # Rules could have been flushed between install and start: check once more.
+        if not firewall.verify_rules(self.rules_for(sb)):
+            raise SandboxError("firewall rules are missing; refusing to activate")
+        assert sb.session_id is not None and sb.container_id is not None
+        self.control.activate(
+            sb.session_id,
+            container_id=sb.container_id,
+            network=sb.network,
+            address=str(sb.sandbox_ip),
+            gateway_address=str(sb.gateway_ip),
+        )
+
+    def open_gate(self, sb: Sandbox) -> None:
+        assert sb.bundle_dir is not None
+        os.chmod(sb.bundle_dir, 0o700)
+        (sb.bundle_dir / READY_FILE).write_text("")
+        os.chmod(sb.bundle_dir / READY_FILE, 0o444)
+        os.chmod(sb.bundle_dir, 0o500)
+
+    # --- stop and clean up ---------------------------------------------------------------
+
+    def _find_containers(self, **filters: str) -> list[dict[str, Any]]:
+        f: dict[str, Any] = {"label": [LABEL]}
+        if "name" in filters:
+            f["label"] = [f"{LABEL_NAME}={filters['name']}"]
+        if "sandbox" in filters:
+            f["label"] = [f"{LABEL}={filters['sandbox']}"]
+        result: list[dict[str, Any]] = self.client.api.containers(all=True, filters=f)
+        return result
+
+    def _remove_network(self, network: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_network(network)
+
+    def teardown(self, sandbox_id: str, reason: str = "sandbox stopped") -> None:
+        """Remove everything a sandbox owns. Safe to call twice, and for half-built ones."""
+        nets = self.client.api.networks(filters={"label": [f"{LABEL}={sandbox_id}"]})
+        session_ids: set[str] = set()
+        for c in self._find_containers(sandbox=sandbox_id):
+            session_ids.add(str((c.get("Labels") or {}).get(LABEL_SESSION) or ""))
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_container(c["Id"], force=True)
+        session_ids.update(self._sessions_of(sandbox_id))
+        for session_id in session_ids - {""}:
+            with contextlib.suppress(ControlError):
+                self.control.revoke(session_id, reason)
+        for n in nets:
+            gw = (n.get("Labels") or {}).get(LABEL_GATEWAY)
+            if gw:
+                with contextlib.suppress(ControlError):
+                    self.control.remove_listener(gw)
+        firewall.remove_rules(sandbox_id)
+        for n in nets:
+            self._remove_network(n["Id"])
+        d = self.config.sandbox.bundle_dir / sandbox_id
+        if d.exists():
+            os.chmod(d, 0o700)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _sessions_of(self, sandbox_id: str) -> list[str]:
+        try:
+            sessions = self.control.list_sessions()
+        except ControlError:
+            return []
+        return [
+            s["id"]
+            for s in sessions
+            if s.get("labels", {}).get("sandbox") == sandbox_id and s["state"] != "revoked"
+        ]
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._find_containers()
+
+    def sandbox_id_of(self, name: str) -> str | None:
+        found = self._find_containers(name=name) or self._find_containers(sandbox=name)
+        if found:
+            labels: dict[str, str] = found[0].get("Labels") or {}
+            return labels.get(LABEL)
+        nets = self.client.api.networks(filters={"label": [f"{LABEL_NAME}={name}"]})
+        if nets:
+            return str(nets[0]["Labels"][LABEL])
+        return None
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        sid = self.sandbox_id_of(name)
+        if sid is None:
+            raise SandboxError(f"no sandbox named {name!r} (see `airlock ps`)")
+        for c in self._find_containers(sandbox=sid):
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.api.stop(c["Id"], timeout=timeout)
+        self.teardown(sid)
+
+    def all_sandbox_ids(self) -> set[str]:
+        ids = {(c.get("Labels") or {}).get(LABEL) for c in self._find_containers()}
+        for n in self.client.api.networks(filters={"label": [LABEL]}):
+            ids.add((n.get("Labels") or {}).get(LABEL))
+        ids |= firewall.list_sandbox_rule_names()
+        bundle_root = self.config.sandbox.bundle_dir
+        if bundle_root.is_dir():
+            ids |= {p.name for p in bundle_root.iterdir() if p.is_dir()}
+        return {i for i in ids if i}
+
+    def wait(self, sb: Sandbox) -> int:
+        result = self.client.api.wait(sb.container_id)
+        return int(result.get("StatusCode", 1))
+
+
+def _pump(manager: SandboxManager, sb: Sandbox) -> None:
+    stream = manager.client.api.attach(
+        sb.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+    )
+    for out, err in stream:
+        if out:
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+        if err:
+            sys.stderr.buffer.write(err)
+            sys.stderr.buffer.flush()
+
+
+def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
+    """Start a sandbox with its streams attached, like `docker run`; clean up at exit."""
+    sb = manager.start(spec, open_gate=False)
+    attach: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = None
+    try:
+        if spec.interactive or spec.tty:
+            # Terminal and stdin forwarding: the docker CLI does this best.
+            attach = subprocess.Popen(
+                ["docker", "attach", "--sig-proxy=true", sb.container_id or ""]
+            )
+            time.sleep(0.5)  # the gate holds the command until the attach is in place
+        else:
+            # logs=True replays what was written before the attach, so nothing is lost.
+            pump = threading.Thread(target=_pump, args=(manager, sb), daemon=True)
+            pump.start()
+        manager.open_gate(sb)
+        try:
+            code = manager.wait(sb)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                manager.client.api.stop(sb.container_id, timeout=5)
+            code = 130
+        if pump is not None:
+            pump.join(10)
+        if attach is not None:
+            try:
+                attach.wait(10)
+            except subprocess.TimeoutExpired:
+                attach.terminate()
+        return code
+    finally:
+        manager.teardown(sb.id, "sandbox exited")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
