@@ -380,7 +380,9 @@ class SandboxManager:
             )
         return mounts
 
-    def _create_container(self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]) -> None:
+    def _create_container(
+        self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]
+    ) -> None:
         cfg = self.config.sandbox
         image = self.client.images.get(spec.image)
         entrypoint = image.attrs.get("Config", {}).get("Entrypoint") or []

@@ -1,0 +1,289 @@
+"""`airlock demo`: the whole story on this machine, with nothing from outside.
+
+A local upstream (git's own http-backend behind HTTPS, requiring a token), the gateway, a
+sandbox granted one repository, and a decoy service the sandbox must not reach. The sandbox
+clones, commits and pushes through its plain https://github.com/... URL, then tries the decoy
+and looks for the token; the demo checks each outcome from the host side and prints a report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from airlock.config import Config, parse_config
+from airlock.gateway.server import Gateway, StartupError
+from airlock.host.images import ImageBuildError, ensure_sandbox_image
+from airlock.host.sandbox import RunSpec, SandboxError, SandboxManager, docker_client
+from airlock.testing.repos import create_bare_repo, git_env
+from airlock.testing.tls import make_test_ca_and_server_cert
+from airlock.testing.upstream import GitUpstream
+
+T = TypeVar("T")
+DEMO_REPO = "demo/hello"
+SCRIPT = r"""
+set -u
+cd /tmp
+say() { echo "RESULT $1 $2"; }
+git clone -q https://github.com/{repo} work && say clone ok || say clone fail
+cd work
+echo "written inside an airlock sandbox" > from-sandbox.txt
+git add from-sandbox.txt
+git -c user.name=sandbox -c user.email=sandbox@airlock.invalid \
+  commit -qm "commit from the sandbox"
+git push -q origin HEAD:main && say push ok || say push fail
+git ls-remote https://github.com/{other} >/dev/null 2>&1 \
+  && say ungranted reached || say ungranted refused
+curl -s --noproxy '*' --max-time 3 -o /dev/null http://{host_ip}:{decoy_port}/ \
+  && say decoy_host reached || say decoy_host blocked
+curl -s --noproxy '*' --max-time 3 -o /dev/null http://{gateway_ip}:{decoy_port}/ \
+  && say decoy_gateway_port reached || say decoy_gateway_port blocked
+[ "$(dig +short +time=2 +tries=1 @$GW airlock.internal)" = "$GW" ] \
+  && say dns_gateway answered || say dns_gateway silent
+dig +time=2 +tries=1 @$GW decoy.example.org | grep -q "status: REFUSED" \
+  && say dns_outside refused || say dns_outside answered
+if env | grep -q -- "{token}"; then say token_env found; else say token_env absent; fi
+if grep -rqs -- "{token}" /run/airlock /etc /home /tmp 2>/dev/null; then
+  say token_files found; else say token_files absent; fi
+"""
+
+
+class DemoError(Exception):
+    pass
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(120)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class _Decoy(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:
+        _Decoy.hits.append(self.client_address[0])
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"decoy\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _host_address() -> str:
+    """The host's own primary address (the source of its default route), for the decoy."""
+    from airlock.host.hostnet import _ip_json
+
+    for route in _ip_json(["-4", "route", "show", "default"]):
+        dev = route.get("dev")
+        for link in _ip_json(["-4", "addr", "show", "dev", str(dev)]):
+            for a in link.get("addr_info", []):
+                return str(a["local"])
+    return "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_demo(console: Console, keep: bool = False) -> bool:
+    if os.geteuid() != 0:
+        raise DemoError("the demo creates networks and firewall rules: run it as root")
+    root = Path(tempfile.mkdtemp(prefix="airlock-demo-"))
+    os.chmod(root, 0o700)
+    loop = _Loop()
+    gateway: Gateway | None = None
+    upstream: GitUpstream | None = None
+    decoy: http.server.ThreadingHTTPServer | None = None
+    try:
+        console.rule("[bold]airlock demo")
+        with console.status("sandbox image (built once from Debian packages, then cached)"):
+            try:
+                image = ensure_sandbox_image(docker_client(), progress=console.log)
+            except (SandboxError, ImageBuildError) as exc:
+                raise DemoError(str(exc)) from None
+        console.log(f"sandbox image: {image}")
+
+        token = "ghs_demo" + os.urandom(16).hex()  # shaped like a GitHub App token
+        secrets_dir = root / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        token_file = secrets_dir / "github_token"
+        token_file.write_text(token + "\n")
+        os.chmod(token_file, 0o600)
+        tls = make_test_ca_and_server_cert(root / "upstream-tls", ["localhost"], ["127.0.0.1"])
+        repos = root / "upstream"
+        bare = create_bare_repo(repos, *DEMO_REPO.split("/"))
+        create_bare_repo(repos, "demo", "private")
+        upstream = GitUpstream(repos, token_file, tls)
+        loop.run(upstream.start())
+        console.log(f"upstream: git http-backend at {upstream.url}, token required")
+
+        config = _config(root, upstream.url, token_file, tls.ca_cert)
+        try:
+            gateway = Gateway(config)
+            loop.run(gateway.start())
+        except StartupError as exc:
+            raise DemoError(str(exc)) from None
+        console.log(f"gateway: git proxy on {config.gateway.git_listen}, control socket ready")
+
+        decoy_port = _free_port()
+        decoy = http.server.ThreadingHTTPServer(("0.0.0.0", decoy_port), _Decoy)
+        threading.Thread(target=decoy.serve_forever, daemon=True).start()
+        host_ip = _host_address()
+        console.log(f"decoy: HTTP on {host_ip}:{decoy_port} (not allowlisted)")
+
+        manager = SandboxManager(config, say=console.log)
+        spec = RunSpec(
+            image=image,
+            command=["sh", "-c", ""],
+            grants=[f"github.com/{DEMO_REPO}:write"],
+        )
+        # The subnet is only known once the network exists; the script asks the bundle.
+        spec.command = [
+            "sh",
+            "-c",
+            "GW=$(awk '/nameserver/{print $2}' /etc/resolv.conf); "
+            + _fill(
+                SCRIPT,
+                gateway_ip="$GW",
+                repo=DEMO_REPO,
+                other="demo/private",
+                host_ip=host_ip,
+                decoy_port=str(decoy_port),
+                token=token,
+            ),
+        ]
+        with console.status("sandbox: clone, commit, push, then try to get out"):
+            try:
+                sb = manager.start(spec)
+            except SandboxError as exc:
+                raise DemoError(str(exc)) from None
+            try:
+                code = manager.wait(sb)
+                logs = manager.client.api.logs(sb.container_id).decode(errors="replace")
+            finally:
+                manager.teardown(sb.id, "demo finished")
+        console.log(
+            f"sandbox {sb.name} exited with {code}; its network, rules and session are gone"
+        )
+
+        results = dict(
+            line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
+        )
+        pushed = _upstream_has_file(bare, root)
+        host_reaches_decoy = _host_reaches(host_ip, decoy_port)
+        sandbox_hits = [h for h in _Decoy.hits if h != host_ip and not h.startswith("127.")]
+        checks = [
+            ("clone github.com/demo/hello", results.get("clone") == "ok"),
+            ("push a commit (seen in the upstream)", results.get("push") == "ok" and pushed),
+            ("ungranted repository refused", results.get("ungranted") == "refused"),
+            (
+                "decoy on the host address unreachable",
+                results.get("decoy_host") == "blocked" and not sandbox_hits,
+            ),
+            (
+                "decoy on the gateway address unreachable",
+                results.get("decoy_gateway_port") == "blocked",
+            ),
+            ("outside names get no DNS answer", results.get("dns_outside") == "refused"),
+            (
+                "(control) the gateway's DNS answers its own name",
+                results.get("dns_gateway") == "answered",
+            ),
+            ("no upstream token in the environment", results.get("token_env") == "absent"),
+            ("no upstream token in any file", results.get("token_files") == "absent"),
+            ("(control) the host itself reaches the decoy", host_reaches_decoy),
+        ]
+        table = Table("check", "result", title="airlock demo report")
+        for name, ok in checks:
+            table.add_row(name, "[green]pass" if ok else "[red]FAIL")
+        console.print(table)
+        ok = all(ok for _, ok in checks)
+        console.print("[bold green]all checks passed" if ok else "[bold red]some checks failed")
+        if not ok:
+            console.print(logs)
+        return ok
+    finally:
+        if decoy is not None:
+            decoy.shutdown()
+        if gateway is not None:
+            loop.run(gateway.stop())
+        if upstream is not None:
+            loop.run(upstream.stop())
+        loop.close()
+        if keep:
+            console.log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _fill(template: str, **values: str) -> str:
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _config(root: Path, upstream_url: str, token_file: Path, ca: Path) -> Config:
+    data = {
+        "gateway": {
+            "state_dir": str(root / "state"),
+            "control_socket": str(root / "run" / "control.sock"),
+            "git_listen": f"127.0.0.1:{_free_port()}",
+            "audit_log": str(root / "audit.log"),
+        },
+        "upstream": [
+            {
+                "host": "github.com",
+                "url": upstream_url,
+                "token_file": str(token_file),
+                "ca_file": str(ca),
+            }
+        ],
+    }
+    return parse_config(data, Path("<demo>"))
+
+
+def _upstream_has_file(bare: Path, root: Path) -> bool:
+    import subprocess
+
+    r = subprocess.run(
+        ["git", "--git-dir", str(bare), "show", "main:from-sandbox.txt"],
+        capture_output=True,
+        text=True,
+        env=git_env(root),
+        check=False,
+    )
+    return r.returncode == 0 and "airlock sandbox" in r.stdout
+
+
+def _host_reaches(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=3) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(100).startswith(b"HTTP/")
+    except OSError:
+        return False
