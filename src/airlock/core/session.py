@@ -9,6 +9,8 @@ authenticated git request extends the idle deadline; nothing extends the absolut
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -71,6 +73,7 @@ class Session:
     binding: Binding | None = None
     allow_hosts: tuple[str, ...] = ()
     cert_fingerprint: str | None = None  # sha256 hex of the one client certificate accepted
+    proxy_token_sha256: str | None = None  # the egress proxy's per-session token, hashed
     requests: int = 0
     bytes: int = 0
     revoked_reason: str | None = None
@@ -197,6 +200,20 @@ def revoke(s: Session, reason: str) -> Session:
     if s.state is SessionState.REVOKED:
         return s
     return dataclasses.replace(s, state=SessionState.REVOKED, revoked_reason=reason)
+
+
+def hash_proxy_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def proxy_token_matches(s: Session, token: str) -> bool:
+    if s.proxy_token_sha256 is None:
+        return False
+    return hmac.compare_digest(s.proxy_token_sha256, hash_proxy_token(token))
+
+
+def with_proxy_token(s: Session, token: str) -> Session:
+    return dataclasses.replace(s, proxy_token_sha256=hash_proxy_token(token))
 
 
 def renew_certificate(s: Session, fingerprint: str) -> Session:

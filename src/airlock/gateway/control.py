@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -200,10 +201,14 @@ class ControlAPI:
             ),
             labels=body.labels,
         )
+        proxy_token = secrets.token_urlsafe(24)
+        s = lifecycle.with_proxy_token(s, proxy_token)
         try:
             issued = self._issue(s, body.csr)
         except _BadRequest as exc:
             return _error(400, str(exc))
+        # Returned once; the gateway keeps only its hash.
+        issued["proxy_token"] = proxy_token
         self.audit.event(
             "session_created",
             session=s.id,

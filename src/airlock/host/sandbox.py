@@ -340,10 +340,12 @@ class SandboxManager:
         sb.bundle_dir = d
 
     def _environment(self, sb: Sandbox, spec: RunSpec) -> dict[str, str]:
-        proxy = f"http://{sb.gateway_ip}:{self.config.sandbox.proxy_port}"
+        # The proxy token is a session credential like the client key: useless off this
+        # sandbox's network. The upstream token is never in the sandbox's environment.
+        token = self._issued.get("proxy_token", "")
+        proxy = f"http://airlock:{token}@{sb.gateway_ip}:{self.config.sandbox.proxy_port}"
         env = {
             "GIT_CONFIG_SYSTEM": str(MOUNT_POINT / "gitconfig"),
-            "GIT_SSL_NO_VERIFY": "",
             "HTTPS_PROXY": proxy,
             "HTTP_PROXY": proxy,
             "https_proxy": proxy,
@@ -352,7 +354,6 @@ class SandboxManager:
             "no_proxy": f"{self.config.gateway.public_name},{sb.gateway_ip}",
             "AIRLOCK_SANDBOX": sb.id,
         }
-        del env["GIT_SSL_NO_VERIFY"]  # never set; listed to document that it is not
         env.update(spec.env)
         return env
 
