@@ -1,0 +1,55 @@
+"""Config validation names the key and says what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airlock.config import ConfigError, parse_config
+
+UP = {"host": "github.com", "url": "https://github.com", "token_file": "/t"}
+
+
+def _err(data: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, Path("x.toml"))
+    return str(e.value)
+
+
+def test_defaults() -> None:
+    c = parse_config({"upstream": [UP]}, Path("x.toml"))
+    assert c.gateway.git_port == 8443
+    assert c.upstream_hosts == frozenset({"github.com"})
+    assert c.sessions.idle_timeout == 3600
+
+
+def test_durations_and_hosts_are_normalised() -> None:
+    c = parse_config(
+        {
+            "sessions": {"idle_timeout": "15m", "lifetime": "1h30m"},
+            "upstream": [dict(UP, host="GHE.Example.COM.")],
+        },
+        Path("x"),
+    )
+    assert c.sessions.idle_timeout == 900 and c.sessions.lifetime == 5400
+    assert c.upstream_for("ghe.example.com") is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"upstream": [UP], "gateway": {"bogus": 1}}, "gateway.bogus: unknown key"),
+        ({"upstream": [UP, UP]}, "listed twice"),
+        ({"upstream": [dict(UP, url="https://user:pw@github.com")]}, "credentials in the URL"),
+        ({"upstream": [dict(UP, url="ftp://github.com")]}, "https only"),
+        ({"upstream": [dict(UP, host="1.2.3.4")]}, "IP address"),
+        ({"upstream": []}, "upstream"),
+        ({"upstream": [UP], "sandbox": {"pool": "10.0.0.0/33"}}, "sandbox.pool"),
+        ({"upstream": [UP], "sandbox": {"memory": "lots"}}, "sandbox.memory"),
+        ({"upstream": [UP], "sessions": {"max_requests": 0}}, "sessions.max_requests"),
+        ({"upstream": [UP], "gateway": {"control_uids": "root"}}, "gateway.control_uids"),
+    ],
+)
+def test_errors_name_the_key(data: dict[str, object], needle: str) -> None:
+    assert needle in _err(data)
