@@ -189,7 +189,7 @@ ca_file = "{self.tls.ca_cert}"
         cwd: Path | None = None,
         check: bool = False,
         env: dict[str, str] | None = None,
-        timeout: float = 600,
+        timeout: float = 180,
     ) -> subprocess.CompletedProcess[str]:
         extra = {"GIT_CONFIG_GLOBAL": str(bundle.gitconfig)} if bundle else {}
         e = git_env(self.home, GIT_TERMINAL_PROMPT="0", **extra)

@@ -53,6 +53,17 @@ class GatewayConfig(_Strict):
     control_uids: list[int] = Field(default_factory=lambda: [0])
     audit_log: Path | None = None  # JSON lines; stdout when unset
     dns_port: int = Field(default=53, gt=0, lt=65536)  # on each sandbox network's gateway address
+    metrics_listen: str | None = None  # e.g. 127.0.0.1:9109; loopback only
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        _check_listen(v)
+        if not ipaddress.ip_address(v.rpartition(":")[0].strip("[]")).is_loopback:
+            raise ValueError(f"{v!r}: metrics are served on a loopback address only")
+        return v
 
     @field_validator("git_listen")
     @classmethod
@@ -93,6 +104,96 @@ class GitProxyConfig(_Strict):
     chunk_size: int = Field(default=256 * 1024, ge=4096, le=4 * 1024**2)
 
 
+def _rate(v: str) -> str:
+    from limits import parse
+
+    try:
+        parse(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not a rate; use e.g. 600/minute or 100/second") from None
+    return v
+
+
+Rate = Annotated[str, BeforeValidator(_rate)]
+
+
+class LimitsConfig(_Strict):
+    """Abuse controls; each default has its reason in docs/operations.md."""
+
+    storage_uri: str = "async+memory://"  # async+redis://HOST:6379 for several replicas
+    session_requests: Rate = "1200/minute"
+    session_bytes: Rate = "8589934592/hour"  # 8 GiB an hour per session
+    global_requests: Rate = "2000/second"
+    session_inflight: int = Field(default=16, gt=0)
+    global_inflight: int = Field(default=256, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
+    max_connections_per_source: int = Field(default=128, gt=0)
+    handshake_timeout: Duration = 10
+    header_timeout: Duration = 15  # a connection with no request in progress is closed
+    auth_failure_threshold: int = Field(default=10, gt=0)
+    auth_backoff_max: Duration = 60
+    max_headers: int = Field(default=64, gt=0)
+    max_line_size: int = Field(default=8190, ge=1024)
+    max_field_size: int = Field(default=8190, ge=1024)
+    control_requests: Rate = "100/second"
+    log_interval: Duration = 10  # repeated denials: one line with a count per interval
+
+
+class StaticHost(_Strict):
+    """A name the egress proxy resolves without DNS (tests, the demo, pinned hosts)."""
+
+    name: str
+    addresses: list[str] = Field(min_length=1)
+    allow_private: bool = False  # only for decoys on this machine; logged on every use
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return normalize_hostname(v)
+        except InvalidHostname as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("addresses")
+    @classmethod
+    def _addrs(cls, v: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(a)) for a in v]
+
+
+class EgressConfig(_Strict):
+    connect_ports: list[int] = Field(default_factory=lambda: [443])
+    http_ports: list[int] = Field(default_factory=lambda: [80])
+    connect_timeout: Duration = 10
+    idle_timeout: Duration = 300
+    max_tunnel_lifetime: Duration = 3600
+    max_tunnels_per_session: int = Field(default=64, gt=0)
+    handshake_timeout: Duration = 10
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    max_headers: int = Field(default=100, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
+    refuse_ech: bool = True
+    session_recheck_interval: Duration = 5
+    gateway_addresses: list[str] = Field(default_factory=list)  # the host's other addresses
+    resolvers: list[str] = Field(default_factory=list)  # empty: the host's resolv.conf
+    resolver_timeout: Duration = 3
+    static: list[StaticHost] = Field(default_factory=list)
+    dns_rate: float = Field(default=50, gt=0)  # sandbox DNS queries per second per source
+    dns_burst: float = Field(default=200, gt=0)
+
+    @field_validator("connect_ports", "http_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 0 < p < 65536:
+                raise ValueError(f"{p} is not a port")
+        return v
+
+    @field_validator("gateway_addresses")
+    @classmethod
+    def _gw(cls, v: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(a)) for a in v]
+
+
 class SandboxConfig(_Strict):
     """Defaults for `airlock run`; each has a reason in docs/operations.md."""
 
@@ -105,7 +206,19 @@ class SandboxConfig(_Strict):
     cpus: float = Field(default=2.0, gt=0)
     read_only_rootfs: bool = False
     proxy_port: int = Field(default=3128, gt=0, lt=65536)
-    allow_hosts: list[str] = Field(default_factory=list)
+    allow_hosts: list[str] = Field(default_factory=list)  # egress defaults for every sandbox
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        from airlock.core.egress import InvalidAllowEntry, parse_allow_entry
+
+        for entry in v:
+            try:
+                parse_allow_entry(entry)
+            except InvalidAllowEntry as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("pool")
     @classmethod
@@ -158,6 +271,8 @@ class Config(_Strict):
     sessions: SessionDefaults = Field(default_factory=SessionDefaults)
     git: GitProxyConfig = Field(default_factory=GitProxyConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    egress: EgressConfig = Field(default_factory=EgressConfig)
     upstream: list[UpstreamConfig] = Field(min_length=1)
 
     @field_validator("upstream")

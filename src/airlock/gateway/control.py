@@ -24,14 +24,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from airlock.config import Config
 from airlock.core import session as lifecycle
+from airlock.core.egress import InvalidAllowEntry, parse_allow_entry
 from airlock.core.grants import InvalidGrant, parse_grant
-from airlock.core.hostnames import InvalidHostname, normalize_hostname
+from airlock.core.hostnames import InvalidHostname
 from airlock.core.session import Binding, Limits, Session
 from airlock.gateway.audit import AuditLog
+from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, cert_fingerprint
 from airlock.gateway.store import SessionStore
 from airlock.gateway.unixsock import peer_uid
@@ -100,10 +105,14 @@ class ControlAPI:
         self.clock = clock
         self.on_revoke: list[Callable[[Session], None]] = []
         self.listeners: Any = None  # server.Listeners, set by the gateway
+        self.metrics: Metrics | None = None
+        self._control_limit = parse(config.limits.control_requests)
+        self._control_limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[self._peer_check])
         app.router.add_get("/v1/health", self.health)
+        app.router.add_get("/v1/metrics", self.metrics_text)
         app.router.add_post("/v1/sessions", self.create)
         app.router.add_get("/v1/sessions", self.list)
         app.router.add_get("/v1/sessions/{id}", self.show)
@@ -123,6 +132,8 @@ class ControlAPI:
         if uid not in self.config.gateway.control_uids:
             self.audit.event("control_refused", uid=uid, path=request.path)
             return _error(403, f"uid {uid} may not use the control socket")
+        if not self._control_limiter.hit(self._control_limit, "control"):
+            return _error(429, "too many control requests; retry shortly")
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -166,6 +177,21 @@ class ControlAPI:
             "upstream_hosts": sorted(self.config.upstream_hosts),
         }
 
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        text = self.metrics.render() if self.metrics is not None else ""
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    def metrics_app(self) -> web.Application:
+        """Metrics alone, for the optional loopback port (no session API there)."""
+        app = web.Application(client_max_size=1024)
+        app.router.add_get("/metrics", self.metrics_text)
+        return app
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": sum(1 for _ in self.store)})
 
@@ -174,8 +200,8 @@ class ControlAPI:
             body: CreateSession = await self._json(request, CreateSession)
             hosts = self.config.upstream_hosts
             grants = tuple(parse_grant(g, hosts) for g in body.grants)
-            allow = tuple(normalize_hostname(h.removeprefix("*.")) for h in body.allow_hosts)
-        except (InvalidGrant, InvalidHostname) as exc:
+            allow = tuple(str(parse_allow_entry(h)) for h in body.allow_hosts)
+        except (InvalidGrant, InvalidHostname, InvalidAllowEntry) as exc:
             return _error(400, str(exc))
         except _BadRequest as exc:
             return _error(400, str(exc))
@@ -195,10 +221,7 @@ class ControlAPI:
             limits=limits,
             bind_ip=body.bind_ip,
             require_activation=body.require_activation,
-            allow_hosts=tuple(
-                ("*." + a) if h.startswith("*.") else a
-                for h, a in zip(body.allow_hosts, allow, strict=True)
-            ),
+            allow_hosts=allow,
             labels=body.labels,
         )
         proxy_token = secrets.token_urlsafe(24)

@@ -23,14 +23,18 @@ from aiohttp import web
 
 from airlock.config import Config, UpstreamConfig
 from airlock.core import session as lifecycle
+from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitpath import GitRequest, RequestRefused, Service, parse_git_request
 from airlock.core.grants import Access
 from airlock.core.pktline import PktLineError, ReceivePackCommandParser
 from airlock.core.session import Refusal
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.credentials import CredentialError, TokenFile
+from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
+from airlock.gateway.ratelimits import RateLimits
 from airlock.gateway.store import SessionStore
+from airlock.gateway.tlslistener import ConnectionGuard
 
 REQUEST_ID_HEADER = "X-Airlock-Request-Id"
 # What git clients send and what git servers answer; nothing else is passed along.
@@ -87,12 +91,20 @@ class GitProxy:
         tokens: dict[str, TokenFile],
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
+        *,
+        metrics: Metrics | None = None,
+        guard: ConnectionGuard | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.tokens = tokens
         self.audit = audit
         self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.guard = guard
+        self.limits = limits
+        self.denials = DenialAggregator(interval=config.limits.log_interval)
         self._clients: dict[str, aiohttp.ClientSession] = {}
 
     def _client(self, upstream: UpstreamConfig) -> aiohttp.ClientSession:
@@ -121,6 +133,8 @@ class GitProxy:
         rid = secrets.token_hex(8)
         source = request.transport.get_extra_info("peername")[0] if request.transport else "?"
         out = _Outcome(rid, source, time.monotonic())
+        if self.guard is not None:
+            self.guard.request_started(request.transport)
         try:
             response = await self._handle(request, out)
         except Exception as exc:  # the audit line must be written whatever happened
@@ -128,11 +142,39 @@ class GitProxy:
             out.fields["status"] = 500
             self._log(out)
             raise
+        finally:
+            if self.guard is not None:
+                self.guard.request_finished(request.transport)
         out.fields.setdefault("status", response.status)
         self._log(out)
         return response
 
     def _log(self, out: _Outcome) -> None:
+        status = int(out.fields.get("status", 0))
+        self.metrics.inc(
+            "airlock_requests_total",
+            help="Git requests answered",
+            service=str(out.fields.get("service", "none")),
+            status=str(status),
+        )
+        self.metrics.inc("airlock_bytes_total", out.bytes_in, help="Bytes relayed", direction="in")
+        self.metrics.inc(
+            "airlock_bytes_total", out.bytes_out, help="Bytes relayed", direction="out"
+        )
+        if status >= 400:
+            reason = str(out.fields.get("reason", "unknown"))
+            self.metrics.inc(
+                "airlock_denials_total",
+                help="Requests and connections refused",
+                reason=reason.split(":")[0],
+            )
+            # Repeated denials of one kind from one session or source: one line, then counts.
+            who = str(out.fields.get("session") or out.source)
+            first, due = self.denials.record(time.monotonic(), (reason, who))
+            for line in due:
+                self.audit.event("denials_repeated", **line)
+            if not first:
+                return
         self.audit.event(
             "git_request",
             request_id=out.request_id,
@@ -147,24 +189,21 @@ class GitProxy:
         out.fields["reason"] = reason
         return response
 
-    async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
+    def _usable_session(
+        self, request: web.BaseRequest, out: _Outcome, session_id: str, der: bytes
+    ) -> lifecycle.Session | web.Response:
+        """The session if it may serve this request now; synchronous, so no await can slip
+        between this check and the request count that follows it."""
         rid = out.request_id
-        ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        session_id = session_id_from_cert(der) if der else None
-        out.fields["session"] = session_id
-        if session_id is None:
-            return self._refuse(out, "no_session_certificate", _text(403, "forbidden", rid))
         s = self.store.get(session_id)
         if s is None:
             return self._refuse(out, Refusal.UNKNOWN_SESSION, _text(403, "session invalid", rid))
-        now = self.clock()
         local = request.transport.get_extra_info("sockname") if request.transport else None
         refusal = lifecycle.check_usable(
             s,
-            now=now,
+            now=self.clock(),
             source_ip=out.source,
-            cert_fingerprint=cert_fingerprint(der) if der else None,
+            cert_fingerprint=cert_fingerprint(der),
             local_ip=local[0] if local else None,
         )
         if refusal is not None:
@@ -172,6 +211,42 @@ class GitProxy:
             return self._refuse(out, refusal, _text(status, "session not usable", rid))
         if s.binding is not None:
             out.fields["container"] = s.binding.container_id
+        return s
+
+    async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
+        rid = out.request_id
+        ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        session_id = session_id_from_cert(der) if der else None
+        out.fields["session"] = session_id
+        if session_id is None or der is None:
+            return self._refuse(out, "no_session_certificate", _text(403, "forbidden", rid))
+        checked = self._usable_session(request, out, session_id, der)
+        if isinstance(checked, web.Response):
+            return checked
+        if self.limits is None:
+            return await self._authorized(request, checked, out)
+        over = await self.limits.admit_request(session_id)
+        if over is not None:
+            return self._refuse(
+                out,
+                f"limit:{over.limit}",
+                _text(429, "rate limited", rid, **{"Retry-After": str(over.retry_after)}),
+            )
+        try:
+            # The limiter awaited: check the session again, it may have changed meanwhile.
+            checked = self._usable_session(request, out, session_id, der)
+            if isinstance(checked, web.Response):
+                return checked
+            return await self._authorized(request, checked, out)
+        finally:
+            await self.limits.done(session_id, out.bytes_in + out.bytes_out)
+
+    async def _authorized(
+        self, request: web.BaseRequest, s: lifecycle.Session, out: _Outcome
+    ) -> web.StreamResponse:
+        rid = out.request_id
+        session_id = s.id
         try:
             req = parse_git_request(
                 request.method,
@@ -320,10 +395,14 @@ class GitProxy:
                 raise out.body_error from None
         except _BodyTooLarge:
             out.fields["reason"] = "body_too_large"
-            return _text(413, "request body too large", rid), False
+            response = _text(413, "request body too large", rid)
+            response.force_close()  # the rest of the body is not wanted: end the connection
+            return response, False
         except _BadBody as exc:
             out.fields["reason"] = f"bad_pkt_line:{exc}"
-            return _text(400, "bad request", rid), False
+            response = _text(400, "bad request", rid)
+            response.force_close()
+            return response, False
         except TimeoutError:
             out.fields["reason"] = "timeout"
             return _text(504, "upstream timed out", rid), False

@@ -15,13 +15,25 @@ from pathlib import Path
 from aiohttp import web
 
 from airlock.config import Config
+from airlock.core import session as lifecycle
+from airlock.core.egress import parse_proxy_authorization
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.control import ControlAPI
 from airlock.gateway.credentials import CredentialError, TokenFile, credential_variables
 from airlock.gateway.dns import DNSServer
+from airlock.gateway.egress import EgressPolicy, EgressProxy
 from airlock.gateway.gitproxy import GitProxy
+from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
+from airlock.gateway.ratelimits import RateLimits
+from airlock.gateway.resolver import (
+    DnsResolver,
+    StaticEntry,
+    StaticResolver,
+    nameservers_from_resolv_conf,
+)
 from airlock.gateway.store import SessionStore
+from airlock.gateway.tlslistener import ConnectionGuard, ConnectionLimits, TLSListener
 from airlock.gateway.unixsock import bind_unix_socket
 
 
@@ -72,7 +84,7 @@ class Listeners:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._sites: dict[str, tuple[web.TCPSite, DNSServer]] = {}
+        self._sites: dict[str, tuple[TLSListener, DNSServer]] = {}
         self._file = gateway.config.gateway.state_dir / "listeners.json"
 
     @property
@@ -88,15 +100,28 @@ class Listeners:
         if address in self._sites:
             return
         gw = self.gateway.config.gateway
-        runner = self.gateway.git_runner
-        assert runner is not None
-        site = web.TCPSite(runner, address, gw.git_port, ssl_context=self.gateway.ssl, backlog=128)
-        await site.start()
+        site = self.gateway.git_listener()
+        await site.start(address, gw.git_port, backlog=128)
         names = {gw.public_name: address}
-        dns = DNSServer(address, gw.dns_port, lambda: names)
+        eg = self.gateway.config.egress
+        dns = DNSServer(
+            address,
+            gw.dns_port,
+            lambda: names,
+            self.gateway.audit.event,
+            rate=eg.dns_rate,
+            burst=eg.dns_burst,
+            summary_interval=self.gateway.config.limits.log_interval,
+        )
         try:
             await dns.start()
         except OSError:
+            await site.stop()
+            raise
+        try:
+            await self.gateway.egress.start(address, self.gateway.config.sandbox.proxy_port)
+        except OSError:
+            await dns.stop()
             await site.stop()
             raise
         self._sites[address] = (site, dns)
@@ -107,6 +132,7 @@ class Listeners:
         if entry is None:
             return False
         site, dns = entry
+        await self.gateway.egress.stop_listener(address)
         await site.stop()
         await dns.stop()
         self._save()
@@ -125,6 +151,7 @@ class Listeners:
         self._save()
 
     async def close(self) -> None:
+        await self.gateway.egress.stop()
         for site, dns in self._sites.values():
             await site.stop()
             await dns.stop()
@@ -144,13 +171,140 @@ class Gateway:
         )
         self.store = SessionStore(gw.state_dir / "sessions.sqlite3")
         self.audit = AuditLog(gw.audit_log, self._secrets)
-        self.proxy = GitProxy(config, self.store, self.tokens, self.audit, time.time)
+        lim = config.limits
+        self.metrics = Metrics()
+        self.guard = ConnectionGuard(
+            ConnectionLimits(
+                handshake_timeout=lim.handshake_timeout,
+                header_timeout=lim.header_timeout,
+                max_connections=lim.max_connections,
+                max_connections_per_source=lim.max_connections_per_source,
+                auth_failure_threshold=lim.auth_failure_threshold,
+                auth_backoff_max=lim.auth_backoff_max,
+            ),
+            self.audit.event,
+            self.metrics,
+        )
+        try:
+            self.limits = RateLimits(
+                storage_uri=lim.storage_uri,
+                session_requests=lim.session_requests,
+                session_bytes=lim.session_bytes,
+                global_requests=lim.global_requests,
+                session_inflight=lim.session_inflight,
+                global_inflight=lim.global_inflight,
+                metrics=self.metrics,
+            )
+        except Exception as exc:  # limits raises ConfigurationError for a missing driver
+            raise StartupError(f"limits.storage_uri: {exc}") from None
+        self.proxy = GitProxy(
+            config,
+            self.store,
+            self.tokens,
+            self.audit,
+            time.time,
+            metrics=self.metrics,
+            guard=self.guard,
+            limits=self.limits,
+        )
         self.control = ControlAPI(config, self.store, self.identity, self.audit, time.time)
+        self.control.metrics = self.metrics
         self._runners: list[web.BaseRunner] = []
         self.ssl = server_ssl_context(self.identity)
-        self.git_runner: web.ServerRunner | None = None
+        self._git_server: web.Server | None = None
+        self._git_listeners: list[TLSListener] = []
+        self.egress = self._make_egress()
         self.listeners = Listeners(self)
+        self._register_gauges()
         self.control.listeners = self.listeners
+
+    def _make_egress(self) -> EgressProxy:
+        eg = self.config.egress
+        static = [StaticEntry.make(e.name, e.addresses, e.allow_private) for e in eg.static]
+        servers = list(eg.resolvers)
+        if not servers:
+            try:
+                servers = nameservers_from_resolv_conf(Path("/etc/resolv.conf").read_text())
+            except OSError:
+                servers = []
+        fallback = DnsResolver(servers, eg.resolver_timeout) if servers else None
+        resolver = StaticResolver(static, fallback=fallback)
+        policy = EgressPolicy(
+            connect_ports=frozenset(eg.connect_ports),
+            http_ports=frozenset(eg.http_ports),
+            connect_timeout=eg.connect_timeout,
+            idle_timeout=eg.idle_timeout,
+            max_tunnel_lifetime=eg.max_tunnel_lifetime,
+            max_tunnels_per_session=eg.max_tunnels_per_session,
+            default_allow_hosts=tuple(self.config.sandbox.allow_hosts),
+            gateway_addresses=frozenset(eg.gateway_addresses),
+            allow_private_names=resolver.private_ok,
+            handshake_timeout=eg.handshake_timeout,
+            max_header_bytes=eg.max_header_bytes,
+            max_headers=eg.max_headers,
+            max_connections=eg.max_connections,
+            refuse_ech=eg.refuse_ech,
+            session_recheck_interval=eg.session_recheck_interval,
+            summary_interval=self.config.limits.log_interval,
+        )
+        return EgressProxy(self._authenticate_proxy, resolver, policy, self.audit.event)
+
+    def _authenticate_proxy(
+        self, header: str | None, source_ip: str, local_ip: str
+    ) -> tuple[lifecycle.Session | None, str]:
+        """The session behind a proxy request: token, source and arrival address must agree."""
+        token = parse_proxy_authorization(header)
+        if token is None:
+            return None, "no_proxy_credentials"
+        candidates = [
+            s
+            for s in self.store
+            if s.binding is not None
+            and s.binding.address == source_ip
+            and s.state is not lifecycle.SessionState.REVOKED
+        ]
+        for s in candidates:
+            if not lifecycle.proxy_token_matches(s, token):
+                continue
+            refusal = lifecycle.check_usable(
+                s,
+                now=time.time(),
+                source_ip=source_ip,
+                cert_fingerprint=s.cert_fingerprint,
+                local_ip=local_ip,
+            )
+            return (None, refusal.value) if refusal else (s, "")
+        if candidates:
+            return None, "wrong_token"
+        return None, "unknown_source"
+
+    def _register_gauges(self) -> None:
+        def sessions() -> dict[tuple[tuple[str, str], ...], float]:
+            counts: dict[tuple[tuple[str, str], ...], float] = {}
+            now = time.time()
+            for s in self.store:
+                state = "ended" if lifecycle.is_finished(s, now) else s.state.value
+                key = (("state", state),)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+        self.metrics.gauge("airlock_sessions", sessions, "Sessions by state")
+        self.metrics.gauge(
+            "airlock_open_connections",
+            lambda: {(("listener", "git"),): float(self.guard.open_connections())},
+            "Open git connections",
+        )
+        self.metrics.gauge(
+            "airlock_inflight_upstream_requests",
+            lambda: {(): float(self.limits.inflight())},
+            "Upstream requests in flight",
+        )
+
+    def git_listener(self) -> TLSListener:
+        """A new git listener sharing the one HTTP server, guard and TLS context."""
+        assert self._git_server is not None
+        listener = TLSListener(self._git_server, self.ssl, self.guard)
+        return listener
 
     def _secrets(self) -> list[str]:
         return [t.current for t in self.tokens.values() if t.current]
@@ -163,13 +317,24 @@ class Gateway:
             await control.setup()
             self._runners.append(control)
             await web.SockSite(control, sock).start()
-            git = web.ServerRunner(web.Server(self.proxy.handle), access_log=None)
-            await git.setup()
-            self._runners.append(git)
-            self.git_runner = git
-            await web.TCPSite(
-                git, gw.git_host, gw.git_port, ssl_context=self.ssl, backlog=512
-            ).start()
+            lim = self.config.limits
+            self._git_server = web.Server(
+                self.proxy.handle,
+                max_line_size=lim.max_line_size,
+                max_field_size=lim.max_field_size,
+                max_headers=lim.max_headers,
+                keepalive_timeout=lim.header_timeout,
+            )
+            self.guard.start()
+            main_listener = self.git_listener()
+            self._git_listeners.append(main_listener)
+            await main_listener.start(gw.git_host, gw.git_port)
+            if gw.metrics_listen:
+                metrics_runner = web.AppRunner(self.control.metrics_app(), access_log=None)
+                await metrics_runner.setup()
+                self._runners.append(metrics_runner)
+                host, _, port = gw.metrics_listen.rpartition(":")
+                await web.TCPSite(metrics_runner, host.strip("[]"), int(port)).start()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
@@ -183,6 +348,11 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.listeners.close()
+        for listener in self._git_listeners:
+            await listener.stop()
+        if self._git_server is not None:
+            await self._git_server.shutdown(5)
+        await self.guard.stop()
         for r in reversed(self._runners):
             await r.cleanup()
         self._runners.clear()

@@ -1,0 +1,260 @@
+"""TLS listeners that stay up under abuse.
+
+asyncio's built-in TLS server hides handshake failures from the application. Here the TCP
+connection is accepted first, checked against connection caps and the per-source
+authentication back-off, then upgraded with ``loop.start_tls`` under a handshake timeout; a
+failed handshake (no client certificate, another CA) is counted against its source. After
+the handshake the connection is handed to aiohttp's protocol. A sweeper closes connections
+that have no request in progress for ``header_timeout`` seconds (slowloris, idle keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from airlock.core.aggregate import DenialAggregator
+from airlock.core.backoff import AuthBackoff
+from airlock.gateway.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    handshake_timeout: float = 10.0
+    header_timeout: float = 15.0
+    max_connections: int = 4096
+    max_connections_per_source: int = 128
+    auth_failure_threshold: int = 10
+    auth_backoff_max: float = 60.0
+
+
+@dataclass
+class _Conn:
+    source: str
+    busy: int = 0
+    idle_since: float = 0.0
+    transport: asyncio.BaseTransport | None = None
+
+
+class ConnectionGuard:
+    """Shared by every git listener: caps, back-off, slowloris sweep, bounded logging."""
+
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        log: Callable[..., None],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.log = log
+        self.metrics = metrics
+        self.clock = clock
+        self.backoff = AuthBackoff(
+            threshold=limits.auth_failure_threshold, maximum=limits.auth_backoff_max
+        )
+        self.denials = DenialAggregator(interval=10.0)
+        self.per_source: dict[str, int] = {}
+        self.conns: dict[int, _Conn] = {}  # keyed by id() of the TLS transport
+        self.total = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for line in self.denials.flush(self.clock(), force=True):
+            self.log("denials_repeated", **line)
+
+    def deny(self, reason: str, source: str, **fields: Any) -> None:
+        """Count a denial; log the first of its kind per interval, then counts."""
+        self.metrics.inc(
+            "airlock_denials_total", help="Requests and connections refused", reason=reason
+        )
+        first, due = self.denials.record(self.clock(), (reason, source))
+        for line in due:
+            self.log("denials_repeated", **line)
+        if first:
+            self.log("denied", reason=reason, source=source, **fields)
+
+    # --- connection accounting ----------------------------------------------------------
+
+    def admit(self, source: str) -> str | None:
+        """Why a new connection from ``source`` is refused before TLS, or None."""
+        if self.backoff.blocked(source, self.clock()) is not None:
+            return "auth_backoff"
+        if self.total >= self.limits.max_connections:
+            return "max_connections"
+        if self.per_source.get(source, 0) >= self.limits.max_connections_per_source:
+            return "max_connections_per_source"
+        self.total += 1
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+        return None
+
+    def release(self, source: str) -> None:
+        self.total -= 1
+        n = self.per_source.get(source, 1) - 1
+        if n <= 0:
+            self.per_source.pop(source, None)
+        else:
+            self.per_source[source] = n
+
+    def handshake_failed(self, source: str, error: str) -> None:
+        self.metrics.inc("airlock_handshake_failures_total", help="Failed TLS handshakes")
+        blocked = self.backoff.failure(source, self.clock())
+        if blocked is not None:
+            self.metrics.inc(
+                "airlock_limit_hits_total", help="Limits reached", limit="auth_backoff"
+            )
+        self.deny("tls_handshake_failed", source, error=error[:200])
+
+    def handshake_ok(self, source: str) -> None:
+        self.backoff.success(source)
+
+    # --- request activity (called by the HTTP handler) --------------------------------
+
+    def register(self, transport: asyncio.BaseTransport, source: str) -> None:
+        self.conns[id(transport)] = _Conn(source, 0, self.clock(), transport)
+
+    def unregister(self, transport: asyncio.BaseTransport) -> None:
+        self.conns.pop(id(transport), None)
+
+    def request_started(self, transport: Any) -> None:
+        c = self.conns.get(id(transport))
+        if c is not None:
+            c.busy += 1
+
+    def request_finished(self, transport: Any) -> None:
+        c = self.conns.get(id(transport))
+        if c is not None:
+            c.busy = max(0, c.busy - 1)
+            c.idle_since = self.clock()
+
+    def open_connections(self) -> int:
+        return self.total
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock()
+            for c in list(self.conns.values()):
+                if c.busy == 0 and now - c.idle_since > self.limits.header_timeout:
+                    if c.transport is not None:
+                        c.transport.abort()  # type: ignore[attr-defined]
+                    self.metrics.inc(
+                        "airlock_limit_hits_total", help="Limits reached", limit="header_timeout"
+                    )
+
+
+class _Accept(asyncio.Protocol):
+    def __init__(self, listener: TLSListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        guard = self.listener.guard
+        refused = guard.admit(source)
+        if refused is not None:
+            guard.metrics.inc("airlock_limit_hits_total", help="Limits reached", limit=refused)
+            guard.deny(refused, source)
+            transport.abort()
+            return
+        # No byte is read before start_tls takes over (the ClientHello must not be lost).
+        transport.pause_reading()
+        self.transport = transport
+        asyncio.get_running_loop().create_task(self.listener.upgrade(transport, source))
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
+        pass
+
+
+class _AppTracker(asyncio.Protocol):
+    """Wraps aiohttp's protocol to release the connection slot when it closes."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard, source: str) -> None:
+        self.inner, self.guard, self.source = inner, guard, source
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.guard.register(transport, self.source)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.guard.unregister(self.transport)
+        self.guard.release(self.source)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class TLSListener:
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext,
+        guard: ConnectionGuard,
+    ) -> None:
+        self.factory = factory
+        self.ssl = ssl_context
+        self.guard = guard
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, backlog: int = 512) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Accept(self), host, port, backlog=backlog, reuse_address=True
+        )
+
+    async def upgrade(self, transport: asyncio.Transport, source: str) -> None:
+        loop = asyncio.get_running_loop()
+        app = _AppTracker(self.factory(), self.guard, source)
+        try:
+            tls = await loop.start_tls(
+                transport,
+                app,
+                self.ssl,
+                server_side=True,
+                ssl_handshake_timeout=self.guard.limits.handshake_timeout,
+            )
+        except (ssl.SSLError, TimeoutError, ConnectionError, OSError) as exc:
+            self.guard.handshake_failed(source, f"{type(exc).__name__}: {exc}")
+            self.guard.release(source)
+            transport.abort()
+            return
+        if tls is None:  # the peer went away during the handshake
+            self.guard.release(source)
+            return
+        self.guard.handshake_ok(source)
+        app.connection_made(tls)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
