@@ -133,8 +133,6 @@ class GitProxy:
         rid = secrets.token_hex(8)
         source = request.transport.get_extra_info("peername")[0] if request.transport else "?"
         out = _Outcome(rid, source, time.monotonic())
-        if self.guard is not None:
-            self.guard.request_started(request.transport)
         try:
             response = await self._handle(request, out)
         except Exception as exc:  # the audit line must be written whatever happened
@@ -142,9 +140,6 @@ class GitProxy:
             out.fields["status"] = 500
             self._log(out)
             raise
-        finally:
-            if self.guard is not None:
-                self.guard.request_finished(request.transport)
         out.fields.setdefault("status", response.status)
         self._log(out)
         return response

@@ -323,9 +323,9 @@ class Gateway:
                 max_line_size=lim.max_line_size,
                 max_field_size=lim.max_field_size,
                 max_headers=lim.max_headers,
+                # No complete request for this long (slowloris, idle keep-alive): closed.
                 keepalive_timeout=lim.header_timeout,
             )
-            self.guard.start()
             main_listener = self.git_listener()
             self._git_listeners.append(main_listener)
             await main_listener.start(gw.git_host, gw.git_port)

@@ -4,14 +4,14 @@ asyncio's built-in TLS server hides handshake failures from the application. Her
 connection is accepted first, checked against connection caps and the per-source
 authentication back-off, then upgraded with ``loop.start_tls`` under a handshake timeout; a
 failed handshake (no client certificate, another CA) is counted against its source. After
-the handshake the connection is handed to aiohttp's protocol. A sweeper closes connections
-that have no request in progress for ``header_timeout`` seconds (slowloris, idle keep-alive).
+the handshake the connection is handed to aiohttp's protocol, whose keep-alive timer
+(``header_timeout``) closes a connection with no complete request in that time (slowloris,
+idle keep-alive).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -33,16 +33,8 @@ class ConnectionLimits:
     auth_backoff_max: float = 60.0
 
 
-@dataclass
-class _Conn:
-    source: str
-    busy: int = 0
-    idle_since: float = 0.0
-    transport: asyncio.BaseTransport | None = None
-
-
 class ConnectionGuard:
-    """Shared by every git listener: caps, back-off, slowloris sweep, bounded logging."""
+    """Shared by every git listener: connection caps, back-off, bounded logging."""
 
     def __init__(
         self,
@@ -60,20 +52,9 @@ class ConnectionGuard:
         )
         self.denials = DenialAggregator(interval=10.0)
         self.per_source: dict[str, int] = {}
-        self.conns: dict[int, _Conn] = {}  # keyed by id() of the TLS transport
         self.total = 0
-        self._sweeper: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
         for line in self.denials.flush(self.clock(), force=True):
             self.log("denials_repeated", **line)
 
@@ -122,39 +103,8 @@ class ConnectionGuard:
     def handshake_ok(self, source: str) -> None:
         self.backoff.success(source)
 
-    # --- request activity (called by the HTTP handler) --------------------------------
-
-    def register(self, transport: asyncio.BaseTransport, source: str) -> None:
-        self.conns[id(transport)] = _Conn(source, 0, self.clock(), transport)
-
-    def unregister(self, transport: asyncio.BaseTransport) -> None:
-        self.conns.pop(id(transport), None)
-
-    def request_started(self, transport: Any) -> None:
-        c = self.conns.get(id(transport))
-        if c is not None:
-            c.busy += 1
-
-    def request_finished(self, transport: Any) -> None:
-        c = self.conns.get(id(transport))
-        if c is not None:
-            c.busy = max(0, c.busy - 1)
-            c.idle_since = self.clock()
-
     def open_connections(self) -> int:
         return self.total
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = self.clock()
-            for c in list(self.conns.values()):
-                if c.busy == 0 and now - c.idle_since > self.limits.header_timeout:
-                    if c.transport is not None:
-                        c.transport.abort()  # type: ignore[attr-defined]
-                    self.metrics.inc(
-                        "airlock_limit_hits_total", help="Limits reached", limit="header_timeout"
-                    )
 
 
 class _Accept(asyncio.Protocol):
@@ -191,7 +141,6 @@ class _AppTracker(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.guard.register(transport, self.source)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -201,8 +150,6 @@ class _AppTracker(asyncio.Protocol):
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.guard.unregister(self.transport)
         self.guard.release(self.source)
         self.inner.connection_lost(exc)
 
