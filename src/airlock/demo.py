@@ -54,6 +54,14 @@ curl -s --noproxy '*' --max-time 3 -o /dev/null http://{gateway_ip}:{decoy_port}
   && say dns_gateway answered || say dns_gateway silent
 dig +time=2 +tries=1 @$GW decoy.example.org | grep -q "status: REFUSED" \
   && say dns_outside refused || say dns_outside answered
+code=$(curl -s -o /tmp/dl.txt -w '%{http_code}' --cacert /decoy-ca.pem \
+  https://downloads.demo.test:{https_port}/hello.txt)
+[ "$code" = 200 ] && grep -q allowlisted /tmp/dl.txt \
+  && say proxy_allowed ok || say proxy_allowed fail
+curl -s -o /dev/null -D /tmp/h.txt --cacert /decoy-ca.pem \
+  https://elsewhere.demo.test:{https_port}/hello.txt
+grep -qi "x-airlock-refused: not_allowlisted" /tmp/h.txt \
+  && say proxy_other refused || say proxy_other not-refused
 if env | grep -q -- "{token}"; then say token_env found; else say token_env absent; fi
 if grep -rqs -- "{token}" /run/airlock /etc /home /tmp 2>/dev/null; then
   say token_files found; else say token_files absent; fi
@@ -119,6 +127,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
     gateway: Gateway | None = None
     upstream: GitUpstream | None = None
     decoy: http.server.ThreadingHTTPServer | None = None
+    downloads: _Downloads | None = None
     try:
         console.rule("[bold]airlock demo")
         with console.status("sandbox image (built once from Debian packages, then cached)"):
@@ -142,7 +151,9 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         loop.run(upstream.start())
         console.log(f"upstream: git http-backend at {upstream.url}, token required")
 
-        config = _config(root, upstream.url, token_file, tls.ca_cert)
+        downloads = _Downloads(root / "downloads-tls")
+        console.log(f"allowlisted host: downloads.demo.test -> HTTPS on 127.0.0.1:{downloads.port}")
+        config = _config(root, upstream.url, token_file, tls.ca_cert, downloads.port)
         try:
             gateway = Gateway(config)
             loop.run(gateway.start())
@@ -161,6 +172,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             image=image,
             command=["sh", "-c", ""],
             grants=[f"github.com/{DEMO_REPO}:write"],
+            allow_hosts=["downloads.demo.test"],
+            volumes=[f"{downloads.ca}:/decoy-ca.pem:ro"],
         )
         # The subnet is only known once the network exists; the script asks the bundle.
         spec.command = [
@@ -174,6 +187,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 other="demo/private",
                 host_ip=host_ip,
                 decoy_port=str(decoy_port),
+                https_port=str(downloads.port),
                 token=token,
             ),
         ]
@@ -216,6 +230,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             ),
             ("no upstream token in the environment", results.get("token_env") == "absent"),
             ("no upstream token in any file", results.get("token_files") == "absent"),
+            ("allowlisted host downloads through the proxy", results.get("proxy_allowed") == "ok"),
+            ("other host refused by the proxy (403)", results.get("proxy_other") == "refused"),
             ("(control) the host itself reaches the decoy", host_reaches_decoy),
         ]
         table = Table("check", "result", title="airlock demo report")
@@ -228,6 +244,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             console.print(logs)
         return ok
     finally:
+        if downloads is not None:
+            downloads.close()
         if decoy is not None:
             decoy.shutdown()
         if gateway is not None:
@@ -247,8 +265,40 @@ def _fill(template: str, **values: str) -> str:
     return template
 
 
-def _config(root: Path, upstream_url: str, token_file: Path, ca: Path) -> Config:
-    data = {
+class _Downloads:
+    """An HTTPS server on loopback standing in for an allowlisted download host."""
+
+    class _Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"fetched from an allowlisted host through the egress proxy\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    def __init__(self, directory: Path) -> None:
+        import ssl
+
+        tls = make_test_ca_and_server_cert(
+            directory, ["downloads.demo.test", "elsewhere.demo.test"], []
+        )
+        self.ca = tls.ca_cert
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls.server_cert, tls.server_key)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _config(root: Path, upstream_url: str, token_file: Path, ca: Path, https_port: int) -> Config:
+    data: dict[str, Any] = {
         "gateway": {
             "state_dir": str(root / "state"),
             "control_socket": str(root / "run" / "control.sock"),
@@ -263,6 +313,15 @@ def _config(root: Path, upstream_url: str, token_file: Path, ca: Path) -> Config
                 "ca_file": str(ca),
             }
         ],
+        # Demo-only: both names point at the loopback decoy, which the proxy may dial
+        # (allow_private); a real configuration resolves names through DNS instead.
+        "egress": {
+            "connect_ports": [443, https_port],
+            "static": [
+                {"name": name, "addresses": ["127.0.0.1"], "allow_private": True}
+                for name in ("downloads.demo.test", "elsewhere.demo.test")
+            ],
+        },
     }
     return parse_config(data, Path("<demo>"))
 
