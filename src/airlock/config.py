@@ -5,6 +5,7 @@ An unknown key or a bad value stops start-up with a message naming the key.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import tomllib
 from pathlib import Path
@@ -316,11 +317,31 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
         raise ConfigError(_format_error(source, exc)) from None
 
 
+def _check_digest(path: Path, raw: bytes) -> None:
+    """If ``<config>.sha256`` exists, the config must match it (integrity of generated or
+    reviewed configs; `sha256sum airlock.toml > airlock.toml.sha256` writes it)."""
+    digest_file = path.with_name(path.name + ".sha256")
+    try:
+        text = digest_file.read_text().split()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{digest_file}: cannot read ({exc.strerror})") from None
+    want = text[0].lower() if text else ""
+    have = hashlib.sha256(raw).hexdigest()
+    if want != have:
+        raise ConfigError(
+            f"{path}: SHA-256 {have} does not match {digest_file}; the config changed since "
+            "it was checked (re-run sha256sum after reviewing the change)"
+        )
+
+
 def load_config(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    _check_digest(path, raw)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -446,3 +446,54 @@ def test_flood_from_one_session_does_not_stop_another_clone(
         assert stats["requests"] >= 4000, stats
     finally:
         w.stop()
+
+
+def _proxy_status(listen: str, source: str, token: str) -> tuple[int, str]:
+    import base64
+    import socket
+
+    with socket.create_connection((listen, 3128), timeout=5, source_address=(source, 0)) as s:
+        auth = base64.b64encode(f"airlock:{token}".encode()).decode()
+        s.sendall(
+            f"CONNECT nowhere.example:443 HTTP/1.1\r\nHost: nowhere.example:443\r\n"
+            f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+        )
+        head = s.recv(4096).decode(errors="replace")
+    status = int(head.split()[1])
+    refused = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in head.split("\r\n")
+            if ln.lower().startswith("x-airlock-refused:")
+        ),
+        "",
+    )
+    return status, refused
+
+
+def test_wrong_proxy_tokens_back_off_per_source(aw: World) -> None:
+    # A listener on a loopback address stands in for a sandbox network's gateway address.
+    listen, sandbox_a, sandbox_b = "127.0.0.40", "127.0.0.41", "127.0.0.42"
+    aw.control.add_listener(listen)
+    try:
+        issued = {}
+        for src in (sandbox_a, sandbox_b):
+            issued[src], _ = aw.issue(f"{HOST}/acme/x:read", require_activation=True)
+            aw.control.activate(
+                issued[src]["session"]["id"],
+                container_id=os.urandom(32).hex(),
+                network="test",
+                address=src,
+                gateway_address=listen,
+            )
+        good_a = issued[sandbox_a]["proxy_token"]
+        good_b = issued[sandbox_b]["proxy_token"]
+        # The right token passes authentication (then the allowlist refuses the host: 403).
+        assert _proxy_status(listen, sandbox_a, good_a) == (403, "not_allowlisted")
+        for _ in range(5):  # limits.auth_failure_threshold = 5
+            assert _proxy_status(listen, sandbox_a, "wrong")[0] == 407
+        # Backed off: even the right token is refused for a while, from this source only.
+        assert _proxy_status(listen, sandbox_a, good_a)[0] == 407
+        assert _proxy_status(listen, sandbox_b, good_b) == (403, "not_allowlisted")
+    finally:
+        aw.control.remove_listener(listen)

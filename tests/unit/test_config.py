@@ -53,3 +53,21 @@ def test_durations_and_hosts_are_normalised() -> None:
 )
 def test_errors_name_the_key(data: dict[str, object], needle: str) -> None:
     assert needle in _err(data)
+
+
+def test_config_digest_is_checked_when_present(tmp_path: Path) -> None:
+    import hashlib
+
+    from airlock.config import load_config
+
+    cfg = tmp_path / "airlock.toml"
+    cfg.write_text(
+        '[[upstream]]\nhost = "github.com"\nurl = "https://github.com"\ntoken_file = "/t"\n'
+    )
+    assert load_config(cfg).upstream_hosts == frozenset({"github.com"})
+    digest = tmp_path / "airlock.toml.sha256"
+    digest.write_text(hashlib.sha256(cfg.read_bytes()).hexdigest() + "  airlock.toml\n")
+    assert load_config(cfg).upstream_hosts == frozenset({"github.com"})
+    cfg.write_text(cfg.read_text().replace("github.com", "evil.example"))
+    with pytest.raises(ConfigError, match="does not match"):
+        load_config(cfg)

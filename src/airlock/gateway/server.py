@@ -16,6 +16,7 @@ from aiohttp import web
 
 from airlock.config import Config
 from airlock.core import session as lifecycle
+from airlock.core.backoff import AuthBackoff
 from airlock.core.egress import parse_proxy_authorization
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.control import ControlAPI
@@ -213,6 +214,9 @@ class Gateway:
         self.ssl = server_ssl_context(self.identity)
         self._git_server: web.Server | None = None
         self._git_listeners: list[TLSListener] = []
+        self.proxy_backoff = AuthBackoff(
+            threshold=lim.auth_failure_threshold, maximum=lim.auth_backoff_max
+        )
         self.egress = self._make_egress()
         self.listeners = Listeners(self)
         self._register_gauges()
@@ -253,6 +257,9 @@ class Gateway:
         self, header: str | None, source_ip: str, local_ip: str
     ) -> tuple[lifecycle.Session | None, str]:
         """The session behind a proxy request: token, source and arrival address must agree."""
+        now = time.monotonic()
+        if self.proxy_backoff.blocked(source_ip, now) is not None:
+            return None, "auth_backoff"
         token = parse_proxy_authorization(header)
         if token is None:
             return None, "no_proxy_credentials"
@@ -273,7 +280,12 @@ class Gateway:
                 cert_fingerprint=s.cert_fingerprint,
                 local_ip=local_ip,
             )
-            return (None, refusal.value) if refusal else (s, "")
+            if refusal is not None:
+                return None, refusal.value
+            self.proxy_backoff.success(source_ip)
+            return s, ""
+        # A wrong token counts against this source only (each sandbox has its own address).
+        self.proxy_backoff.failure(source_ip, now)
         if candidates:
             return None, "wrong_token"
         return None, "unknown_source"
