@@ -26,6 +26,7 @@ filtered to them). What reconcile does with each is unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ import pytest
 
 import airlock.host.sandbox as sandbox_module
 from airlock.host import firewall
-from airlock.host.hostnet import host_networks, networks_from_resolv_conf
+from airlock.host.hostnet import networks_from_addr_json, networks_from_resolv_conf
 from airlock.host.sandbox import (
     LABEL,
     Sandbox,
@@ -267,14 +268,21 @@ def test_an_exhausted_pool_is_refused_clearly(
 
 
 def _pools_overlapping_the_host() -> list[IPv4Network]:
+    """Private networks of the host's lasting interfaces (not test or sandbox bridges, which
+    concurrent runs create and remove), and a /24 around each private resolver."""
     pools: set[IPv4Network] = set()
-    for net in host_networks():
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
+    links = [x for x in json.loads(out.stdout or "[]") if not x["ifname"].startswith(_NOT_HOST)]
+    for net in networks_from_addr_json(links):
         if net.is_private and not (net.is_loopback or net.is_link_local) and net.prefixlen <= 28:
             pools.add(net)
     for resolver in networks_from_resolv_conf(Path("/etc/resolv.conf").read_text()):
-        if resolver.is_private:
+        if resolver.is_private and not resolver.is_loopback:
             pools.add(IPv4Network(f"{resolver.network_address}/24", strict=False))
     return sorted(pools)
+
+
+_NOT_HOST = ("lo", "al", "br-", "veth")
 
 
 def test_a_pool_overlapping_the_host_is_refused(sandboxes: Sandboxes, known_sid: str) -> None:
