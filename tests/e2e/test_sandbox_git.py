@@ -48,10 +48,15 @@ def repos(sbx_world: World) -> dict[str, Path]:
     }
 
 
+def _host_git_env(repo: Path) -> dict[str, str]:
+    # The World's home for host-side git (upstream-repos/OWNER/REPO.git -> the World's root).
+    return git_env(repo.parents[2] / "home")
+
+
 def upstream_head(repo: Path, ref: str = "refs/heads/main") -> str:
     return subprocess.run(
         ["git", f"--git-dir={repo}", "rev-parse", ref],
-        env=git_env(repo.parent / ".home"),
+        env=_host_git_env(repo),
         capture_output=True,
         text=True,
         check=True,
@@ -61,7 +66,7 @@ def upstream_head(repo: Path, ref: str = "refs/heads/main") -> str:
 def upstream_log(repo: Path) -> str:
     return subprocess.run(
         ["git", f"--git-dir={repo}", "log", "--format=%s", "main"],
-        env=git_env(repo.parent / ".home"),
+        env=_host_git_env(repo),
         capture_output=True,
         text=True,
         check=True,

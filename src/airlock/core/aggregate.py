@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 class DenialAggregator:
     interval: float = 10.0
     max_keys: int = 10_000  # beyond this, new keys are folded into one overflow key
+    max_ids: int = 50  # request ids kept per key, so a sandbox's id can still be looked up
     _window_start: float | None = None
     _counts: dict[tuple[str, ...], int] = field(default_factory=dict)
+    _ids: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
 
-    def record(self, now: float, key: tuple[str, ...]) -> tuple[bool, list[dict[str, object]]]:
+    def record(
+        self, now: float, key: tuple[str, ...], request_id: str | None = None
+    ) -> tuple[bool, list[dict[str, object]]]:
         """Count one denial. Returns (log this one individually?, summary lines due now)."""
         due = self.flush(now) if self._due(now) else []
         if self._window_start is None:
@@ -24,6 +28,10 @@ class DenialAggregator:
             key = ("overflow",)
         first = key not in self._counts
         self._counts[key] = self._counts.get(key, 0) + 1
+        if not first and request_id is not None:
+            ids = self._ids.setdefault(key, [])
+            if len(ids) < self.max_ids:
+                ids.append(request_id)
         return first, due
 
     def _due(self, now: float) -> bool:
@@ -34,10 +42,16 @@ class DenialAggregator:
         if not force and not self._due(now):
             return []
         lines: list[dict[str, object]] = [
-            {"key": list(k), "count": c - 1, "interval_s": self.interval}
+            {
+                "key": list(k),
+                "count": c - 1,
+                "interval_s": self.interval,
+                "request_ids": self._ids.get(k, []),
+            }
             for k, c in self._counts.items()
             if c > 1
         ]
         self._counts.clear()
+        self._ids.clear()
         self._window_start = None
         return lines

@@ -165,7 +165,7 @@ class GitProxy:
             )
             # Repeated denials of one kind from one session or source: one line, then counts.
             who = str(out.fields.get("session") or out.source)
-            first, due = self.denials.record(time.monotonic(), (reason, who))
+            first, due = self.denials.record(time.monotonic(), (reason, who), out.request_id)
             for line in due:
                 self.audit.event("denials_repeated", **line)
             if not first:

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +96,10 @@ class Sandbox:
     session_id: str | None = None
     container_id: str | None = None
     bundle_dir: Path | None = None
-
-    @property
-    def rules(self) -> firewall.SandboxRules:
-        return firewall.SandboxRules(
-            name=self.id,
-            bridge=self.bridge,
-            subnet=self.subnet,
-            gateway_ip=self.gateway_ip,
-            sandbox_ip=self.sandbox_ip,
-            tcp_ports=[],  # filled by the manager from the config
-            udp_ports=[],
-        )
+    # The session's key and what the gateway issued, kept per sandbox (not on the manager)
+    # so concurrent starts never mix them up.
+    key: Any = field(default=None, repr=False)
+    issued: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def docker_client() -> docker.DockerClient:
@@ -300,11 +293,11 @@ class SandboxManager:
             raise SandboxError(f"the gateway cannot listen on the sandbox network: {exc}") from None
 
     def _create_session(self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]) -> None:
-        self._key = new_private_key()
+        sb.key = new_private_key()
         try:
-            self._issued = self.control.create_session(
+            sb.issued = self.control.create_session(
                 grants=spec.grants,
-                csr=make_csr(self._key).decode(),
+                csr=make_csr(sb.key).decode(),
                 ttl=spec.ttl,
                 require_activation=True,
                 allow_hosts=[*self.config.sandbox.allow_hosts, *spec.allow_hosts],
@@ -312,7 +305,7 @@ class SandboxManager:
             )
         except ControlError as exc:
             raise SandboxError(f"the gateway refused the session: {exc}") from None
-        sid = self._issued["session"]["id"]
+        sid = sb.issued["session"]["id"]
         sb.session_id = sid
         undo.append(lambda: self.control.revoke(sid, "sandbox start failed"))
 
@@ -325,8 +318,8 @@ class SandboxManager:
         endpoint = GatewayEndpoint(gw.public_name, str(sb.gateway_ip), gw.git_port)
         write_bundle(
             d,
-            self._issued,
-            key_pem(self._key),
+            sb.issued,
+            key_pem(sb.key),
             endpoint=endpoint,
             mount_point=MOUNT_POINT,
             resolve=False,  # the container's hosts file names the gateway
@@ -342,7 +335,7 @@ class SandboxManager:
     def _environment(self, sb: Sandbox, spec: RunSpec) -> dict[str, str]:
         # The proxy token is a session credential like the client key: useless off this
         # sandbox's network. The upstream token is never in the sandbox's environment.
-        token = self._issued.get("proxy_token", "")
+        token = sb.issued.get("proxy_token", "")
         proxy = f"http://airlock:{token}@{sb.gateway_ip}:{self.config.sandbox.proxy_port}"
         env = {
             "GIT_CONFIG_SYSTEM": str(MOUNT_POINT / "gitconfig"),
@@ -489,33 +482,68 @@ class SandboxManager:
         return result
 
     def _remove_network(self, network: str) -> None:
+        # Anything still attached (a container someone else connected) is disconnected first:
+        # Docker refuses to remove a network with active endpoints.
         with contextlib.suppress(docker.errors.NotFound):
+            info = self.client.api.inspect_network(network)
+            for cid in info.get("Containers") or {}:
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.disconnect_container_from_network(cid, network, force=True)
             self.client.api.remove_network(network)
 
     def teardown(self, sandbox_id: str, reason: str = "sandbox stopped") -> None:
-        """Remove everything a sandbox owns. Safe to call twice, and for half-built ones."""
-        nets = self.client.api.networks(filters={"label": [f"{LABEL}={sandbox_id}"]})
-        session_ids: set[str] = set()
-        for c in self._find_containers(sandbox=sandbox_id):
-            session_ids.add(str((c.get("Labels") or {}).get(LABEL_SESSION) or ""))
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.api.remove_container(c["Id"], force=True)
+        """Remove everything a sandbox owns. Safe to call twice, and for half-built ones.
+
+        Every step is tried even when an earlier one fails; the session is revoked and the
+        bundle (with the session key) removed first, and one error is raised at the end.
+        """
+        errors: list[str] = []
+
+        def attempt(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except (docker.errors.NotFound, FileNotFoundError):
+                pass
+            except Exception as exc:
+                errors.append(f"{what}: {exc}")
+
+        nets: list[dict[str, Any]] = []
+        attempt(
+            "list networks",
+            lambda: nets.extend(
+                self.client.api.networks(filters={"label": [f"{LABEL}={sandbox_id}"]})
+            ),
+        )
+        containers: list[dict[str, Any]] = []
+        attempt(
+            "list containers", lambda: containers.extend(self._find_containers(sandbox=sandbox_id))
+        )
+        session_ids = {str((c.get("Labels") or {}).get(LABEL_SESSION) or "") for c in containers}
         session_ids.update(self._sessions_of(sandbox_id))
         for session_id in session_ids - {""}:
-            with contextlib.suppress(ControlError):
-                self.control.revoke(session_id, reason)
+            attempt(f"revoke {session_id}", partial(self.control.revoke, session_id, reason))
+        d = self.config.sandbox.bundle_dir / sandbox_id
+
+        def remove_bundle() -> None:
+            if d.exists():
+                os.chmod(d, 0o700)
+                shutil.rmtree(d)
+
+        attempt("remove bundle", remove_bundle)
+        for c in containers:
+            attempt(
+                f"remove container {c['Id'][:12]}",
+                partial(self.client.api.remove_container, c["Id"], force=True),
+            )
         for n in nets:
             gw = (n.get("Labels") or {}).get(LABEL_GATEWAY)
             if gw:
-                with contextlib.suppress(ControlError):
-                    self.control.remove_listener(gw)
-        firewall.remove_rules(sandbox_id)
+                attempt(f"remove listener {gw}", partial(self.control.remove_listener, gw))
+        attempt("remove firewall rules", lambda: firewall.remove_rules(sandbox_id))
         for n in nets:
-            self._remove_network(n["Id"])
-        d = self.config.sandbox.bundle_dir / sandbox_id
-        if d.exists():
-            os.chmod(d, 0o700)
-            shutil.rmtree(d, ignore_errors=True)
+            attempt(f"remove network {n['Name']}", partial(self._remove_network, n["Id"]))
+        if errors:
+            raise SandboxError(f"sandbox {sandbox_id} not fully removed: " + "; ".join(errors))
 
     def _sessions_of(self, sandbox_id: str) -> list[str]:
         try:

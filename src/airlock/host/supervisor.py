@@ -21,7 +21,7 @@ import docker.errors
 
 from airlock.host import firewall
 from airlock.host.control_client import ControlError
-from airlock.host.sandbox import LABEL, LABEL_GATEWAY, Sandbox, SandboxManager
+from airlock.host.sandbox import LABEL, LABEL_GATEWAY, Sandbox, SandboxError, SandboxManager
 
 # A sandbox younger than this may still be starting: its container may not exist yet.
 START_GRACE_SECONDS = 60.0
@@ -60,6 +60,15 @@ class Supervisor:
             net = nets.get(sid)
             if running and net is not None:
                 detail = client.api.inspect_network(net["Id"])
+                own = {c["Id"] for c in containers}
+                foreign = set(detail.get("Containers") or {}) - own
+                if foreign:
+                    # Someone with Docker access attached another container to a sandbox's
+                    # network: it could take the sandbox's address. End the sandbox.
+                    self.say(f"sandbox {sid}: foreign container(s) on its network; ending it")
+                    self._teardown(sid, "foreign container on the sandbox network")
+                    counts["removed"] += 1
+                    continue
                 sb = _sandbox_from_network(sid, detail)
                 rules = m.rules_for(sb)
                 if not firewall.verify_rules(rules):
@@ -78,24 +87,40 @@ class Supervisor:
                 full = client.api.inspect_network(net["Id"])
                 if self._network_age(full) < START_GRACE_SECONDS:
                     continue
-            m.teardown(sid, "sandbox stopped (supervisor)")
+            self._teardown(sid, "sandbox stopped (supervisor)")
             self.say(f"cleaned up sandbox {sid}")
             counts["removed"] += 1
         return counts
+
+    def _teardown(self, sid: str, reason: str) -> None:
+        # One stuck sandbox must not stop the cleanup of the others.
+        try:
+            self.manager.teardown(sid, reason)
+        except SandboxError as exc:
+            self.say(str(exc))
 
     def _watch_events(self) -> None:
         while not self._stop.is_set():
             try:
                 events = self.manager.client.events(
                     decode=True,
-                    filters={"type": "container", "label": [LABEL], "event": ["die", "destroy"]},
+                    filters={
+                        "type": ["container", "network"],
+                        "event": ["die", "destroy", "connect"],
+                    },
                 )
                 for event in events:
                     if self._stop.is_set():
                         break
-                    sid = (event.get("Actor", {}).get("Attributes") or {}).get(LABEL)
+                    attrs = event.get("Actor", {}).get("Attributes") or {}
+                    if event.get("Type") == "network":
+                        # A connect to a sandbox network: reconcile checks who joined.
+                        if str(attrs.get("name", "")).startswith("airlock-"):
+                            self.reconcile()
+                        continue
+                    sid = attrs.get(LABEL)
                     if sid:
-                        self.manager.teardown(sid, f"container {event.get('status')}")
+                        self._teardown(sid, f"container {event.get('status')}")
                         self.say(f"sandbox {sid}: container {event.get('status')}; revoked")
             except (docker.errors.DockerException, OSError) as exc:
                 self.say(f"docker events interrupted ({exc}); retrying")
