@@ -27,7 +27,14 @@ from aiohttp import web
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from airlock.config import Config
 from airlock.core import session as lifecycle
@@ -50,7 +57,7 @@ class _Body(BaseModel):
 
 
 class CreateSession(_Body):
-    grants: list[str] = Field(min_length=1, max_length=100)
+    grants: list[str] = Field(default_factory=list, max_length=100)
     csr: str = Field(max_length=8192)
     ttl: int | None = Field(default=None, gt=0)
     idle_timeout: int | None = Field(default=None, gt=0)
@@ -63,6 +70,13 @@ class CreateSession(_Body):
     @classmethod
     def _ip(cls, v: str | None) -> str | None:
         return None if v is None else str(ipaddress.ip_address(v))
+
+    @model_validator(mode="after")
+    def _something_granted(self) -> CreateSession:
+        # An egress-only sandbox is fine; a session that may reach nothing is a mistake.
+        if not self.grants and not self.allow_hosts:
+            raise ValueError("grants: give at least one grant (or an allow_host)")
+        return self
 
 
 class Renew(_Body):
