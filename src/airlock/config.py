@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from airlock.core.durations import parse_duration
 from airlock.core.hostnames import InvalidHostname, normalize_hostname
@@ -29,6 +37,17 @@ def _duration(v: Any) -> Any:
 
 
 Duration = Annotated[int, BeforeValidator(_duration), Field(gt=0)]
+
+
+def _hostname(v: str) -> str:
+    try:
+        return normalize_hostname(v)
+    except InvalidHostname as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A DNS host name, normalised (IDNA, case, trailing dot); IP literals are refused.
+HostName = Annotated[str, AfterValidator(_hostname)]
 
 
 class _Strict(BaseModel):
@@ -50,7 +69,7 @@ class GatewayConfig(_Strict):
     state_dir: Path = Path("/var/lib/airlock")
     control_socket: Path = Path("/run/airlock/control.sock")
     git_listen: str = "127.0.0.1:8443"
-    public_name: str = "airlock.internal"
+    public_name: HostName = "airlock.internal"
     control_uids: list[int] = Field(default_factory=lambda: [0])
     audit_log: Path | None = None  # JSON lines; stdout when unset
     dns_port: int = Field(default=53, gt=0, lt=65536)  # on each sandbox network's gateway address
@@ -70,14 +89,6 @@ class GatewayConfig(_Strict):
     @classmethod
     def _listen(cls, v: str) -> str:
         return _check_listen(v)
-
-    @field_validator("public_name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return normalize_hostname(v)
-        except InvalidHostname as exc:
-            raise ValueError(str(exc)) from None
 
     @property
     def git_host(self) -> str:
@@ -143,17 +154,9 @@ class LimitsConfig(_Strict):
 class StaticHost(_Strict):
     """A name the egress proxy resolves without DNS (tests, the demo, pinned hosts)."""
 
-    name: str
+    name: HostName
     addresses: list[str] = Field(min_length=1)
     allow_private: bool = False  # only for decoys on this machine; logged on every use
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return normalize_hostname(v)
-        except InvalidHostname as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("addresses")
     @classmethod
@@ -239,18 +242,10 @@ class SandboxConfig(_Strict):
 
 
 class UpstreamConfig(_Strict):
-    host: str
+    host: HostName
     url: str
     token_file: Path
     ca_file: Path | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str) -> str:
-        try:
-            return normalize_hostname(v)
-        except InvalidHostname as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("url")
     @classmethod
