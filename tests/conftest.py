@@ -5,6 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI machines are small and busy: a slow example is not a failure (no deadline), and the
+# example counts stay as each test sets them.
+settings.register_profile(
+    "airlock", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("airlock")
 
 from tests.world import World
 
