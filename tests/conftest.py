@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.world import World
+
 # CI machines are small and busy: a slow example is not a failure (no deadline), and the
 # example counts stay as each test sets them.
 settings.register_profile(
     "airlock", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("airlock")
-
-from tests.world import World
 
 
 @pytest.fixture(scope="module")
