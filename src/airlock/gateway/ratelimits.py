@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from airlock.gateway.metrics import Metrics
@@ -38,7 +38,10 @@ class RateLimits:
         clock: Callable[[], float] = time.time,
     ) -> None:
         storage = storage_from_string(storage_uri)
-        self.limiter = MovingWindowRateLimiter(storage)
+        # A sliding-window counter: no burst at window edges like a fixed window, and O(1)
+        # per key (a moving window keeps, and sweeps, one entry per request: 17 % of the
+        # gateway's CPU under load in bench/).
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
         # Bytes use a fixed window: a counter, where a moving window would store one entry
         # per counted unit.
         self.byte_limiter = FixedWindowRateLimiter(storage)
