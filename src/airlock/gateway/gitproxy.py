@@ -269,7 +269,7 @@ class GitProxy:
         if upstream is None:  # parse_git_request already refused unknown hosts
             return self._refuse(out, "unknown_upstream", not_found(rid))
         # Count the request before the first await so concurrent requests cannot overshoot.
-        self.store.put(lifecycle.begin_request(s))
+        self.store.put(lifecycle.begin_request(s), durable=False)
         success = False
         try:
             response, success = await self._forward(request, req, upstream, out)
@@ -283,7 +283,8 @@ class GitProxy:
                         now=self.clock(),
                         nbytes=out.bytes_in + out.bytes_out,
                         success=success,
-                    )
+                    ),
+                    durable=False,
                 )
 
     def _upstream_headers(
