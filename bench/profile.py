@@ -1,10 +1,10 @@
 """Profile the gateway (or the standalone egress proxy) under one benchmark load with py-spy.
 
-    /work/venv/bin/pip install py-spy     # a tool for this machine, not a project dependency
-    /work/venv/bin/python -m bench.profile latency [--sessions 16] [--requests 4000]
-    /work/venv/bin/python -m bench.profile clone [--size-mib 200]
-    /work/venv/bin/python -m bench.profile push [--size-mib 200]
-    /work/venv/bin/python -m bench.profile egress [--direction upload]
+    .venv/bin/pip install py-spy     # a tool for this machine, not a project dependency
+    .venv/bin/python -m bench.profile latency [--sessions 16] [--requests 4000]
+    .venv/bin/python -m bench.profile clone [--size-mib 200]
+    .venv/bin/python -m bench.profile push [--size-mib 200]
+    .venv/bin/python -m bench.profile egress [--direction upload]
 
 Prints the top functions by own ("self") and inclusive ("total") share of the samples where
 the process was busy, and keeps py-spy's collapsed stacks (``--raw FILE``) for a flame graph.
@@ -18,6 +18,7 @@ import collections
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +34,11 @@ from bench.repos import SizeClass, build
 from bench.world import HOST, BenchWorld, basic_auth
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _py_spy() -> str:
+    """py-spy from PATH, or beside this interpreter (the venv's bin)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 def _short(frame: str, with_line: bool) -> str:
@@ -75,7 +81,7 @@ def summarize(raw: Path, top: int = 25) -> str:
 
 
 def record(pid: int, seconds: float, raw: Path, load: Callable[[], None], native: bool) -> str:
-    argv = ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250"]
+    argv = [_py_spy(), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250"]
     # --gil: only samples where a thread holds the GIL, i.e. Python is running, not waiting.
     argv += ["-f", "raw", "-o", str(raw), "--nonblocking", "--gil"]
     if native:
@@ -111,8 +117,8 @@ def main() -> None:
     p.add_argument("--raw", type=Path, default=None, help="keep the collapsed stacks here")
     p.add_argument("--patch", default="", help="bench/experiments.py prototypes to apply")
     args = p.parse_args()
-    if shutil.which("py-spy") is None and not Path("/work/venv/bin/py-spy").exists():
-        raise SystemExit("py-spy is not installed: /work/venv/bin/pip install py-spy")
+    if not Path(_py_spy()).exists():
+        raise SystemExit(f"py-spy is not installed: {sys.executable} -m pip install py-spy")
     patches = [x for x in args.patch.split(",") if x]
     root = Path(tempfile.mkdtemp(prefix="airlock-profile-"))
     root.chmod(0o755)

@@ -1,6 +1,6 @@
 """airlock's benchmark: airlock against direct access and against nginx / squid, side by side.
 
-    /work/venv/bin/python -m bench.run [--quick] [--out bench/results/RESULTS.md] [--publish]
+    .venv/bin/python -m bench.run [--quick] [--out bench/results/RESULTS.md] [--publish]
 
 See bench/README.md for what is measured and how to read the table.
 """
