@@ -83,6 +83,17 @@ def _control_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         fail(str(exc))
 
 
+def _write_host_bundle(out_dir: Path, issued: dict[str, Any], key: Any) -> Path:
+    """A bundle for a git client on the host: the gateway's name resolved to its listener."""
+    from airlock.gateway.pki import key_pem
+    from airlock.host.bundle import GatewayEndpoint, write_bundle
+
+    gw = issued["gateway"]
+    address = gw["address"] if gw["address"] not in ("0.0.0.0", "::") else "127.0.0.1"
+    endpoint = GatewayEndpoint(name=gw["name"], address=address, port=gw["port"])
+    return write_bundle(out_dir, issued, key_pem(key), endpoint=endpoint)
+
+
 @session.command("create")
 @config_option
 @click.option(
@@ -111,8 +122,7 @@ def session_create(
     out_dir: Path,
 ) -> None:
     """Create a session and write its bundle (CA, client certificate and key, gitconfig)."""
-    from airlock.gateway.pki import key_pem, make_csr, new_private_key
-    from airlock.host.bundle import GatewayEndpoint, write_bundle
+    from airlock.gateway.pki import make_csr, new_private_key
 
     config = _config(config_path)
     try:
@@ -131,10 +141,7 @@ def session_create(
         idle_timeout=idle_s,
         bind_ip=bind_ip,
     )
-    gw = issued["gateway"]
-    address = gw["address"] if gw["address"] not in ("0.0.0.0", "::") else "127.0.0.1"
-    endpoint = GatewayEndpoint(name=gw["name"], address=address, port=gw["port"])
-    gitconfig = write_bundle(out_dir, issued, key_pem(key), endpoint=endpoint)
+    gitconfig = _write_host_bundle(out_dir, issued, key)
     sid = issued["session"]["id"]
     err.print(f"session bundle written to {out_dir}; use it with:", highlight=False)
     err.print(f"  GIT_CONFIG_GLOBAL={gitconfig} git clone https://HOST/OWNER/REPO", highlight=False)
@@ -189,20 +196,12 @@ def session_revoke(config_path: Path, session_id: str, reason: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 def session_renew(config_path: Path, session_id: str, out_dir: Path) -> None:
     """Issue a new client key and certificate for a session; the old certificate stops working."""
-    from airlock.gateway.pki import key_pem, make_csr, new_private_key
-    from airlock.host.bundle import GatewayEndpoint, write_bundle
+    from airlock.gateway.pki import make_csr, new_private_key
 
     config = _config(config_path)
     key = new_private_key()
     issued = _control_call(_client(config).renew, session_id, make_csr(key).decode())
-    gw = issued["gateway"]
-    address = gw["address"] if gw["address"] not in ("0.0.0.0", "::") else "127.0.0.1"
-    write_bundle(
-        out_dir,
-        issued,
-        key_pem(key),
-        endpoint=GatewayEndpoint(name=gw["name"], address=address, port=gw["port"]),
-    )
+    _write_host_bundle(out_dir, issued, key)
     err.print(f"renewed {session_id}; new bundle in {out_dir}", highlight=False)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -117,7 +118,6 @@ class ControlAPI:
         self.identity = identity
         self.audit = audit
         self.clock = clock
-        self.on_revoke: list[Callable[[Session], None]] = []
         self.listeners: Any = None  # server.Listeners, set by the gateway
         self.metrics: Metrics | None = None
         self._control_limit = parse(config.limits.control_requests)
@@ -176,8 +176,6 @@ class ControlAPI:
             cert = self.identity.ca.issue_session(csr.encode(), s.id, now, not_after)
         except ValueError as exc:
             raise _BadRequest(f"csr: {exc}") from None
-        from cryptography.hazmat.primitives import serialization
-
         der = cert.public_bytes(serialization.Encoding.DER)
         s = lifecycle.renew_certificate(s, cert_fingerprint(der))
         self.store.put(s)
@@ -277,8 +275,6 @@ class ControlAPI:
     def _revoke(self, s: Session, reason: str) -> Session:
         s = lifecycle.revoke(s, reason)
         self.store.put(s)
-        for hook in self.on_revoke:
-            hook(s)
         self.audit.event("session_revoked", session=s.id, reason=reason)
         return s
 

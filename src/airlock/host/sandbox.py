@@ -639,12 +639,3 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
         return code
     finally:
         manager.teardown(sb.id, "sandbox exited")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -157,12 +156,3 @@ def _sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
         gateway_ip=ipaddress.IPv4Address(labels[LABEL_GATEWAY]),
         sandbox_ip=ipaddress.IPv4Address(labels["airlock.sandbox_ip"]),
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
