@@ -20,7 +20,7 @@ out = Console()
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]airlock:[/] {message}", highlight=False)
+    err.print(f"[bold red]airlock:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
