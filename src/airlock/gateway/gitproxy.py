@@ -68,6 +68,7 @@ class _Outcome:
     bytes_in: int = 0
     bytes_out: int = 0
     body_error: Exception | None = None  # raised inside the upload; aiohttp wraps it
+    body_failed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _text(status: int, message: str, request_id: str, **headers: str) -> web.Response:
@@ -324,12 +325,14 @@ class GitProxy:
             out.bytes_in += len(chunk)
             if out.bytes_in > limit:
                 out.body_error = _BodyTooLarge()
+                out.body_failed.set()
                 raise out.body_error
             if parser is not None and not parser.done:
                 try:
                     parser.feed(chunk)
                 except PktLineError as exc:
                     out.body_error = _BadBody(str(exc))
+                    out.body_failed.set()
                     raise out.body_error from None
                 if parser.done:
                     out.fields["ref_updates"] = [
@@ -343,6 +346,7 @@ class GitProxy:
                 parser.finish()  # a push body cut off before its command list ends is refused
             except PktLineError as exc:
                 out.body_error = _BadBody(str(exc))
+                out.body_failed.set()
                 raise out.body_error from None
 
     async def _forward(
@@ -372,23 +376,41 @@ class GitProxy:
         timeout = aiohttp.ClientTimeout(
             total=cfg.total_timeout, connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
         )
+
+        async def send() -> tuple[web.StreamResponse, bool]:
+            async with self._client(upstream).request(
+                request.method,
+                url,
+                headers=self._upstream_headers(request, req, token),
+                data=data,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as up:
+                out.fields["upstream_status"] = up.status
+                return await self._relay(request, req, up, out)
+
+        sending = asyncio.ensure_future(send())
+        failed = asyncio.ensure_future(out.body_failed.wait())
         try:
             try:
-                async with self._client(upstream).request(
-                    request.method,
-                    url,
-                    headers=self._upstream_headers(request, req, token),
-                    data=data,
-                    allow_redirects=False,
-                    timeout=timeout,
-                ) as up:
-                    out.fields["upstream_status"] = up.status
-                    return await self._relay(request, req, up, out)
+                # A bad request body ends the upstream request at once: aiohttp would
+                # otherwise wait for an upstream answer that may never come.
+                await asyncio.wait({sending, failed}, return_when=asyncio.FIRST_COMPLETED)
+                if not sending.done():
+                    sending.cancel()
+                    await asyncio.gather(sending, return_exceptions=True)
+                    assert out.body_error is not None
+                    raise out.body_error
+                return sending.result()
             except Exception as exc:
                 # An error raised while uploading the body surfaces wrapped in a client error.
                 if out.body_error is None or exc is out.body_error:
                     raise
                 raise out.body_error from None
+            finally:
+                failed.cancel()
+                if not sending.done():
+                    sending.cancel()
         except _BodyTooLarge:
             out.fields["reason"] = "body_too_large"
             response = _text(413, "request body too large", rid)
