@@ -49,6 +49,7 @@ from airlock.core.egress import (
 from airlock.core.session import Session
 from airlock.gateway.dns_stats import DenialCounter, QueryRateLimiter
 from airlock.gateway.resolver import MAX_ANSWERS, ResolveError, Resolver
+from airlock.gateway.splice import DetachableReader, Splice
 
 __all__ = ["Authenticate", "EgressPolicy", "EgressProxy", "EgressStats"]
 
@@ -233,8 +234,14 @@ class EgressProxy:
 
     async def start(self, address: str, port: int) -> int:
         """Listen on ``address:port`` (another listener of this proxy); returns the port."""
-        server = await asyncio.start_server(
-            self._client, address, port, backlog=1024, reuse_address=True
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.StreamReaderProtocol:
+            # asyncio.start_server's factory, with a reader a CONNECT tunnel can detach from.
+            return asyncio.StreamReaderProtocol(DetachableReader(CHUNK), self._client)
+
+        server = await loop.create_server(
+            connection, address, port, backlog=1024, reuse_address=True
         )
         bound = int(server.sockets[0].getsockname()[1])
         self._servers[(address, bound)] = server
@@ -533,9 +540,7 @@ class EgressProxy:
                 raise _Refuse(403, "private_address", f"{why} {a}")
         return addresses
 
-    async def _dial(
-        self, rec: _Record, addresses: list[IPAddress], port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _dial(self, rec: _Record, addresses: list[IPAddress], port: int) -> socket.socket:
         """Connect to the first vetted address that answers, by address (no lookup)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.connect_timeout
@@ -552,7 +557,7 @@ class EgressProxy:
             sock.setblocking(False)
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, (str(a), port)), remaining)
-                return await asyncio.open_connection(sock=sock, limit=CHUNK)
+                return sock
             except (OSError, TimeoutError) as exc:
                 sock.close()
                 last = exc
@@ -604,19 +609,27 @@ class EgressProxy:
             if not same_host(result.name, target.host):
                 raise _Closed("sni_mismatch", f"sni={result.name[:253]!r}", alert=True)
             try:
-                up_reader, up_writer = await self._dial(rec, addresses, target.port)
+                sock = await self._dial(rec, addresses, target.port)
             except _Refuse as r:  # the 200 is out: all that is left is to close
                 raise _Closed(r.rule, r.detail) from None
+            assert isinstance(reader, DetachableReader)
+            assert isinstance(writer.transport, asyncio.Transport)
+            splice = Splice(writer.transport)
+            try:
+                await asyncio.get_running_loop().create_connection(
+                    splice.upstream_protocol, sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
             self.stats.tunnels += 1
             rec.decision = "allowed"
             try:
-                up_writer.write(hello)
-                rec.bytes_up += len(hello)
-                rec.end = await self._relay(
-                    rec, reader, writer, up_reader, up_writer, rec.started, still_valid
-                )
+                await splice.attach_client(reader, hello)
+                rec.end = await self._relay(splice, rec.started, still_valid)
             finally:
-                up_writer.transport.abort()
+                splice.close_upstream()
+                rec.bytes_up, rec.bytes_down = splice.bytes_up, splice.bytes_down
         finally:
             self._release_slot(session)
 
@@ -639,75 +652,26 @@ class EgressProxy:
             buf += data
         return bytes(buf)
 
-    async def _relay(
-        self,
-        rec: _Record,
-        c_reader: asyncio.StreamReader,
-        c_writer: asyncio.StreamWriter,
-        u_reader: asyncio.StreamReader,
-        u_writer: asyncio.StreamWriter,
-        started: float,
-        still_valid: Callable[[], bool],
-    ) -> str:
-        """Copy both ways until both sides finish, or idle/lifetime/session end; why it ended."""
+    async def _relay(self, splice: Splice, started: float, still_valid: Callable[[], bool]) -> str:
+        """Wait while the splice moves bytes, until both sides finish, or idle/lifetime/session
+        end; why it ended."""
         loop = asyncio.get_running_loop()
-        last = loop.time()
-
-        async def pump(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool
-        ) -> None:
-            nonlocal last
-            while True:
-                data = await src.read(CHUNK)
-                if not data:
-                    break
-                if upstream:
-                    rec.bytes_up += len(data)
-                else:
-                    rec.bytes_down += len(data)
-                last = loop.time()
-                dst.write(data)
-                await dst.drain()
-            # Half-close: pass the EOF on and keep the other direction running.
-            if dst.can_write_eof():
-                with contextlib.suppress(OSError):
-                    dst.write_eof()
-
-        tasks = {
-            asyncio.create_task(pump(c_reader, u_writer, True)),
-            asyncio.create_task(pump(u_reader, c_writer, False)),
-        }
-        pending = set(tasks)
         # `started` is monotonic; translate the lifetime to the loop's clock.
         deadline = loop.time() + self.policy.max_tunnel_lifetime - (time.monotonic() - started)
         next_check = loop.time() + self.policy.session_recheck_interval
-        end = "closed"
-        try:
-            while pending:
-                now = loop.time()
-                if now >= deadline:
-                    end = "lifetime"
-                    break
-                if now - last >= self.policy.idle_timeout:
-                    end = "idle_timeout"
-                    break
-                if now >= next_check:
-                    if not still_valid():
-                        end = "session_ended"
-                        break
-                    next_check = now + self.policy.session_recheck_interval
-                wake = min(deadline, last + self.policy.idle_timeout, next_check)
-                done, pending = await asyncio.wait(
-                    pending, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED
-                )
-                if any(t.exception() is not None for t in done):
-                    end = "reset"
-                    break
-        finally:
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return end
+        while not splice.done.done():
+            now = loop.time()
+            if now >= deadline:
+                return "lifetime"
+            if now - splice.last_activity >= self.policy.idle_timeout:
+                return "idle_timeout"
+            if now >= next_check:
+                if not still_valid():
+                    return "session_ended"
+                next_check = now + self.policy.session_recheck_interval
+            wake = min(deadline, splice.last_activity + self.policy.idle_timeout, next_check)
+            await asyncio.wait((splice.done,), timeout=max(0.0, wake - now))
+        return "reset" if splice.error is not None else "closed"
 
     # ----------------------------------------------------------------------- plain HTTP
 
@@ -739,7 +703,12 @@ class EgressProxy:
         self._take_slot(session)
         try:
             addresses = await self._vet(rec, target.host)
-            up_reader, up_writer = await self._dial(rec, addresses, target.port)
+            sock = await self._dial(rec, addresses, target.port)
+            try:
+                up_reader, up_writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
+            except BaseException:
+                sock.close()
+                raise
             self.stats.http_requests += 1
             rec.decision = "allowed"
             try:

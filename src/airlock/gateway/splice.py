@@ -1,0 +1,173 @@
+"""The CONNECT tunnel's data path: two transports joined protocol to protocol.
+
+A StreamReader/StreamWriter pump copies every byte twice (``feed_data`` into a buffer, ``read``
+out of it) and wakes a task for every chunk; under a 1 GiB tunnel that was two thirds of the
+egress proxy's CPU (bench/README.md, "Findings"). Here each side's protocol writes what it
+receives straight into the other transport. Back-pressure is the transports' own: when one
+side's write buffer passes its high-water mark, reading from the other side pauses until the
+buffer drains, so a slow reader never makes the gateway hold more than ``WRITE_BUFFER_HIGH``
+per direction.
+
+:class:`Splice` only moves bytes and records when it last did; how long a tunnel may live or
+idle is the caller's decision (it polls :attr:`Splice.last_activity` and waits on
+:attr:`Splice.done`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+__all__ = ["WRITE_BUFFER_HIGH", "DetachableReader", "Splice"]
+
+#: Per direction, the most the gateway buffers before it stops reading the sender.
+WRITE_BUFFER_HIGH = 1024 * 1024
+
+
+class DetachableReader(asyncio.StreamReader):
+    """A StreamReader whose connection can be handed to another protocol mid-stream.
+
+    The request head and the ClientHello are read through the stream API; after that the
+    transport is given to a :class:`Splice` and whatever this reader still holds goes first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.peer_ended = False
+
+    def feed_eof(self) -> None:
+        self.peer_ended = True
+        super().feed_eof()
+
+    async def detach(
+        self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol
+    ) -> tuple[bytes, bool]:
+        """Give ``transport`` to ``protocol``; the bytes read but not consumed, and whether the
+        peer had already sent EOF. This reader is finished afterwards."""
+        transport.set_protocol(protocol)
+        ended = self.peer_ended
+        # No more data can arrive here now: ending the stream makes read() return exactly
+        # the buffered bytes, without waiting.
+        super().feed_eof()
+        return await self.read(), ended
+
+
+class _Side(asyncio.Protocol):
+    """Attached to one transport; everything it receives is written to ``peer``."""
+
+    def __init__(self, splice: Splice, upstream: bool) -> None:
+        self.splice = splice
+        self.upstream = upstream  # True: this side is the client, its bytes go upstream
+        self.peer: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.splice.moved(self.upstream, len(data))
+        self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        self.splice.side_ended(self.upstream)
+        return True  # keep the transport: the other direction may still be running
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.splice.lost(exc)
+
+    # This side's write buffer is full, and the peer is what fills it: stop reading the peer.
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.peer.is_closing():
+            self.peer.resume_reading()
+
+
+class Splice:
+    """Relays bytes between a client transport and an upstream transport, both directions.
+
+    Use: create it, pass :meth:`upstream_protocol` to ``loop.create_connection`` for the
+    upstream, then :meth:`attach_client` with the client's transport and reader. :attr:`done`
+    resolves when both directions have ended (EOF each way) or either connection is lost.
+    """
+
+    def __init__(self, client: asyncio.Transport) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.client = client
+        self.upstream: asyncio.Transport | None = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.last_activity = self._loop.time()
+        self.error: BaseException | None = None
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._ended = {True: False, False: False}  # direction (upstream?) -> EOF passed on
+        self._from_client = _Side(self, upstream=True)
+        self._from_upstream = _Side(self, upstream=False)
+        self._from_upstream.peer = client
+
+    def upstream_protocol(self) -> asyncio.Protocol:
+        return self._from_upstream
+
+    async def attach_client(self, reader: DetachableReader, first: bytes) -> None:
+        """Send ``first`` upstream, then join the client: its buffered bytes go next, and from
+        here on every byte it sends. Call after the upstream connection is made."""
+        up = self.upstream = self._upstream_transport()
+        self._from_client.peer = up
+        for t in (self.client, up):
+            t.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        up.write(first)
+        self.moved(True, len(first))
+        rest, ended = await reader.detach(self.client, self._from_client)
+        if rest:
+            self.moved(True, len(rest))
+            up.write(rest)
+        if self.client.is_closing():  # the client went away while the upstream was dialed
+            self._finish(ConnectionResetError("client closed before the tunnel opened"))
+        elif ended:
+            self.side_ended(True)
+        elif not self.client.is_reading():
+            self.client.resume_reading()
+
+    def _upstream_transport(self) -> asyncio.Transport:
+        # create_connection() has called connection_made on our protocol by now.
+        t = self._from_upstream.transport
+        if t is None:
+            raise RuntimeError("attach_client() before the upstream connection was made")
+        return t
+
+    # --------------------------------------------------------------- called by the sides
+
+    def moved(self, upstream: bool, n: int) -> None:
+        if upstream:
+            self.bytes_up += n
+        else:
+            self.bytes_down += n
+        self.last_activity = self._loop.time()
+
+    def side_ended(self, upstream: bool) -> None:
+        """One direction saw EOF: pass it on (half-close) and finish when both have."""
+        dst = self.upstream if upstream else self.client
+        if dst is not None and dst.can_write_eof() and not dst.is_closing():
+            with contextlib.suppress(OSError):
+                dst.write_eof()
+        self._ended[upstream] = True
+        if all(self._ended.values()):
+            self._finish(None)
+
+    def lost(self, exc: Exception | None) -> None:
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            self.error = exc
+            self.done.set_result(None)
+
+    def close_upstream(self) -> None:
+        """Drop the upstream connection at once (the client's is its handler's to close)."""
+        t = self._from_upstream.transport
+        if t is not None:
+            t.abort()
