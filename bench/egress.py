@@ -46,9 +46,8 @@ class EgressRow:
 
 
 class EgressBench:
-    def __init__(self, root: Path, patches: list[str] | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.patches = patches or []
         root.mkdir(parents=True, exist_ok=True)
         self.tls = make_test_ca_and_server_cert(root / "sink-tls", [SINK_NAME], ["127.0.0.1"])
         self.ctx = ssl.create_default_context(cafile=str(self.tls.ca_cert))
@@ -102,8 +101,6 @@ class EgressBench:
             self.token,
             "--log",
             str(self.root / "egress-audit.log"),
-            "--patch",
-            ",".join(self.patches),
         )
 
     def stop(self) -> None:

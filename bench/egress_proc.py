@@ -31,10 +31,6 @@ from airlock.gateway.resolver import StaticEntry, StaticResolver
 
 
 async def _main(args: argparse.Namespace) -> None:
-    if args.patch:
-        from bench.experiments import apply
-
-        apply(args.patch.split(","))
     limits = Limits(idle_timeout=3600, lifetime=3600, max_requests=10**9, max_bytes=10**15)
     session = with_proxy_token(
         create_session(grants=(), now=time.time(), limits=limits, allow_hosts=(args.sink_name,)),
@@ -80,7 +76,6 @@ def main() -> None:
     p.add_argument("--token", required=True)
     p.add_argument("--ready", type=Path, required=True)
     p.add_argument("--log", type=Path, required=True)
-    p.add_argument("--patch", default="", help="bench/experiments.py prototypes to apply")
     asyncio.run(_main(p.parse_args()))
 
 

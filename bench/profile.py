@@ -115,17 +115,15 @@ def main() -> None:
     p.add_argument("--direction", choices=["download", "upload"], default="upload")
     p.add_argument("--native", action="store_true", help="include C frames (slower sampling)")
     p.add_argument("--raw", type=Path, default=None, help="keep the collapsed stacks here")
-    p.add_argument("--patch", default="", help="bench/experiments.py prototypes to apply")
     args = p.parse_args()
     if not Path(_py_spy()).exists():
         raise SystemExit(f"py-spy is not installed: {sys.executable} -m pip install py-spy")
-    patches = [x for x in args.patch.split(",") if x]
     root = Path(tempfile.mkdtemp(prefix="airlock-profile-"))
     root.chmod(0o755)
     raw = args.raw or root / "stacks.txt"
     try:
         if args.load == "egress":
-            eb = EgressBench(root / "egress", patches)
+            eb = EgressBench(root / "egress")
             eb.start()
             try:
                 assert eb.proxy is not None
@@ -138,7 +136,7 @@ def main() -> None:
                 eb.stop()
         else:
             (root / "world").mkdir()
-            w = BenchWorld(root / "world", patches)
+            w = BenchWorld(root / "world")
             w.start()
             try:
                 summary = _git_load(w, root, args, raw)

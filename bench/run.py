@@ -103,16 +103,13 @@ class Plan:
 
 
 class Bench:
-    def __init__(
-        self, plan: Plan, root: Path, sections: set[str], patches: list[str] | None = None
-    ) -> None:
+    def __init__(self, plan: Plan, root: Path, sections: set[str]) -> None:
         self.plan = plan
-        self.patches = patches or []
         self.root = root
         self.sections = sections
         self.report = Report()
         (root / "world").mkdir()
-        self.world = BenchWorld(root / "world", self.patches)
+        self.world = BenchWorld(root / "world")
         self.nginx: Nginx | None = None
         self.ops: Bundle | None = None
         self.bundles: list[Bundle] = []
@@ -202,7 +199,7 @@ class Bench:
             self.report.latency.append(row)
 
     def run_egress(self) -> None:
-        eb = EgressBench(self.root / "egress", self.patches)
+        eb = EgressBench(self.root / "egress")
         eb.start()
         try:
             for direction in ("download", "upload"):
@@ -267,12 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--publish", action="store_true", help=f"also copy the table to {LAST_RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    p.add_argument(
-        "--patch",
-        default="",
-        help="comma-separated bench/experiments.py prototypes to apply to the gateway and the "
-        "egress proxy (measures a proposed fix; the report says so); default: none",
-    )
     args = p.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)
@@ -282,19 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C: the finally below stops every child process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ensure_packages()
-    if args.patch:
-        from bench.experiments import PATCHES
-
-        bad = set(args.patch.split(",")) - set(PATCHES) - {""}
-        if bad:
-            p.error(f"unknown patches: {', '.join(sorted(bad))}; known: {', '.join(PATCHES)}")
     plan = Plan.make(args.quick)
     started = dt.datetime.now(dt.UTC)
     busy = busy_processes(exclude={os.getpid()})
     root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
     os.chmod(root, 0o755)  # squid drops to its own user and must reach its directory
-    patches = [x for x in args.patch.split(",") if x]
-    bench = Bench(plan, root, sections, patches)
+    bench = Bench(plan, root, sections)
     t0 = time.monotonic()
     try:
         bench.start()
@@ -310,12 +294,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"scratch kept in {root}")
     report = bench.report
     report.header = header(plan, started, busy)
-    if patches:
-        report.header.insert(
-            0,
-            f"- **PATCHED RUN**: bench/experiments.py prototypes applied ({', '.join(patches)}); "
-            "these figures are NOT the code in src/ as committed",
-        )
     report.header.append(f"- **total time**: {(time.monotonic() - t0) / 60:.1f} min")
     text = render(report)
     print(text)

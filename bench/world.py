@@ -48,10 +48,9 @@ def basic_auth(token: str = TOKEN) -> str:
 class BenchWorld(World):
     """World with the upstream as a subprocess; the gateway is World's own subprocess."""
 
-    def __init__(self, root: Path, patches: list[str] | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         super().__init__(root, config_extra=BENCH_CONFIG)
         self.upstream_proc: subprocess.Popen[bytes] | None = None
-        self.patches = patches or []  # bench/experiments.py prototypes; [] = src as it is
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -88,18 +87,22 @@ class BenchWorld(World):
         self.upstream.port = int(wait_file(ready, 30, self.upstream_proc))
 
     def start_gateway(self) -> None:
-        """World.start_gateway, plus: the gateway dies with the bench, and ``patches``
-        (bench/experiments.py prototypes) are applied before the CLI when asked for."""
+        """World.start_gateway, plus: the gateway dies with the bench."""
         ready = self.root / "gateway.ready"
         ready.unlink(missing_ok=True)
         env = self.gateway_env()
         env["PYTHONPATH"] = child_pythonpath()
-        if self.patches:
-            argv = ["-m", "bench.experiments", "gateway", "--patch", ",".join(self.patches), "--"]
-        else:
-            argv = ["-m", "airlock.cli", "gateway"]
         self.proc = subprocess.Popen(
-            [sys.executable, *argv, "--config", str(self.config), "--ready-file", str(ready)],
+            [
+                sys.executable,
+                "-m",
+                "airlock.cli",
+                "gateway",
+                "--config",
+                str(self.config),
+                "--ready-file",
+                str(ready),
+            ],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
