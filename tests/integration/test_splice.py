@@ -174,7 +174,9 @@ async def test_slow_reader_bounds_what_the_gateway_buffers(servers: list[asyncio
     # Keep the client's own socket receive buffer small, so it cannot soak up the stream.
     sock = w.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    w.transport.pause_reading()
+    transport = w.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
     w.write(b"x")
     await w.drain()
     peak = 0
@@ -186,7 +188,7 @@ async def test_slow_reader_bounds_what_the_gateway_buffers(servers: list[asyncio
     # The upstream stalls far short of 64 MiB (kernel buffers + the gateway's bound).
     assert sent < total / 2, f"upstream was not slowed: {sent} bytes sent"
     assert peak <= WRITE_BUFFER_HIGH + 512 * 1024, f"gateway buffered {peak} bytes"
-    w.transport.resume_reading()
+    transport.resume_reading()
     digest = hashlib.sha256()
     received = 0
     while data := await asyncio.wait_for(r.read(1 << 20), 10):
@@ -209,7 +211,7 @@ async def test_upstream_reset_ends_the_splice_with_an_error(
 
     rig, made = await _rig(upstream, head_bytes=4)
     servers.extend(made)
-    r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
+    _r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
     w.write(b"HEAD")
     await w.drain()
     splice = await _wait_done(rig)
