@@ -11,16 +11,20 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from airlock.config import Config, ConfigError, load_config
 from airlock.core.durations import parse_duration
 
-err = Console(stderr=True)
+# No markup in messages: they carry config keys such as "[upstream.app]" and paths verbatim.
+err = Console(stderr=True, markup=False)
 out = Console()
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]airlock:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(
+        Text.assemble(("airlock:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
     sys.exit(code)
 
 

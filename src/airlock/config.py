@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from airlock.core.durations import parse_duration
@@ -241,11 +243,65 @@ class SandboxConfig(_Strict):
         return v
 
 
+def _https_base(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme != "https":
+        raise ValueError(f"{v!r}: must be an https URL")
+    if parts.username or parts.password or parts.query or parts.fragment or not parts.hostname:
+        raise ValueError(f"{v!r}: expected https://HOST[:PORT][/PATH] and nothing else")
+    return v.rstrip("/")
+
+
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")  # GitHub logins: <= 39 chars
+
+
+class GitHubAppConfig(_Strict):
+    """A GitHub App: the gateway mints an installation token per session and repository owner,
+    scoped to the session's repositories with contents read or write only."""
+
+    app_id: int = Field(gt=0)
+    private_key_file: Path  # PEM, mode 0600 or stricter, like a token file
+    # Repository owner (account login) -> installation id of the App on that account.
+    installations: dict[str, int] = Field(min_length=1)
+    api_url: str = "https://api.github.com"  # GitHub Enterprise: https://HOST/api/v3
+    ca_file: Path | None = None  # trust for api_url; default: the system's
+    # How soon after a session ends its tokens are revoked at GitHub (they cannot be used
+    # through the gateway from the moment it ends; this bounds their life outside it).
+    revoke_interval: Duration = 15
+
+    @field_validator("api_url")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        return _https_base(v)
+
+    @field_validator("installations")
+    @classmethod
+    def _installations(cls, v: dict[str, int]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for owner, iid in v.items():
+            if not _ACCOUNT_RE.fullmatch(owner):
+                raise ValueError(f"installations: {owner!r} is not a GitHub account name")
+            if iid <= 0:
+                raise ValueError(f"installations: {owner}: the id must be a positive integer")
+            out[owner.lower()] = iid  # account names are case-insensitive
+        return out
+
+
 class UpstreamConfig(_Strict):
     host: HostName
     url: str
-    token_file: Path
+    # Exactly one credential: a token file, or a GitHub App that mints per-session tokens.
+    token_file: Path | None = None
+    app: GitHubAppConfig | None = None
     ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> UpstreamConfig:
+        if (self.token_file is None) == (self.app is None):
+            raise ValueError(
+                f"upstream {self.host}: give exactly one of token_file or [upstream.app]"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

@@ -83,7 +83,7 @@ def test_refuses_a_token_file_readable_by_others(tmp_path: Path, mode: int) -> N
         ),
         (
             '[[upstream]]\nhost = "github.com"\nurl = "https://x"\n',
-            "upstream.0.token_file: required",
+            "give exactly one of token_file or [upstream.app]",
         ),
         ('[sessions]\nidle_timeout = "forever"\n', "sessions.idle_timeout"),
         ("[gateway\n", "not valid TOML"),

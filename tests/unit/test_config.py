@@ -71,3 +71,40 @@ def test_config_digest_is_checked_when_present(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("github.com", "evil.example"))
     with pytest.raises(ConfigError, match="does not match"):
         load_config(cfg)
+
+
+APP = {"app_id": 1, "private_key_file": "/k.pem", "installations": {"Acme": 7}}
+
+
+def test_an_app_upstream_needs_no_token_file() -> None:
+    up = {"host": "github.com", "url": "https://github.com", "app": APP}
+    c = parse_config({"upstream": [up]}, Path("x.toml"))
+    app = c.upstream[0].app
+    assert app is not None and c.upstream[0].token_file is None
+    assert app.installations == {"acme": 7}  # account names are case-insensitive
+    assert app.api_url == "https://api.github.com" and app.revoke_interval == 15
+
+
+@pytest.mark.parametrize(
+    ("app", "needle"),
+    [
+        ({**APP, "api_url": "http://api.github.com"}, "must be an https URL"),
+        ({**APP, "api_url": "https://u:p@api.github.com"}, "nothing else"),
+        ({**APP, "installations": {}}, "installations"),
+        ({**APP, "installations": {"bad/name": 7}}, "not a GitHub account name"),
+        ({**APP, "installations": {"acme": 0}}, "positive integer"),
+        ({**APP, "app_id": 0}, "app_id"),
+        ({**APP, "workflows": True}, "unknown key"),
+    ],
+)
+def test_app_errors_name_the_key(app: dict[str, object], needle: str) -> None:
+    up = {"host": "github.com", "url": "https://github.com", "app": app}
+    assert needle in _err({"upstream": [up]})
+
+
+@pytest.mark.parametrize("with_token", [True, False])
+def test_exactly_one_upstream_credential(with_token: bool) -> None:
+    up: dict[str, object] = {"host": "github.com", "url": "https://github.com"}
+    if with_token:
+        up.update(token_file="/t", app=APP)
+    assert "give exactly one of token_file or [upstream.app]" in _err({"upstream": [up]})

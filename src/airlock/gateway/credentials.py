@@ -1,4 +1,9 @@
-"""Upstream credentials: read from files only, re-read when the file changes."""
+"""Upstream credentials: read from files only, re-read when the file changes.
+
+An upstream has one :class:`UpstreamCredential`: a token file (:class:`FileCredential`, the
+same token for every session) or a GitHub App (gateway/github_app.py, a token per session,
+owner and access level). The git proxy asks it for the token of each request.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from airlock.core.redact import GITHUB_TOKEN_RE
+from airlock.core.session import Session
 
 
 class CredentialError(Exception):
@@ -33,18 +40,34 @@ def credential_variables(env: Mapping[str, str]) -> list[str]:
     return sorted(found)
 
 
-def check_token_file(path: Path) -> None:
+def check_token_file(path: Path, what: str = "token file") -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise CredentialError(f"token file {path}: {exc.strerror}") from None
+        raise CredentialError(f"{what} {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise CredentialError(f"token file {path}: not a regular file")
+        raise CredentialError(f"{what} {path}: not a regular file")
     if st.st_mode & 0o077:
         raise CredentialError(
-            f"token file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
+            f"{what} {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
             f"read it; run: chmod 600 {path}"
         )
+
+
+class UpstreamCredential(Protocol):
+    async def token(self, session: Session, owner: str, repo: str) -> str:
+        """The token for one request of ``session`` on ``owner/repo``; CredentialError if none."""
+        ...
+
+    def secrets(self) -> list[str]:
+        """Every token currently held, for the log redactor."""
+        ...
+
+    async def sweep(self, live: set[str]) -> None:
+        """Give up what is held for sessions not in ``live`` (ended sessions)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -74,3 +97,28 @@ class TokenFile:
     @property
     def current(self) -> str | None:
         return self._cached.token if self._cached else None
+
+
+class FileCredential:
+    """The token file's token, for every session alike."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = TokenFile(path)
+
+    def check(self) -> None:
+        try:
+            self.file.get()
+        except OSError as exc:
+            raise CredentialError(f"token file {self.file.path}: {exc.strerror}") from None
+
+    async def token(self, session: Session, owner: str, repo: str) -> str:
+        return self.file.get()
+
+    def secrets(self) -> list[str]:
+        return [self.file.current] if self.file.current else []
+
+    async def sweep(self, live: set[str]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -14,7 +14,7 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from airlock.core.grants import Access
 from airlock.core.pktline import PktLineError, ReceivePackCommandParser
 from airlock.core.session import Refusal
 from airlock.gateway.audit import AuditLog
-from airlock.gateway.credentials import CredentialError, TokenFile
+from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
 from airlock.gateway.ratelimits import RateLimits
@@ -89,7 +89,7 @@ class GitProxy:
         self,
         config: Config,
         store: SessionStore,
-        tokens: dict[str, TokenFile],
+        tokens: Mapping[str, UpstreamCredential],
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
         *,
@@ -273,7 +273,7 @@ class GitProxy:
         self.store.put(lifecycle.begin_request(s), durable=False)
         success = False
         try:
-            response, success = await self._forward(request, req, upstream, out)
+            response, success = await self._forward(request, s, req, upstream, out)
             return response
         finally:
             current = self.store.get(session_id)
@@ -350,12 +350,17 @@ class GitProxy:
                 raise out.body_error from None
 
     async def _forward(
-        self, request: web.BaseRequest, req: GitRequest, upstream: UpstreamConfig, out: _Outcome
+        self,
+        request: web.BaseRequest,
+        s: lifecycle.Session,
+        req: GitRequest,
+        upstream: UpstreamConfig,
+        out: _Outcome,
     ) -> tuple[web.StreamResponse, bool]:
         rid = out.request_id
         cfg = self.config.git
         try:
-            token = self.tokens[upstream.host].get()
+            token = await self.tokens[upstream.host].token(s, req.owner, req.repo)
         except (CredentialError, OSError) as exc:
             out.fields["reason"] = f"credential_unavailable:{exc}"
             return _text(502, "upstream unavailable", rid), False

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -20,9 +21,15 @@ from airlock.core.backoff import AuthBackoff
 from airlock.core.egress import parse_proxy_authorization
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.control import ControlAPI
-from airlock.gateway.credentials import CredentialError, TokenFile, credential_variables
+from airlock.gateway.credentials import (
+    CredentialError,
+    FileCredential,
+    UpstreamCredential,
+    credential_variables,
+)
 from airlock.gateway.dns import DNSServer
 from airlock.gateway.egress import EgressPolicy, EgressProxy
+from airlock.gateway.github_app import AppCredential
 from airlock.gateway.gitproxy import GitProxy
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
@@ -42,29 +49,34 @@ class StartupError(Exception):
     """The gateway cannot start; the message says what to fix."""
 
 
-def preflight(config: Config, env: Mapping[str, str]) -> dict[str, TokenFile]:
-    """Checks that must pass before anything is created."""
+def preflight(
+    config: Config, env: Mapping[str, str], log: Callable[..., None]
+) -> dict[str, UpstreamCredential]:
+    """Checks that must pass before anything is created; each upstream's credential."""
     bad = credential_variables(env)
     if bad:
         raise StartupError(
             "refusing to start: credential variables are set in the environment "
             f"({', '.join(bad)}); unset them and give the token in an upstream token_file"
         )
-    tokens: dict[str, TokenFile] = {}
+    creds: dict[str, UpstreamCredential] = {}
     for u in config.upstream:
-        tf = TokenFile(u.token_file)
+        cred: FileCredential | AppCredential
+        if u.app is not None:
+            cred = AppCredential(u.host, u.app, log)
+            if u.app.ca_file is not None and not u.app.ca_file.is_file():
+                raise StartupError(f"upstream {u.host}: app.ca_file {u.app.ca_file} does not exist")
+        else:
+            assert u.token_file is not None  # the config allows exactly one of the two
+            cred = FileCredential(u.token_file)
         try:
-            tf.get()
+            cred.check()
         except CredentialError as exc:
             raise StartupError(f"upstream {u.host}: {exc}") from None
-        except OSError as exc:
-            raise StartupError(
-                f"upstream {u.host}: token file {u.token_file}: {exc.strerror}"
-            ) from None
         if u.ca_file is not None and not u.ca_file.is_file():
             raise StartupError(f"upstream {u.host}: ca_file {u.ca_file} does not exist")
-        tokens[u.host] = tf
-    return tokens
+        creds[u.host] = cred
+    return creds
 
 
 def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
@@ -162,7 +174,12 @@ class Listeners:
 class Gateway:
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.tokens = preflight(config, os.environ if env is None else env)
+        self.tokens = preflight(
+            config,
+            os.environ if env is None else env,
+            lambda event, **fields: self.audit.event(event, **fields),
+        )
+        self._sweeper: asyncio.Task[None] | None = None
         gw = config.gateway
         gw.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(gw.state_dir, 0o700)
@@ -319,7 +336,22 @@ class Gateway:
         return listener
 
     def _secrets(self) -> list[str]:
-        return [t.current for t in self.tokens.values() if t.current]
+        return [t for cred in self.tokens.values() for t in cred.secrets()]
+
+    async def _sweep_credentials(self) -> None:
+        """Per-session upstream tokens of ended sessions are given up (revoked at GitHub)."""
+        intervals = [u.app.revoke_interval for u in self.config.upstream if u.app is not None]
+        if not intervals:
+            return  # token files are not per session: nothing to give up
+        while True:
+            await asyncio.sleep(min(intervals))
+            now = time.time()
+            live = {s.id for s in self.store if not lifecycle.is_finished(s, now)}
+            for cred in self.tokens.values():
+                try:
+                    await cred.sweep(live)
+                except Exception as exc:  # one failed sweep must not end the loop
+                    self.audit.event("credential_sweep_failed", error=repr(exc)[:200])
 
     async def start(self) -> None:
         gw = self.config.gateway
@@ -351,6 +383,7 @@ class Gateway:
             await self.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
         await self.listeners.restore()
+        self._sweeper = asyncio.create_task(self._sweep_credentials())
         self.audit.event(
             "gateway_started",
             git_listen=gw.git_listen,
@@ -369,6 +402,12 @@ class Gateway:
             await r.cleanup()
         self._runners.clear()
         await self.proxy.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for cred in self.tokens.values():
+            await cred.close()
         try:
             if self.config.gateway.control_socket.is_socket():
                 self.config.gateway.control_socket.unlink()

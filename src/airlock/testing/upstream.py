@@ -4,6 +4,12 @@ It fronts git's own ``git http-backend`` (CGI) with the bits of GitHub behaviour
 airlock cares about: App-installation-token Basic auth, "Repository not found." 404s,
 301s for renamed repositories, and only the smart-HTTP endpoints. Request and response
 bodies are streamed in both directions, so multi-GB packs pass in flat memory.
+
+Two kinds of token are accepted. The one in ``token_file`` may do anything. With a
+``token_check`` (e.g. :meth:`airlock.testing.github_api.GitHubApiDouble.check_token`), other
+tokens are per-repository installation tokens, refused the way GitHub refuses them: 401 for
+bad credentials, "Repository not found." 404 outside the token's repositories, and 403
+"Write access to repository not granted." for a push without ``contents: write``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ _PATH_RE = re.compile(
     r"(?P<rest>/info/refs|/git-upload-pack|/git-receive-pack)$"
 )
 _REALM = 'Basic realm="GitHub"'
+_WRITE_DENIED = "Write access to repository not granted.\n"
+# token_check's answers (None means allowed); see GitHubApiDouble.check_token.
+_BAD_CREDENTIALS = "bad_credentials"
+_NOT_FOUND = "not_found"
+_WRITE_DENIED_REASON = "write_denied"
 _SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
 # Never forwarded from CGI output: aiohttp frames the response body itself.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
@@ -58,6 +69,23 @@ class UpstreamRequest:
     git_protocol: str | None
     authorization_ok: bool
     status: int
+    # Which credential authenticated the request: "file" (the token file's token),
+    # "installation" (a token ``token_check`` knows, even if it then refused this repo or a
+    # push), or None. ``authorization_ok`` is ``token_kind is not None``. An installation
+    # token is only examined for requests that reach the auth step (valid smart-HTTP paths).
+    token_kind: str | None = None
+
+
+TokenCheck = Callable[[str, str, str, bool], str | None]
+"""``(token, owner, repo, write) -> None`` when allowed, else a reason (see module doc)."""
+
+
+@dataclass
+class _Auth:
+    """How a request authenticated, filled in as routing learns more."""
+
+    kind: str | None  # "file" / "installation" once accepted, else None
+    installation_token: str | None  # a candidate for token_check, if one was presented
 
 
 @dataclass(frozen=True)
@@ -92,12 +120,14 @@ class GitUpstream:
         tls: TestTLS,
         host: str = "127.0.0.1",
         port: int = 0,
+        token_check: TokenCheck | None = None,
     ) -> None:
         self.root = root
         self.token_file = token_file
         self.tls = tls
         self.host = host
         self.port = port
+        self.token_check = token_check
         self.requests: list[UpstreamRequest] = []
         self._redirects: dict[tuple[str, str], tuple[str, str]] = {}
         self._runner: web.ServerRunner | None = None
@@ -179,9 +209,33 @@ class GitUpstream:
         expected = f"{TOKEN_USER}:{token}".encode()
         return hmac.compare_digest(presented, expected)
 
+    def _installation_candidate(self, header: str | None) -> str | None:
+        """The password of ``x-access-token`` Basic auth, to be judged by ``token_check``."""
+        if self.token_check is None or header is None:
+            return None
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            presented = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        user, sep, password = presented.partition(":")
+        if not sep or user != TOKEN_USER or not password:
+            return None
+        return password
+
+    def _check(self, token: str, owner: str, repo: str, write: bool) -> str | None:
+        assert self.token_check is not None
+        return self.token_check(token, owner, repo, write)
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         git_protocol = request.headers.get("Git-Protocol")
-        authorized = self._authorized(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        if self._authorized(header):
+            auth = _Auth(kind="file", installation_token=None)
+        else:
+            auth = _Auth(kind=None, installation_token=self._installation_candidate(header))
 
         def record(status: int) -> None:
             self.requests.append(
@@ -190,18 +244,19 @@ class GitUpstream:
                     path=request.path,
                     query=request.query_string,
                     git_protocol=git_protocol,
-                    authorization_ok=authorized,
+                    authorization_ok=auth.kind is not None,
                     status=status,
+                    token_kind=auth.kind,
                 )
             )
 
-        routed = await self._route(request, authorized)
+        routed = await self._route(request, auth)
         if isinstance(routed, web.Response):
             record(routed.status)
             return routed
         return await self._run_backend(request, routed, record)
 
-    async def _route(self, request: web.BaseRequest, authorized: bool) -> web.Response | _Target:
+    async def _route(self, request: web.BaseRequest, auth: _Auth) -> web.Response | _Target:
         """Return an early response (error/redirect), or the repo to hand over to git."""
         not_found = _text(404, "Not Found\n")
         m = _PATH_RE.match(request.path)
@@ -217,19 +272,45 @@ class GitUpstream:
         elif request.method != "POST":
             return not_found
 
+        # Pushing is git-receive-pack: its advertisement and the pack upload itself.
+        write = rest == "/git-receive-pack" or (
+            rest == "/info/refs" and request.query.get("service") == "git-receive-pack"
+        )
+        reason: str | None = None
+        token = auth.installation_token
+        if auth.kind is None and token is not None:
+            reason = self._check(token, owner, repo, write)
+            if reason != _BAD_CREDENTIALS:
+                auth.kind = "installation"
+
         # Authentication comes before anything that reveals whether a repo exists.
-        if not authorized:
+        if auth.kind is None:
             return _text(401, "Invalid username or token.\n", **{"WWW-Authenticate": _REALM})
+        repo_not_found = _text(404, "Repository not found.\n")
 
         target = self._redirects.get((owner, repo))
         if target is not None:
+            # GitHub scopes tokens to repositories, not names: access follows a rename, so
+            # the redirect is given to tokens that can see the new name, and only to them.
+            if token is not None and auth.kind == "installation":
+                if self._check(token, target[0], target[1], write) in (
+                    _BAD_CREDENTIALS,
+                    _NOT_FOUND,
+                ):
+                    return repo_not_found
             location = f"https://{request.host}/{target[0]}/{target[1]}.git{rest}"
             if request.query_string:
                 location += f"?{request.query_string}"
             return web.Response(status=301, headers={"Location": location})
 
-        if not (self.root / owner / f"{repo}.git").is_dir():
-            return _text(404, "Repository not found.\n")
+        if reason == _NOT_FOUND or not (self.root / owner / f"{repo}.git").is_dir():
+            return repo_not_found
+        if reason == _WRITE_DENIED_REASON:
+            return _text(403, _WRITE_DENIED)
+        if reason is not None:
+            # Fail closed, and loudly: a token_check bug must not turn into access.
+            log.error("token_check returned an unknown reason %r", reason)
+            return _text(500, "Internal error: unknown token_check reason.\n")
 
         if request.headers.get("Expect", "").lower() == "100-continue":
             # The low-level server doesn't do this for us; without it curl stalls ~1 s
