@@ -145,6 +145,7 @@ def test_each_access_level_gets_its_own_token_scoped_to_its_repositories(
 ) -> None:
     w = appworld
     n = len(w.api.issued)
+    seen = len(w.upstream.requests)
     b = w.session(f"{HOST}/acme/app:write", f"{HOST}/acme/lib:read")
     assert w.clone(b, "acme/app", tmp_path / "app").returncode == 0
     assert w.clone(b, "acme/lib", tmp_path / "lib").returncode == 0
@@ -154,6 +155,8 @@ def test_each_access_level_gets_its_own_token_scoped_to_its_repositories(
     push = w.git(b, "push", "origin", "HEAD:refs/heads/app-token", cwd=work)
     assert push.returncode == 0, push.stderr
 
+    upstream = w.upstream.requests[seen:]
+    assert upstream and {r.token_kind for r in upstream} == {"installation"}
     tokens = _tokens_since(w, n)
     # One token per (owner, access), minted once and reused by every request after.
     assert len(tokens) == 2, tokens

@@ -16,6 +16,7 @@ from airlock.core.github_app import (
     JWT_MAX_LIFETIME,
     AppToken,
     AppTokenError,
+    TokenScope,
     app_jwt,
     parse_token_response,
     scope_for,
@@ -116,6 +117,13 @@ def test_token_request_asks_for_contents_and_metadata_only() -> None:
             ),
         ]
     )
+
+
+def test_an_empty_scope_is_never_requested() -> None:
+    """GitHub mints a token for ALL the installation's repositories when the list is empty."""
+    empty = TokenScope(host=HOST, owner="acme", access=Access.READ, repos=())
+    with pytest.raises(ValueError, match="at least one repository"):
+        token_request_body(empty)
 
 
 names = st.sampled_from(["a", "b", "c", "A", "B"])

@@ -109,6 +109,9 @@ def scope_for(grants: tuple[Grant, ...], host: str, owner: str, repo: str) -> To
 
 def token_request_body(scope: TokenScope) -> dict[str, object]:
     """Body of ``POST /app/installations/{id}/access_tokens`` for one scope."""
+    if not scope.repos:
+        # GitHub reads an empty list as "every repository of the installation".
+        raise ValueError("a token scope needs at least one repository")
     return {
         "repositories": list(scope.repos),
         "permissions": {"contents": scope.access.value, "metadata": "read"},
