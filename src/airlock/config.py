@@ -183,6 +183,8 @@ class EgressConfig(_Strict):
     resolvers: list[str] = Field(default_factory=list)  # empty: the host's resolv.conf
     resolver_timeout: Duration = 3
     static: list[StaticHost] = Field(default_factory=list)
+    session_tunnels: Rate = "600/minute"  # tunnels + plain requests a session may start
+    session_bytes: Rate = "8589934592/hour"  # both directions, all its tunnels: 8 GiB an hour
     dns_rate: float = Field(default=50, gt=0)  # sandbox DNS queries per second per source
     dns_burst: float = Field(default=200, gt=0)
 

@@ -671,6 +671,79 @@ async def test_tunnel_cap_per_session(env: Env) -> None:
     open_[1].writer.close()
 
 
+async def test_session_tunnel_rate(env: Env) -> None:
+    _proxy, port = await env.proxy(session_tunnel_rate="3/minute")
+    for _ in range(3):
+        assert await https_get(env, port, "pypi.decoy.test") == b"hello from pypi"
+    before = env.https.connections
+    r = await refused(port, f"pypi.decoy.test:{env.https.port}")
+    assert (r.status, r.headers["x-airlock-refused"]) == (429, "tunnel_rate")
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert env.https.connections == before, "a refused tunnel must not reach the upstream"
+    # Plain requests count too; another session has its own budget.
+    plain = await http_request(
+        port, f"GET http://plain.decoy.test:{env.http.port}/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert (plain.status, plain.headers["x-airlock-refused"]) == (429, "tunnel_rate")
+    assert await https_get(env, port, "mozilla.cloudflare-dns.com", token=DOH_TOKEN)
+
+
+async def test_session_byte_budget_ends_a_tunnel_and_refuses_the_next(env: Env) -> None:
+    budget = 2 * 1024 * 1024  # /big is 4 MiB
+    _proxy, port = await env.proxy(session_byte_rate=f"{budget}/hour")
+    r = await _tunnel_to(env, port, "/big")
+    received = 0
+    with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        while data := await asyncio.wait_for(r.reader.read(65536), 10):
+            received += len(data)
+    r.writer.close()
+    assert received < BIG, "the whole download got through a 2 MiB budget"
+    # Charged in 1 MiB batches: the cut comes within a batch (+ buffers) of the budget.
+    assert received >= budget - 1024 * 1024
+    for _ in range(50):
+        if env.egress_lines():
+            break
+        await asyncio.sleep(0.05)
+    [line] = env.egress_lines()
+    assert line["end"] == "byte_rate"
+    before = env.https.connections
+    again = await refused(port, f"pypi.decoy.test:{env.https.port}")
+    assert (again.status, again.headers["x-airlock-refused"]) == (429, "byte_rate")
+    assert env.https.connections == before
+    # Another session has its own budget.
+    assert await https_get(env, port, "mozilla.cloudflare-dns.com", token=DOH_TOKEN)
+
+
+async def test_plain_http_download_stops_at_the_byte_budget(env: Env) -> None:
+    _proxy, port = await env.proxy(session_byte_rate="1048576/hour")
+    reader, writer = await asyncio.open_connection(LOOP, port)
+    writer.write(
+        f"GET http://plain.decoy.test:{env.http.port}/big HTTP/1.1\r\nHost: x\r\n"
+        f"Proxy-Authorization: {basic(TOKEN)}\r\n\r\n".encode()
+    )
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while data := await asyncio.wait_for(reader.read(65536), 10):
+            received += len(data)
+    writer.close()
+    assert 0 < received < BIG
+    await asyncio.sleep(0.05)
+    [line] = env.egress_lines()
+    assert (line["decision"], line["end"]) == ("allowed", "byte_rate")
+
+
+async def test_no_rate_limits_when_unset(env: Env) -> None:
+    _proxy, port = await env.proxy(session_tunnel_rate=None, session_byte_rate=None)
+    for _ in range(5):
+        r = await _tunnel_to(env, port, "/big")
+        got = 0
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while got < BIG and (data := await asyncio.wait_for(r.reader.read(1 << 20), 10)):
+                got += len(data)
+        r.writer.close()
+        assert got >= BIG
+
+
 async def _tunnel_to(env: Env, port: int, path: str) -> Reply:
     r = await connect(port, f"pypi.decoy.test:{env.https.port}")
     assert r.status == 200

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import socket
 import time
@@ -30,6 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import h11
+from limits import RateLimitItem
+from limits import parse as parse_rate
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from airlock.core.egress import (
     MAX_CLIENT_HELLO_BYTES,
@@ -116,6 +121,11 @@ class EgressPolicy:
     # summary: a sandbox looping on a forbidden host must not flood the audit log.
     refusal_log_rate: float = 1.0
     refusal_log_burst: int = 50
+    # Per session, over all its tunnels and plain requests (``limits`` rate strings; None: no
+    # limit): how many may start, and how many bytes (both directions) may pass. A tunnel
+    # that exhausts the byte budget is ended, to within CHARGE_BYTES.
+    session_tunnel_rate: str | None = "600/minute"
+    session_byte_rate: str | None = "8589934592/hour"
 
 
 @dataclass
@@ -229,6 +239,14 @@ class EgressProxy:
         self._denials = DenialCounter(policy.summary_interval, clock())
         self._refusal_lines = QueryRateLimiter(policy.refusal_log_rate, policy.refusal_log_burst)
         self._summary_task: asyncio.Task[None] | None = None
+        # In-memory and synchronous: byte budgets are charged from protocol callbacks.
+        storage = MemoryStorage()
+        self._tunnel_rate = SlidingWindowCounterRateLimiter(storage)
+        self._byte_rate = FixedWindowRateLimiter(storage)
+        self._tunnel_item = (
+            parse_rate(policy.session_tunnel_rate) if policy.session_tunnel_rate else None
+        )
+        self._byte_item = parse_rate(policy.session_byte_rate) if policy.session_byte_rate else None
 
     # ----------------------------------------------------------------------- listeners
 
@@ -506,7 +524,24 @@ class EgressProxy:
         n = self._open.get(session.id, 0)
         if n >= self.policy.max_tunnels_per_session:
             raise _Refuse(429, "tunnel_cap", headers=(("Retry-After", "5"),))
+        if self._byte_item is not None and not self._byte_rate.test(self._byte_item, session.id):
+            raise _Refuse(429, "byte_rate", headers=self._retry_after(self._byte_item, session))
+        if self._tunnel_item is not None and not self._tunnel_rate.hit(
+            self._tunnel_item, session.id
+        ):
+            raise _Refuse(429, "tunnel_rate", headers=self._retry_after(self._tunnel_item, session))
         self._open[session.id] = n + 1
+
+    def _retry_after(self, item: RateLimitItem, session: Session) -> tuple[tuple[str, str], ...]:
+        limiter = self._byte_rate if item is self._byte_item else self._tunnel_rate
+        reset = limiter.get_window_stats(item, session.id).reset_time
+        return (("Retry-After", str(max(1, math.ceil(reset - time.time())))),)
+
+    def _charge(self, session_id: str, nbytes: int) -> bool:
+        """Count bytes against the session's budget; False once it is exhausted."""
+        if self._byte_item is None or nbytes <= 0:
+            return True
+        return self._byte_rate.hit(self._byte_item, session_id, cost=nbytes)
 
     def _release_slot(self, session: Session) -> None:
         n = self._open.get(session.id, 0) - 1
@@ -614,7 +649,7 @@ class EgressProxy:
                 raise _Closed(r.rule, r.detail) from None
             assert isinstance(reader, DetachableReader)
             assert isinstance(writer.transport, asyncio.Transport)
-            splice = Splice(writer.transport)
+            splice = Splice(writer.transport, charge=lambda n: self._charge(session.id, n))
             try:
                 await asyncio.get_running_loop().create_connection(
                     splice.upstream_protocol, sock=sock
@@ -629,6 +664,7 @@ class EgressProxy:
                 rec.end = await self._relay(splice, rec.started, still_valid)
             finally:
                 splice.close_upstream()
+                splice.settle()  # the last bytes count too
                 rec.bytes_up, rec.bytes_down = splice.bytes_up, splice.bytes_down
         finally:
             self._release_slot(session)
@@ -671,6 +707,8 @@ class EgressProxy:
                 next_check = now + self.policy.session_recheck_interval
             wake = min(deadline, splice.last_activity + self.policy.idle_timeout, next_check)
             await asyncio.wait((splice.done,), timeout=max(0.0, wake - now))
+        if splice.stopped is not None:
+            return splice.stopped
         return "reset" if splice.error is not None else "closed"
 
     # ----------------------------------------------------------------------- plain HTTP
@@ -740,6 +778,7 @@ class EgressProxy:
     ) -> None:
         """Relay one request and its response, re-framed by h11 on both sides."""
         loop = asyncio.get_running_loop()
+        sid = rec.session or ""
         deadline = loop.time() + self.policy.max_tunnel_lifetime
         up = h11.Connection(h11.CLIENT)
         headers = _forward_headers(list(request.headers))
@@ -764,6 +803,8 @@ class EgressProxy:
                     conn.receive_data(await self._io(reader.read(CHUNK), deadline))
                 elif isinstance(ev, h11.Data):
                     rec.bytes_up += len(ev.data)
+                    if not self._charge(sid, len(ev.data)):
+                        raise _Refuse(429, "byte_rate")
                     up_writer.write(up.send(h11.Data(data=ev.data)))
                     await self._io(up_writer.drain(), deadline)
                 elif isinstance(ev, h11.EndOfMessage):
@@ -794,6 +835,8 @@ class EgressProxy:
                     started_response = True
                 elif isinstance(rev, h11.Data):
                     rec.bytes_down += len(rev.data)
+                    if not self._charge(sid, len(rev.data)):
+                        raise _Closed("byte_rate")
                     writer.write(conn.send(h11.Data(data=rev.data)))
                     await self._io(writer.drain(), deadline)
                 elif isinstance(rev, h11.EndOfMessage):

@@ -267,6 +267,8 @@ class Gateway:
             refuse_ech=eg.refuse_ech,
             session_recheck_interval=eg.session_recheck_interval,
             summary_interval=self.config.limits.log_interval,
+            session_tunnel_rate=eg.session_tunnels,
+            session_byte_rate=eg.session_bytes,
         )
         return EgressProxy(self._authenticate_proxy, resolver, policy, self.audit.event)
 
