@@ -40,6 +40,7 @@ API_VERSION = "2022-11-28"
 #: A token request that takes longer than this fails the git request (502), not the gateway.
 API_TIMEOUT = 20.0
 USER_AGENT = "airlock-gateway"
+MAX_ANSWER_BYTES = 64 * 1024  # a token answer is well under 1 KiB
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,14 @@ class AppCredential:
                 json=token_request_body(scope),
                 headers={"Authorization": f"Bearer {jwt}", **self._headers()},
             ) as resp:
-                body = await resp.content.read(64 * 1024)
-                token = parse_token_response(resp.status, body)
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(16 * 1024):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise AppTokenError(
+                            f"HTTP {resp.status}: answer over {MAX_ANSWER_BYTES} bytes"
+                        )
+                token = parse_token_response(resp.status, bytes(body))
         except AppTokenError as exc:
             self.log(
                 "app_token_refused",
