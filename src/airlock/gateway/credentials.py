@@ -43,6 +43,8 @@ def credential_variables(env: Mapping[str, str]) -> list[str]:
 def check_token_file(path: Path, what: str = "token file") -> None:
     try:
         st = os.stat(path)
+    except PermissionError:
+        raise CredentialError(_unreadable(what, path)) from None
     except OSError as exc:
         raise CredentialError(f"{what} {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -52,6 +54,14 @@ def check_token_file(path: Path, what: str = "token file") -> None:
             f"{what} {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
             f"read it; run: chmod 600 {path}"
         )
+
+
+def _unreadable(what: str, path: Path) -> str:
+    # Typically a gateway running as gateway.user with a root-owned secret.
+    return (
+        f"{what} {path}: not readable by the gateway (uid {os.geteuid()}); "
+        f"make the gateway's user its owner: chown <gateway user> {path}; chmod 600 {path}"
+    )
 
 
 class UpstreamCredential(Protocol):
@@ -88,7 +98,10 @@ class TokenFile:
         key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._cached is None or self._cached.key != key:
             check_token_file(self.path)
-            token = self.path.read_text(encoding="utf-8").strip()
+            try:
+                token = self.path.read_text(encoding="utf-8").strip()
+            except PermissionError:
+                raise CredentialError(_unreadable("token file", self.path)) from None
             if not token or any(c.isspace() for c in token):
                 raise CredentialError(f"token file {self.path}: empty or malformed token")
             self._cached = _Cached(key, token)
@@ -108,6 +121,8 @@ class FileCredential:
     def check(self) -> None:
         try:
             self.file.get()
+        except PermissionError:
+            raise CredentialError(_unreadable("token file", self.file.path)) from None
         except OSError as exc:
             raise CredentialError(f"token file {self.file.path}: {exc.strerror}") from None
 

@@ -85,7 +85,14 @@ class AppCredential:
         if self._key is None or key_stat != self._key_stat:  # re-read after a rotation
             check_token_file(path, "App private key")
             try:
-                key = load_pem_private_key(path.read_bytes(), password=None)
+                pem = path.read_bytes()
+            except PermissionError:
+                raise CredentialError(
+                    f"App private key {path}: not readable by the gateway (uid "
+                    f"{os.geteuid()}); chown it to the gateway's user"
+                ) from None
+            try:
+                key = load_pem_private_key(pem, password=None)
             except (ValueError, TypeError) as exc:
                 raise CredentialError(
                     f"App private key {path}: not a PEM private key ({exc})"
