@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -67,7 +68,7 @@ class Bundle:
 
 
 class World:
-    def __init__(self, root: Path, *, config_extra: str = "") -> None:
+    def __init__(self, root: Path, *, config_extra: str = "", gateway_extra: str = "") -> None:
         self.root = root
         self.repos = root / "upstream-repos"
         self.repos.mkdir()
@@ -84,6 +85,7 @@ class World:
         self.gateway_log = root / "gateway.stderr"
         self.port = free_port()
         self.config_extra = config_extra
+        self.gateway_extra = gateway_extra  # more lines for the [gateway] table
         self.config = root / "airlock.toml"
         self.loop = LoopThread()
         self.upstream = GitUpstream(self.repos, self.token_file, self.tls)
@@ -102,7 +104,7 @@ git_listen = "127.0.0.1:{self.port}"
 public_name = "airlock.internal"
 control_uids = [{os.geteuid()}]
 audit_log = "{self.audit_log}"
-
+{self.gateway_extra}
 [[upstream]]
 host = "{HOST}"
 url = "{self.upstream.url}"
@@ -216,3 +218,27 @@ ca_file = "{self.tls.ca_cert}"
 
     def audit_for(self, session_id: str) -> list[dict[str, Any]]:
         return [e for e in self.audit() if e.get("session") == session_id]
+
+
+def system_user(name: str) -> pwd.struct_passwd:
+    """A system user for an unprivileged gateway, created on first use (needs root)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
+        return pwd.getpwnam(name)
+
+
+def unprivileged_world(root: Path, account: pwd.struct_passwd, config_extra: str = "") -> World:
+    """A World whose gateway runs as ``account`` (gateway.user). ``root`` must not be under
+    pytest's 0700 temporary directories: that user must reach its config."""
+    root.chmod(0o755)
+    w = World(root, config_extra=config_extra, gateway_extra=f'user = "{account.pw_name}"\n')
+    # What an operator does: the gateway's user owns its token file (and may write its ready
+    # file here); everything else it needs, the launcher hands over itself.
+    for p in (root, w.token_file.parent, w.token_file):
+        os.chown(p, account.pw_uid, account.pw_gid)
+    return w

@@ -18,6 +18,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +37,7 @@ from airlock.config import load_config
 from airlock.host import firewall
 from airlock.host.images import SANDBOX_UID, ensure_sandbox_image
 from airlock.host.sandbox import LABEL, RunSpec, Sandbox, SandboxManager
-from tests.world import World
+from tests.world import World, system_user, unprivileged_world
 
 DOCKER_SOCK = Path("/var/run/docker.sock")
 E2E = [
@@ -83,10 +84,18 @@ def sbx_world(
 ) -> Iterator[World]:
     pool = getattr(request.module, "POOL", "10.213.0.0/16")
     extra = getattr(request.module, "SANDBOX_EXTRA", "")
-    w = World(tmp_path_factory.mktemp("world"), config_extra=sandbox_config(pool, extra))
+    user = getattr(request.module, "GATEWAY_USER", None)  # the gateway runs as this user
+    if user is None:
+        w = World(tmp_path_factory.mktemp("world"), config_extra=sandbox_config(pool, extra))
+        root = None
+    else:
+        root = Path(tempfile.mkdtemp(prefix="airlock-e2e-unpriv-"))
+        w = unprivileged_world(root, system_user(user), sandbox_config(pool, extra))
     w.start()
     yield w
     w.stop()
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airlock.gateway.privileges import CAP_NET_BIND_SERVICE, capabilities
-from tests.world import HOST, World
+from tests.world import HOST, World, system_user, unprivileged_world
 
 USER = "airlock-gw-test"
 
@@ -24,33 +24,13 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges n
 
 @pytest.fixture(scope="module")
 def account() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-            check=True,
-        )
-        return pwd.getpwnam(USER)
-
-
-class UserWorld(World):
-    def write_config(self) -> None:
-        super().write_config()
-        text = self.config.read_text()
-        self.config.write_text(text.replace("[gateway]\n", f'[gateway]\nuser = "{USER}"\n', 1))
+    return system_user(USER)
 
 
 @pytest.fixture(scope="module")
-def uw(account: pwd.struct_passwd) -> Iterator[UserWorld]:
-    # Not under pytest's 0700 tmp directories: the gateway's user must reach its config.
+def uw(account: pwd.struct_passwd) -> Iterator[World]:
     root = Path(tempfile.mkdtemp(prefix="airlock-unpriv-"))
-    root.chmod(0o755)
-    w = UserWorld(root)
-    # What an operator does: the gateway's user owns its token file (and may write its
-    # ready file here); everything else it needs, the launcher hands over itself.
-    for p in (root, w.token_file.parent, w.token_file):
-        os.chown(p, account.pw_uid, account.pw_gid)
+    w = unprivileged_world(root, account)
     w.start()
     yield w
     w.stop()
@@ -62,7 +42,7 @@ def _status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
-def test_gateway_process_is_unprivileged(uw: UserWorld, account: pwd.struct_passwd) -> None:
+def test_gateway_process_is_unprivileged(uw: World, account: pwd.struct_passwd) -> None:
     assert uw.proc is not None
     status = _status(uw.proc.pid)
     assert status["Uid"].split() == [str(account.pw_uid)] * 4
@@ -79,7 +59,7 @@ def test_gateway_process_is_unprivileged(uw: UserWorld, account: pwd.struct_pass
     assert uw.socket.stat().st_uid == account.pw_uid
 
 
-def test_unprivileged_gateway_serves_git_and_the_root_cli(uw: UserWorld, tmp_path: Path) -> None:
+def test_unprivileged_gateway_serves_git_and_the_root_cli(uw: World, tmp_path: Path) -> None:
     uw.make_repo("acme", "unpriv")
     b = uw.session(f"{HOST}/acme/unpriv:write")  # root talks to the control socket
     r = uw.clone(b, "acme/unpriv", tmp_path / "c")
@@ -87,7 +67,7 @@ def test_unprivileged_gateway_serves_git_and_the_root_cli(uw: UserWorld, tmp_pat
     assert uw.control.revoke(b.session_id, "done")["state"] == "revoked"
 
 
-def test_unprivileged_gateway_binds_port_53_on_a_new_address(uw: UserWorld) -> None:
+def test_unprivileged_gateway_binds_port_53_on_a_new_address(uw: World) -> None:
     """What it keeps the capability for: listeners on sandbox networks, DNS on port 53."""
     address = "127.0.0.77"
     uw.control.call("POST", "/v1/listeners", {"address": address})
