@@ -217,6 +217,9 @@ class SandboxConfig(_Strict):
     cpus: float = Field(default=2.0, gt=0)
     read_only_rootfs: bool = False
     proxy_port: int = Field(default=3128, gt=0, lt=65536)
+    # A static busybox, mounted read-only into each sandbox to hold its command until the
+    # session is active (host/gate.py); any image works, with or without /bin/sh.
+    gate_binary: Path = Path("/bin/busybox")
     allow_hosts: list[str] = Field(default_factory=list)  # egress defaults for every sandbox
 
     @field_validator("allow_hosts")

@@ -44,6 +44,7 @@ from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host import firewall
 from airlock.host.bundle import GatewayEndpoint, write_bundle
 from airlock.host.control_client import ControlClient, ControlError
+from airlock.host.gate import GATE_PATH, GateError, check_gate_binary, gate_command
 from airlock.host.hostnet import host_networks
 from airlock.host.netpool import PoolError, allocate_subnet, check_pool
 
@@ -56,11 +57,6 @@ MOUNT_POINT = Path("/run/airlock")
 READY_FILE = "ready"
 # Holds the sandbox command until the host has verified the container and activated its
 # session, so the very first instruction already runs under the final identity and rules.
-GATE = (
-    "i=0; while [ ! -e /run/airlock/ready ]; do i=$((i+1)); "
-    'if [ "$i" -gt 600 ]; then echo "airlock: sandbox was not activated" >&2; exit 125; fi; '
-    'sleep 0.05; done; exec "$@"'
-)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 
 
@@ -189,6 +185,10 @@ class SandboxManager:
         return taken
 
     def _preflight(self, spec: RunSpec) -> None:
+        try:
+            check_gate_binary(self.config.sandbox.gate_binary)
+        except GateError as exc:
+            raise SandboxError(str(exc)) from None
         try:
             self.control.health()
         except ControlError as exc:
@@ -354,6 +354,7 @@ class SandboxManager:
         assert sb.bundle_dir is not None
         mounts = [
             Mount(str(MOUNT_POINT), str(sb.bundle_dir), type="bind", read_only=True),
+            Mount(GATE_PATH, str(self.config.sandbox.gate_binary), type="bind", read_only=True),
             Mount(
                 "/etc/resolv.conf", str(sb.bundle_dir / "resolv.conf"), type="bind", read_only=True
             ),
@@ -401,7 +402,7 @@ class SandboxManager:
         try:
             created = self.client.api.create_container(
                 spec.image,
-                command=["/bin/sh", "-c", GATE, "airlock-gate", *entrypoint, *command],
+                command=gate_command([*entrypoint, *command]),
                 entrypoint=[],
                 user=f"{cfg.uid}:{cfg.uid}",
                 environment=self._environment(sb, spec),
