@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from airlock.core.redact import GITHUB_TOKEN_RE
 from airlock.core.session import Session
@@ -21,6 +20,9 @@ from airlock.core.session import Session
 
 class CredentialError(Exception):
     pass
+
+
+T = TypeVar("T")
 
 
 # Variables through which tools hand out GitHub credentials; their presence means a token
@@ -38,22 +40,6 @@ def credential_variables(env: Mapping[str, str]) -> list[str]:
         if _CREDENTIAL_VAR.match(name.upper()) or GITHUB_TOKEN_RE.search(value):
             found.append(name)
     return sorted(found)
-
-
-def check_token_file(path: Path, what: str = "token file") -> None:
-    try:
-        st = os.stat(path)
-    except PermissionError:
-        raise CredentialError(_unreadable(what, path)) from None
-    except OSError as exc:
-        raise CredentialError(f"{what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CredentialError(f"{what} {path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise CredentialError(
-            f"{what} {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
-            f"read it; run: chmod 600 {path}"
-        )
 
 
 def _unreadable(what: str, path: Path) -> str:
@@ -80,51 +66,69 @@ class UpstreamCredential(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass
-class _Cached:
-    key: tuple[int, int, int, int]
-    token: str
+class SecretFile(Generic[T]):
+    """A secret kept in a file: a regular file no one else may read, never an environment
+    variable. It is parsed once per version of the file, so a rotated file (replaced or
+    rewritten) is used by the next caller without a restart."""
 
-
-class TokenFile:
-    """A token read from a file; a change (rotation) is used by the next request."""
-
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str, parse: Callable[[bytes], T]) -> None:
         self.path = path
-        self._cached: _Cached | None = None
+        self.what = what  # "token file", "App private key": how messages name it
+        self._parse = parse  # raises ValueError with what is wrong with the content
+        self._cached: tuple[tuple[int, int, int, int], T] | None = None
 
-    def get(self) -> str:
-        st = os.stat(self.path)
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if self._cached is None or self._cached.key != key:
-            check_token_file(self.path)
+    def _fail(self, exc: OSError) -> CredentialError:
+        if isinstance(exc, PermissionError):
+            return CredentialError(_unreadable(self.what, self.path))
+        return CredentialError(f"{self.what} {self.path}: {exc.strerror}")
+
+    def get(self) -> T:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise self._fail(exc) from None
+        version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._cached is None or self._cached[0] != version:
+            if not stat.S_ISREG(st.st_mode):
+                raise CredentialError(f"{self.what} {self.path}: not a regular file")
+            if st.st_mode & 0o077:
+                raise CredentialError(
+                    f"{self.what} {self.path}: mode {stat.S_IMODE(st.st_mode):04o} lets group "
+                    f"or others read it; run: chmod 600 {self.path}"
+                )
             try:
-                token = self.path.read_text(encoding="utf-8").strip()
-            except PermissionError:
-                raise CredentialError(_unreadable("token file", self.path)) from None
-            if not token or any(c.isspace() for c in token):
-                raise CredentialError(f"token file {self.path}: empty or malformed token")
-            self._cached = _Cached(key, token)
-        return self._cached.token
+                data = self.path.read_bytes()
+            except OSError as exc:
+                raise self._fail(exc) from None
+            try:
+                self._cached = (version, self._parse(data))
+            except ValueError as exc:
+                raise CredentialError(f"{self.what} {self.path}: {exc}") from None
+        return self._cached[1]
 
     @property
-    def current(self) -> str | None:
-        return self._cached.token if self._cached else None
+    def current(self) -> T | None:
+        return self._cached[1] if self._cached else None
+
+
+def _parse_token(data: bytes) -> str:
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("empty or malformed token")
+    return token
 
 
 class FileCredential:
     """The token file's token, for every session alike."""
 
     def __init__(self, path: Path) -> None:
-        self.file = TokenFile(path)
+        self.file = SecretFile(path, "token file", _parse_token)
 
     def check(self) -> None:
-        try:
-            self.file.get()
-        except PermissionError:
-            raise CredentialError(_unreadable("token file", self.file.path)) from None
-        except OSError as exc:
-            raise CredentialError(f"token file {self.file.path}: {exc.strerror}") from None
+        self.file.get()
 
     async def token(self, session: Session, owner: str, repo: str) -> str:
         return self.file.get()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from airlock.core.github_app import (
     token_request_body,
 )
 from airlock.core.session import Session
-from airlock.gateway.credentials import CredentialError, check_token_file
+from airlock.gateway.credentials import CredentialError, SecretFile
 
 __all__ = ["AppCredential"]
 
@@ -41,6 +40,16 @@ API_VERSION = "2022-11-28"
 API_TIMEOUT = 20.0
 USER_AGENT = "airlock-gateway"
 MAX_ANSWER_BYTES = 64 * 1024  # a token answer is well under 1 KiB
+
+
+def _parse_app_key(pem: bytes) -> rsa.RSAPrivateKey:
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM private key ({exc})") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("GitHub App keys are RSA keys")
+    return key
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,7 @@ class AppCredential:
         self.config = config
         self.log = log
         self.clock = clock
-        self._key: rsa.RSAPrivateKey | None = None
-        self._key_stat: tuple[int, int, int] | None = None
+        self._key = SecretFile(config.private_key_file, "App private key", _parse_app_key)
         self._held: dict[tuple[str, str, str, str], _Held] = {}  # (session, host, owner, access)
         self._minting: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -76,31 +84,7 @@ class AppCredential:
         self._private_key()
 
     def _private_key(self) -> rsa.RSAPrivateKey:
-        path = self.config.private_key_file
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise CredentialError(f"App private key {path}: {exc.strerror}") from None
-        key_stat = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._key is None or key_stat != self._key_stat:  # re-read after a rotation
-            check_token_file(path, "App private key")
-            try:
-                pem = path.read_bytes()
-            except PermissionError:
-                raise CredentialError(
-                    f"App private key {path}: not readable by the gateway (uid "
-                    f"{os.geteuid()}); chown it to the gateway's user"
-                ) from None
-            try:
-                key = load_pem_private_key(pem, password=None)
-            except (ValueError, TypeError) as exc:
-                raise CredentialError(
-                    f"App private key {path}: not a PEM private key ({exc})"
-                ) from None
-            if not isinstance(key, rsa.RSAPrivateKey):
-                raise CredentialError(f"App private key {path}: GitHub App keys are RSA keys")
-            self._key, self._key_stat = key, key_stat
-        return self._key
+        return self._key.get()
 
     # ---------------------------------------------------------------- tokens
 
