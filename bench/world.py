@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.world import HOST, TOKEN, Bundle, World
 
@@ -86,30 +87,12 @@ class BenchWorld(World):
         )
         self.upstream.port = int(wait_file(ready, 30, self.upstream_proc))
 
-    def start_gateway(self) -> None:
-        """World.start_gateway, plus: the gateway dies with the bench."""
-        ready = self.root / "gateway.ready"
-        ready.unlink(missing_ok=True)
-        env = self.gateway_env()
-        env["PYTHONPATH"] = child_pythonpath()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "airlock.cli",
-                "gateway",
-                "--config",
-                str(self.config),
-                "--ready-file",
-                str(ready),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.gateway_log, "ab"),
-            preexec_fn=die_with_parent,
-        )
-        wait_file(ready, 30, self.proc)
+    def gateway_env(self) -> dict[str, str]:
+        return {**super().gateway_env(), "PYTHONPATH": child_pythonpath()}
+
+    def gateway_popen(self) -> dict[str, Any]:
+        # The gateway dies with the bench, and runs from the repository like the bench.
+        return {"cwd": REPO_ROOT, "preexec_fn": die_with_parent}
 
     def restart_gateway(self) -> int:
         """A fresh gateway process (its VmHWM starts over); returns its pid."""

@@ -108,11 +108,15 @@ audit_log = "{self.audit_log}"
 [[upstream]]
 host = "{HOST}"
 url = "{self.upstream.url}"
-token_file = "{self.token_file}"
 ca_file = "{self.tls.ca_cert}"
+{self.upstream_credential()}
 {self.config_extra}
 """
         )
+
+    def upstream_credential(self) -> str:
+        """The upstream's credential in the config: the token file (AppWorld: a GitHub App)."""
+        return f'token_file = "{self.token_file}"\n'
 
     def start(self) -> None:
         self.loop.run(self.upstream.start())
@@ -121,6 +125,10 @@ ca_file = "{self.tls.ca_cert}"
 
     def gateway_env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
+
+    def gateway_popen(self) -> dict[str, Any]:
+        """More subprocess.Popen arguments for the gateway (the bench adds its own)."""
+        return {}
 
     def start_gateway(self) -> None:
         ready = self.root / "gateway.ready"
@@ -139,6 +147,7 @@ ca_file = "{self.tls.ca_cert}"
             stdout=subprocess.DEVNULL,
             stderr=open(self.gateway_log, "ab"),
             env=self.gateway_env(),
+            **self.gateway_popen(),
         )
         deadline = time.monotonic() + 30
         while not ready.exists():
@@ -242,3 +251,19 @@ def unprivileged_world(root: Path, account: pwd.struct_passwd, config_extra: str
     for p in (root, w.token_file.parent, w.token_file):
         os.chown(p, account.pw_uid, account.pw_gid)
     return w
+
+
+def run_gateway_cli(
+    config: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`airlock gateway --config CONFIG` to its end (for start-up refusals), without the
+    caller's GitHub credential variables unless ``env`` adds some."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=60,
+    )

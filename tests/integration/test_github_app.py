@@ -9,8 +9,6 @@ with an installation token minted for that session.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from airlock.core.github_app import REFRESH_MARGIN
 from airlock.testing.github_api import GitHubApiDouble, IssuedToken
 from airlock.testing.upstream import GitUpstream
-from tests.world import HOST, World
+from tests.world import HOST, World, run_gateway_cli
 
 APP_ID = 4242
 ACME = 77  # installation on account "acme": app, lib, secret; contents write
@@ -69,22 +67,8 @@ class AppWorld(World):
             self.repos, self.token_file, self.tls, token_check=self.api.check_token
         )
 
-    def write_config(self) -> None:
-        self.config.write_text(
-            f"""
-[gateway]
-state_dir = "{self.state_dir}"
-control_socket = "{self.socket}"
-git_listen = "127.0.0.1:{self.port}"
-public_name = "airlock.internal"
-control_uids = [{os.geteuid()}]
-audit_log = "{self.audit_log}"
-
-[[upstream]]
-host = "{HOST}"
-url = "{self.upstream.url}"
-ca_file = "{self.tls.ca_cert}"
-
+    def upstream_credential(self) -> str:
+        return f"""
 [upstream.app]
 app_id = {APP_ID}
 private_key_file = "{self.key_file}"
@@ -93,7 +77,6 @@ api_url = "{self.api.url}"
 ca_file = "{self.tls.ca_cert}"
 revoke_interval = 1
 """
-        )
 
     def start(self) -> None:
         self.loop.run(self.api.start())
@@ -292,17 +275,6 @@ def test_stopping_the_gateway_revokes_every_token(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ start-up refusals
 
 
-def _gateway(config: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def _app_config(tmp: Path, key: bytes, mode: int = 0o600, extra: str = "") -> Path:
     key_file = tmp / "app.pem"
     key_file.write_bytes(key)
@@ -356,7 +328,7 @@ def test_gateway_refuses_a_bad_app_setup(
         tok.write_text("ghs_abcdefghijklmnopqrstuvwxyz012345\n")
         os.chmod(tok, 0o600)
         extra = f'token_file = "{tok}"\n'
-    r = _gateway(_app_config(tmp_path, key, mode, extra))
+    r = run_gateway_cli(_app_config(tmp_path, key, mode, extra))
     assert r.returncode == 2, r.stderr
     assert expected in r.stderr
     assert "BEGIN" not in r.stderr

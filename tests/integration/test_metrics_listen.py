@@ -13,14 +13,8 @@ from tests.world import HOST, World, free_port
 
 class MetricsWorld(World):
     def __init__(self, root: Path) -> None:
-        super().__init__(root)
         self.metrics_port = free_port()
-
-    def write_config(self) -> None:
-        super().write_config()
-        text = self.config.read_text()
-        line = f'metrics_listen = "127.0.0.1:{self.metrics_port}"\n'
-        self.config.write_text(text.replace("[gateway]\n", "[gateway]\n" + line, 1))
+        super().__init__(root, gateway_extra=f'metrics_listen = "127.0.0.1:{self.metrics_port}"')
 
 
 @pytest.fixture(scope="module")

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.rawhttp import client_context, get, send_raw
-from tests.world import HOST, TOKEN, World
-
-
-def _gateway(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=e,
-        timeout=60,
-    )
+from tests.world import HOST, TOKEN, World, run_gateway_cli
 
 
 def _base_config(tmp: Path, token_mode: int = 0o600) -> Path:
@@ -46,7 +32,7 @@ token_file = "{tok}"
 
 @pytest.mark.parametrize("var", ["GH_TOKEN", "GITHUB_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_PAT"])
 def test_refuses_to_start_with_credential_variables(tmp_path: Path, var: str) -> None:
-    r = _gateway(_base_config(tmp_path), {var: "whatever"})
+    r = run_gateway_cli(_base_config(tmp_path), {var: "whatever"})
     assert r.returncode == 2
     assert var in r.stderr and "refusing to start" in r.stderr
     assert "whatever" not in r.stderr
@@ -54,14 +40,14 @@ def test_refuses_to_start_with_credential_variables(tmp_path: Path, var: str) ->
 
 
 def test_refuses_a_token_shaped_value_in_any_variable(tmp_path: Path) -> None:
-    r = _gateway(_base_config(tmp_path), {"SOME_CI_VAR": "ghp_" + "a" * 36})
+    r = run_gateway_cli(_base_config(tmp_path), {"SOME_CI_VAR": "ghp_" + "a" * 36})
     assert r.returncode == 2 and "SOME_CI_VAR" in r.stderr
     assert "ghp_" not in r.stderr
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_refuses_a_token_file_readable_by_others(tmp_path: Path, mode: int) -> None:
-    r = _gateway(_base_config(tmp_path, mode))
+    r = run_gateway_cli(_base_config(tmp_path, mode))
     assert r.returncode == 2
     assert "chmod 600" in r.stderr
 
@@ -93,7 +79,7 @@ def test_refuses_a_token_file_readable_by_others(tmp_path: Path, mode: int) -> N
 def test_config_errors_name_the_key(tmp_path: Path, snippet: str, expected: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(snippet)
-    r = _gateway(cfg)
+    r = run_gateway_cli(cfg)
     assert r.returncode == 2
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -16,7 +16,7 @@ import pytest
 from dnslib import DNSRecord
 
 from airlock.gateway.privileges import CAP_NET_BIND_SERVICE, capabilities
-from tests.world import HOST, World, system_user, unprivileged_world
+from tests.world import HOST, World, run_gateway_cli, system_user, unprivileged_world
 
 USER = "airlock-gw-test"
 
@@ -80,18 +80,6 @@ def test_unprivileged_gateway_binds_port_53_on_a_new_address(uw: World) -> None:
         uw.control.call("POST", "/v1/listeners/remove", {"address": address})
 
 
-def _gateway(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=e,
-        timeout=60,
-    )
-
-
 def _config(tmp: Path, user: str, socket: Path, token_owner: int = 0) -> Path:
     tok = tmp / "token"
     tok.write_text("ghs_abcdefghijklmnopqrstuvwxyz012345\n")
@@ -125,20 +113,20 @@ def open_tmp() -> Iterator[Path]:
 
 
 def test_refuses_an_unknown_user(open_tmp: Path) -> None:
-    r = _gateway(_config(open_tmp, "no-such-user-here", open_tmp / "gw" / "c.sock"))
+    r = run_gateway_cli(_config(open_tmp, "no-such-user-here", open_tmp / "gw" / "c.sock"))
     assert r.returncode == 2 and "no user 'no-such-user-here'" in r.stderr
     assert not (open_tmp / "state").exists()
 
 
 def test_refuses_root_as_the_user(open_tmp: Path) -> None:
-    r = _gateway(_config(open_tmp, "root", open_tmp / "gw" / "c.sock"))
+    r = run_gateway_cli(_config(open_tmp, "root", open_tmp / "gw" / "c.sock"))
     assert r.returncode == 2 and "is root" in r.stderr
 
 
 def test_refuses_a_socket_directory_shared_with_sandbox_bundles(
     open_tmp: Path, account: pwd.struct_passwd
 ) -> None:
-    r = _gateway(_config(open_tmp, USER, open_tmp / "run" / "control.sock"))
+    r = run_gateway_cli(_config(open_tmp, USER, open_tmp / "run" / "control.sock"))
     assert r.returncode == 2
     assert "give the socket a directory of its own" in r.stderr
     assert not (open_tmp / "run").exists() or (open_tmp / "run").stat().st_uid == 0
@@ -147,7 +135,7 @@ def test_refuses_a_socket_directory_shared_with_sandbox_bundles(
 def test_a_root_owned_token_file_is_a_clear_error(
     open_tmp: Path, account: pwd.struct_passwd
 ) -> None:
-    r = _gateway(_config(open_tmp, USER, open_tmp / "gw" / "c.sock", token_owner=0))
+    r = run_gateway_cli(_config(open_tmp, USER, open_tmp / "gw" / "c.sock", token_owner=0))
     assert r.returncode == 2
     assert "not readable by the gateway" in r.stderr and "chown" in r.stderr
     assert "ghs_" not in r.stderr

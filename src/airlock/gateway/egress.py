@@ -34,7 +34,11 @@ import h11
 from limits import RateLimitItem
 from limits import parse as parse_rate
 from limits.storage import MemoryStorage
-from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
 
 from airlock.core.egress import (
     MAX_CLIENT_HELLO_BYTES,
@@ -525,15 +529,24 @@ class EgressProxy:
         if n >= self.policy.max_tunnels_per_session:
             raise _Refuse(429, "tunnel_cap", headers=(("Retry-After", "5"),))
         if self._byte_item is not None and not self._byte_rate.test(self._byte_item, session.id):
-            raise _Refuse(429, "byte_rate", headers=self._retry_after(self._byte_item, session))
+            raise _Refuse(
+                429,
+                "byte_rate",
+                headers=self._retry_after(self._byte_rate, self._byte_item, session),
+            )
         if self._tunnel_item is not None and not self._tunnel_rate.hit(
             self._tunnel_item, session.id
         ):
-            raise _Refuse(429, "tunnel_rate", headers=self._retry_after(self._tunnel_item, session))
+            raise _Refuse(
+                429,
+                "tunnel_rate",
+                headers=self._retry_after(self._tunnel_rate, self._tunnel_item, session),
+            )
         self._open[session.id] = n + 1
 
-    def _retry_after(self, item: RateLimitItem, session: Session) -> tuple[tuple[str, str], ...]:
-        limiter = self._byte_rate if item is self._byte_item else self._tunnel_rate
+    def _retry_after(
+        self, limiter: RateLimiter, item: RateLimitItem, session: Session
+    ) -> tuple[tuple[str, str], ...]:
         reset = limiter.get_window_stats(item, session.id).reset_time
         return (("Retry-After", str(max(1, math.ceil(reset - time.time())))),)
 

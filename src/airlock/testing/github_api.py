@@ -26,7 +26,6 @@ import datetime
 import json
 import re
 import secrets
-import ssl
 import string
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from airlock.testing.tls import TestTLS
+from airlock.testing.tls import TestTLS, start_https
 
 DOCUMENTATION_URL = "https://docs.github.com/rest"
 TOKEN_PREFIX = "ghs_"  # noqa: S105 -- the public prefix of installation tokens, not a secret
@@ -280,19 +279,8 @@ class GitHubApiDouble:
         return f"https://{self._host}:{self._port}"
 
     async def start(self) -> None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.tls.server_cert, self.tls.server_key)
-        runner = web.ServerRunner(web.Server(self._handle, access_log=None))
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._port, ssl_context=ctx)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        server = web.Server(self._handle, access_log=None)
+        self._runner, self._port = await start_https(server, self._host, self._port, self.tls)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -145,3 +147,21 @@ def make_test_ca_and_server_cert(dir: Path, hostnames: list[str], ips: list[str]
         0o600,
     )
     return tls
+
+
+async def start_https(
+    server: web.Server, host: str, port: int, tls: TestTLS
+) -> tuple[web.ServerRunner, int]:
+    """Serve ``server`` over TLS 1.2+ with ``tls``'s server certificate; the runner and the
+    port it got (``port`` 0: any free one). Nothing is left listening if it fails."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.server_cert, tls.server_key)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ctx).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from airlock.testing.tls import TestTLS
+from airlock.testing.tls import TestTLS, start_https
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +148,6 @@ class GitUpstream:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.tls.server_cert, self.tls.server_key)
         server = web.Server(
             self._handle,
             # Stop git promptly when a client goes away mid-transfer.
@@ -161,16 +157,7 @@ class GitUpstream:
             auto_decompress=False,
             access_log=None,
         )
-        runner = web.ServerRunner(server)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, ssl_context=ctx)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await start_https(server, self.host, self.port, self.tls)
 
     async def stop(self) -> None:
         if self._runner is not None:
