@@ -27,7 +27,13 @@ from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitpath import GitRequest, RequestRefused, Service, parse_git_request
 from airlock.core.grants import Access
 from airlock.core.pktline import PktLineError, ReceivePackCommandParser
+from airlock.core.requestbody import BodyRefused, BodyTooLarge, decode_body
 from airlock.core.session import Refusal
+from airlock.core.uploadpack import (
+    UploadPackRefused,
+    parse_protocol_version,
+    parse_upload_pack_request,
+)
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.metrics import Metrics
@@ -37,6 +43,7 @@ from airlock.gateway.store import SessionStore
 from airlock.gateway.tlslistener import ConnectionGuard
 
 REQUEST_ID_HEADER = "X-Airlock-Request-Id"
+_REQUEST_ID_KEY = "airlock.request_id"
 # What git clients send and what git servers answer; nothing else is passed along.
 _EXPECTED_RESPONSE_TYPE = {
     ("info", Service.UPLOAD_PACK): "application/x-git-upload-pack-advertisement",
@@ -46,14 +53,9 @@ _EXPECTED_RESPONSE_TYPE = {
 }
 _RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Expires", "Pragma")
 _GIT_UA = re.compile(r"^git/[A-Za-z0-9._+-]{1,64}$")
-_GIT_PROTOCOL = re.compile(r"^[A-Za-z0-9=:._-]{1,128}$")
 
 
 class _BodyTooLarge(Exception):
-    pass
-
-
-class _BadBody(Exception):
     pass
 
 
@@ -69,6 +71,7 @@ class _Outcome:
     bytes_out: int = 0
     body_error: Exception | None = None  # raised inside the upload; aiohttp wraps it
     body_failed: asyncio.Event = field(default_factory=asyncio.Event)
+    body_complete: bool = True  # the whole request body went upstream
 
 
 def _text(status: int, message: str, request_id: str, **headers: str) -> web.Response:
@@ -132,6 +135,7 @@ class GitProxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = secrets.token_hex(8)
+        request[_REQUEST_ID_KEY] = rid  # for an error answer made outside this handler
         source = request.transport.get_extra_info("peername")[0] if request.transport else "?"
         out = _Outcome(rid, source, time.monotonic())
         try:
@@ -143,6 +147,25 @@ class GitProxy:
             raise
         out.fields.setdefault("status", response.status)
         self._log(out)
+        return response
+
+    def error_response(
+        self, request: web.BaseRequest, status: int, exc: BaseException | None
+    ) -> web.Response:
+        """The answer to a request that never reached :meth:`handle` (aiohttp's parser refused
+        it: obs-fold, both Content-Length and Transfer-Encoding, control characters...) or
+        that failed inside it: the same short text as every refusal, never an echo."""
+        rid = request.get(_REQUEST_ID_KEY)
+        if rid is None:  # refused by the parser: this is its only audit line
+            rid = secrets.token_hex(8)
+            transport = request.transport
+            peer = transport.get_extra_info("peername") if transport else None
+            out = _Outcome(rid, peer[0] if peer else "?", time.monotonic())
+            out.fields.update(status=status, reason=f"bad_http:{type(exc).__name__}")
+            self._log(out)
+        message = "bad request" if 400 <= status < 500 else "internal error"
+        response = _text(status if 400 <= status < 600 else 500, message, rid)
+        response.force_close()
         return response
 
     def _log(self, out: _Outcome) -> None:
@@ -289,7 +312,7 @@ class GitProxy:
                 )
 
     def _upstream_headers(
-        self, request: web.BaseRequest, req: GitRequest, token: str
+        self, request: web.BaseRequest, req: GitRequest, token: str, version: int
     ) -> dict[str, str]:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         headers = {"Authorization": f"Basic {basic}", "Accept-Encoding": "gzip"}
@@ -298,56 +321,97 @@ class GitProxy:
         accept = request.headers.get("Accept")
         if accept and len(accept) < 200 and accept.isprintable():
             headers["Accept"] = accept
-        if req.service is Service.UPLOAD_PACK:
-            # Protocol v2 negotiation is for fetches only, as git itself does.
-            proto = request.headers.get("Git-Protocol")
-            if proto and _GIT_PROTOCOL.match(proto):
-                headers["Git-Protocol"] = proto
+        if req.service is Service.UPLOAD_PACK and version > 0:
+            # Protocol v1/v2 negotiation is for fetches only, as git itself does; the header
+            # goes upstream in the one form whose body was checked.
+            headers["Git-Protocol"] = f"version={version}"
         if request.method == "POST":
             headers["Content-Type"] = f"application/x-{req.service.value}-request"
-            enc = request.headers.get("Content-Encoding")
-            if enc:
-                headers["Content-Encoding"] = enc
-            if request.content_length is not None:
+            if req.service is Service.RECEIVE_PACK and request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
         return headers
 
-    async def _request_body(
-        self, request: web.BaseRequest, req: GitRequest, limit: int, out: _Outcome
-    ) -> AsyncIterator[bytes]:
-        parser = ReceivePackCommandParser() if req.service is Service.RECEIVE_PACK else None
+    async def _read_body(self, request: web.BaseRequest, limit: int, out: _Outcome) -> bytes:
+        """The whole raw request body, refused once it passes ``limit`` bytes."""
         idle = self.config.git.idle_timeout
-        chunk_size = self.config.git.chunk_size
+        parts: list[bytes] = []
         while True:
             chunk = await asyncio.wait_for(request.content.readany(), idle)
             if not chunk:
-                break
+                return b"".join(parts)
+            out.bytes_in += len(chunk)
+            if out.bytes_in > limit:
+                raise BodyTooLarge(f"body of more than {limit} bytes")
+            parts.append(chunk)
+
+    async def _upload_pack_body(
+        self, request: web.BaseRequest, version: int, limit: int, out: _Outcome
+    ) -> bytes:
+        """The fetch request, read whole, inflated (bounded) and parsed before anything goes
+        upstream; these exact bytes are what the upstream receives."""
+        raw = await self._read_body(request, limit, out)
+        encoding = request.headers.get("Content-Encoding")
+        body = decode_body(raw, encoding, limit)
+        parsed = parse_upload_pack_request(body, version)
+        out.fields["upload_pack"] = parsed.audit_fields()
+        if encoding:
+            out.fields["inflated_bytes"] = len(body)
+        return body
+
+    async def _push_commands(
+        self, request: web.BaseRequest, limit: int, out: _Outcome
+    ) -> tuple[ReceivePackCommandParser, bytes]:
+        """Read a push body until its command list has been parsed (nothing is sent upstream
+        before that); the parser and every byte read so far."""
+        parser = ReceivePackCommandParser()
+        idle = self.config.git.idle_timeout
+        cap = min(limit, self.config.git.max_upload_pack_body)
+        parts: list[bytes] = []
+        read = 0
+        while not parser.done:
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
+            if not chunk:
+                parser.finish()  # raises: the body ended inside the command list
+            read += len(chunk)
+            out.bytes_in += len(chunk)
+            if read > cap:
+                raise BodyTooLarge(f"push command list of more than {cap} bytes")
+            parts.append(chunk)
+            parser.feed(chunk)
+        out.fields["ref_updates"] = [
+            f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands
+        ]
+        return parser, b"".join(parts)
+
+    async def _push_body(
+        self, request: web.BaseRequest, head: bytes, limit: int, out: _Outcome
+    ) -> AsyncIterator[bytes]:
+        """The checked command list, then the pack streamed in bounded pieces."""
+        idle = self.config.git.idle_timeout
+        chunk_size = self.config.git.chunk_size
+        chunk = head
+        while chunk:
+            # Yield in bounded pieces; readany() never returns more than its buffer holds.
+            for i in range(0, len(chunk), chunk_size):
+                yield chunk[i : i + chunk_size]
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
             out.bytes_in += len(chunk)
             if out.bytes_in > limit:
                 out.body_error = _BodyTooLarge()
                 out.body_failed.set()
                 raise out.body_error
-            if parser is not None and not parser.done:
-                try:
-                    parser.feed(chunk)
-                except PktLineError as exc:
-                    out.body_error = _BadBody(str(exc))
-                    out.body_failed.set()
-                    raise out.body_error from None
-                if parser.done:
-                    out.fields["ref_updates"] = [
-                        f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands
-                    ]
-            # Yield in bounded pieces; readany() never returns more than its buffer holds.
-            for i in range(0, len(chunk), chunk_size):
-                yield chunk[i : i + chunk_size]
-        if parser is not None:
-            try:
-                parser.finish()  # a push body cut off before its command list ends is refused
-            except PktLineError as exc:
-                out.body_error = _BadBody(str(exc))
-                out.body_failed.set()
-                raise out.body_error from None
+        out.body_complete = True
+
+    def _refuse_body(self, out: _Outcome, exc: Exception) -> web.Response:
+        rid = out.request_id
+        if isinstance(exc, BodyTooLarge):
+            out.fields["reason"] = "body_too_large"
+            response = _text(413, "request body too large", rid)
+        else:
+            out.fields["reason"] = f"bad_body:{str(exc)[:200]}"
+            response = _text(400, "bad request", rid)
+        response.force_close()  # the rest of the body is not wanted: end the connection
+        return response
 
     async def _forward(
         self,
@@ -359,23 +423,44 @@ class GitProxy:
     ) -> tuple[web.StreamResponse, bool]:
         rid = out.request_id
         cfg = self.config.git
+        version = 0
+        if req.service is Service.UPLOAD_PACK:
+            try:
+                version = parse_protocol_version(request.headers.get("Git-Protocol"))
+            except UploadPackRefused as exc:
+                out.fields["reason"] = f"bad_git_protocol:{exc}"
+                return _text(400, "bad request", rid), False
+            out.fields["protocol"] = version
+        limit = cfg.max_request_body if req.is_write else cfg.max_upload_pack_body
+        data: bytes | AsyncIterator[bytes] | None = None
+        out.body_complete = True
+        if request.method == "POST":
+            encoding = request.headers.get("Content-Encoding")
+            if request.content_length is not None and request.content_length > limit:
+                out.fields["reason"] = "body_too_large"
+                return _text(413, "request body too large", rid), False
+            try:
+                if req.is_write:
+                    # A push body must stay readable for the audit: git never encodes it.
+                    if encoding is not None:
+                        raise BodyRefused("a push body may not be encoded")
+                    _, head = await self._push_commands(request, limit, out)
+                    out.body_complete = False
+                    data = self._push_body(request, head, limit, out)
+                else:
+                    data = await self._upload_pack_body(request, version, limit, out)
+            except (BodyRefused, UploadPackRefused, PktLineError) as exc:
+                return self._refuse_body(out, exc), False
+            except TimeoutError:
+                out.fields["reason"] = "client_body_timeout"
+                response = _text(408, "request body timed out", rid)
+                response.force_close()
+                return response, False
         try:
             token = await self.tokens[upstream.host].token(s, req.owner, req.repo)
         except (CredentialError, OSError) as exc:
             out.fields["reason"] = f"credential_unavailable:{exc}"
             return _text(502, "upstream unavailable", rid), False
-        limit = cfg.max_request_body if req.is_write else cfg.max_upload_pack_body
-        data = None
-        if request.method == "POST":
-            encoding = request.headers.get("Content-Encoding")
-            # git gzips fetch negotiation only; a push body must stay readable for the audit.
-            if encoding is not None and (req.is_write or encoding.lower() != "gzip"):
-                out.fields["reason"] = "bad_content_encoding"
-                return _text(400, "bad request", rid), False
-            if request.content_length is not None and request.content_length > limit:
-                out.fields["reason"] = "body_too_large"
-                return _text(413, "request body too large", rid), False
-            data = self._request_body(request, req, limit, out)
         query = req.upstream_query()
         url = upstream.url + req.upstream_path() + (f"?{query}" if query else "")
         timeout = aiohttp.ClientTimeout(
@@ -386,13 +471,23 @@ class GitProxy:
             async with self._client(upstream).request(
                 request.method,
                 url,
-                headers=self._upstream_headers(request, req, token),
+                headers=self._upstream_headers(request, req, token, version),
                 data=data,
                 allow_redirects=False,
                 timeout=timeout,
             ) as up:
                 out.fields["upstream_status"] = up.status
-                return await self._relay(request, req, up, out)
+                clean = False
+                try:
+                    result = await self._relay(request, req, up, out)
+                    # Back to the pool only after a complete exchange: a request body the
+                    # upstream did not read to its end (an early answer, a refusal, an
+                    # error) would be read as the start of the next request on it.
+                    clean = result[1] and out.body_complete and up.content.at_eof()
+                    return result
+                finally:
+                    if not clean:
+                        up.close()
 
         sending = asyncio.ensure_future(send())
         failed = asyncio.ensure_future(out.body_failed.wait())
@@ -420,11 +515,6 @@ class GitProxy:
             out.fields["reason"] = "body_too_large"
             response = _text(413, "request body too large", rid)
             response.force_close()  # the rest of the body is not wanted: end the connection
-            return response, False
-        except _BadBody as exc:
-            out.fields["reason"] = f"bad_pkt_line:{exc}"
-            response = _text(400, "bad request", rid)
-            response.force_close()
             return response, False
         except TimeoutError:
             out.fields["reason"] = "timeout"

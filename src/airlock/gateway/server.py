@@ -31,6 +31,7 @@ from airlock.gateway.dns import DNSServer
 from airlock.gateway.egress import EgressPolicy, EgressProxy
 from airlock.gateway.github_app import AppCredential
 from airlock.gateway.gitproxy import GitProxy
+from airlock.gateway.httpserver import GatewayHTTPServer
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
 from airlock.gateway.ratelimits import RateLimits
@@ -364,8 +365,9 @@ class Gateway:
             self._runners.append(control)
             await web.SockSite(control, sock).start()
             lim = self.config.limits
-            self._git_server = web.Server(
+            self._git_server = GatewayHTTPServer(
                 self.proxy.handle,
+                self.proxy.error_response,
                 max_line_size=lim.max_line_size,
                 max_field_size=lim.max_field_size,
                 max_headers=lim.max_headers,
