@@ -8,11 +8,15 @@ receives a byte the gateway did not understand. The grammar accepted (from git's
 
 Protocol v0 and v1 (stateless RPC, one negotiation round per POST)::
 
-    body      = PKT("want" SP oid SP caps) *PKT("want" SP oid)
-                *PKT("shallow" SP oid) [deepen] [PKT("filter" SP spec)] flush
-                rounds
+    body      = PKT("want" SP oid SP caps) *(PKT("want" SP oid) / shallow / deepen / filter)
+                flush [rounds]
+    shallow   = PKT("shallow" SP oid)
+    deepen    = PKT("deepen" SP n) / PKT("deepen-since" SP ts) / PKT("deepen-not" SP ref)
+    filter    = PKT("filter" SP spec)       ; only with the "filter" capability
     rounds    = *(*PKT("have" SP oid) flush) *PKT("have" SP oid) (PKT("done") / flush)
-    deepen    = PKT("deepen" SP n) / *PKT("deepen-since" SP ts) *PKT("deepen-not" SP ref)
+
+(A shallow clone's first POST is the want list alone: the server answers with its shallow
+lines before the client sends any have.)
 
 Protocol v2 (one command per POST)::
 
@@ -268,6 +272,10 @@ def _parse_v0(events: list[PktEvent], version: int) -> UploadPackRequest:
             request.filter = rest
         else:
             raise UploadPackRefused(f"unexpected {word[:32]!r} line in the want list")
+    # A shallow or filtered clone's first round ends here: the server answers the want
+    # list (shallow/unshallow lines) before any have is sent.
+    if i == n:
+        return request
     # Negotiation: haves, a flush after each batch, then "done" or a final flush.
     while True:
         if i >= n:

@@ -378,9 +378,7 @@ class GitProxy:
                 raise BodyTooLarge(f"push command list of more than {cap} bytes")
             parts.append(chunk)
             parser.feed(chunk)
-        out.fields["ref_updates"] = [
-            f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands
-        ]
+        out.fields["ref_updates"] = [f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands]
         return parser, b"".join(parts)
 
     async def _push_body(
