@@ -166,6 +166,7 @@ class _Oids:
 
     def __init__(self) -> None:
         self.length: int | None = None
+        self.declared = False
 
     def set_format(self, name: str) -> None:
         length = _OID_LENGTHS.get(name)
@@ -174,6 +175,7 @@ class _Oids:
         if self.length is not None and self.length != length:
             raise UploadPackRefused("object ids do not match the object-format capability")
         self.length = length
+        self.declared = True
 
     def check(self, oid: str, what: str) -> None:
         if len(oid) not in (40, 64) or not _LOWER_HEX.issuperset(oid):
@@ -181,6 +183,8 @@ class _Oids:
         if self.length is None:
             self.length = len(oid)
         elif self.length != len(oid):
+            if self.declared:
+                raise UploadPackRefused("object ids do not match the object-format capability")
             raise UploadPackRefused("object ids of different hash algorithms in one request")
 
 
@@ -272,6 +276,8 @@ def _parse_v0(events: list[PktEvent], version: int) -> UploadPackRequest:
             request.filter = rest
         else:
             raise UploadPackRefused(f"unexpected {word[:32]!r} line in the want list")
+    if request.wants == 0:
+        raise UploadPackRefused("a v0 request starts with a want line")
     # A shallow or filtered clone's first round ends here: the server answers the want
     # list (shallow/unshallow lines) before any have is sent.
     if i == n:
