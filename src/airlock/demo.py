@@ -33,6 +33,8 @@ from airlock.testing.upstream import GitUpstream
 
 T = TypeVar("T")
 DEMO_REPO = "demo/hello"
+MANY_REFS_REPO = "demo/many-refs"
+MANY_REFS = 2000  # tags and refs/pull/N/head: git gzips the negotiation of such a clone
 SCRIPT = r"""
 set -u
 cd /tmp
@@ -46,6 +48,11 @@ git -c user.name=sandbox -c user.email=sandbox@airlock.invalid \
 git push -q origin HEAD:main && say push ok || say push fail
 git ls-remote https://github.com/{other} >/dev/null 2>&1 \
   && say ungranted reached || say ungranted refused
+cd /tmp
+git clone -q --mirror https://github.com/{many} many.git \
+  && [ "$(git -C many.git for-each-ref | wc -l)" -ge {many_refs} ] \
+  && say many_refs ok || say many_refs fail
+cd /tmp/work
 curl -s --noproxy '*' --max-time 3 -o /dev/null http://{host_ip}:{decoy_port}/ \
   && say decoy_host reached || say decoy_host blocked
 curl -s --noproxy '*' --max-time 3 -o /dev/null http://{gateway_ip}:{decoy_port}/ \
@@ -147,6 +154,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         repos = root / "upstream"
         bare = create_bare_repo(repos, *DEMO_REPO.split("/"))
         create_bare_repo(repos, "demo", "private")
+        _add_many_refs(create_bare_repo(repos, *MANY_REFS_REPO.split("/")), root, MANY_REFS)
         upstream = GitUpstream(repos, token_file, tls)
         loop.run(upstream.start())
         console.log(f"upstream: git http-backend at {upstream.url}, token required")
@@ -171,7 +179,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         spec = RunSpec(
             image=image,
             command=["sh", "-c", ""],
-            grants=[f"github.com/{DEMO_REPO}:write"],
+            grants=[f"github.com/{DEMO_REPO}:write", f"github.com/{MANY_REFS_REPO}:read"],
             allow_hosts=["downloads.demo.test"],
             volumes=[f"{downloads.ca}:/decoy-ca.pem:ro"],
         )
@@ -185,6 +193,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 gateway_ip="$GW",
                 repo=DEMO_REPO,
                 other="demo/private",
+                many=MANY_REFS_REPO,
+                many_refs=str(MANY_REFS),
                 host_ip=host_ip,
                 decoy_port=str(decoy_port),
                 https_port=str(downloads.port),
@@ -215,6 +225,10 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             ("clone github.com/demo/hello", results.get("clone") == "ok"),
             ("push a commit (seen in the upstream)", results.get("push") == "ok" and pushed),
             ("ungranted repository refused", results.get("ungranted") == "refused"),
+            (
+                f"mirror clone of a repository with {MANY_REFS} refs",
+                results.get("many_refs") == "ok",
+            ),
             (
                 "decoy on the host address unreachable",
                 results.get("decoy_host") == "blocked" and not sandbox_hits,
@@ -337,6 +351,32 @@ def _upstream_has_file(bare: Path, root: Path) -> bool:
         check=False,
     )
     return r.returncode == 0 and "airlock sandbox" in r.stdout
+
+
+def _add_many_refs(bare: Path, root: Path, count: int) -> None:
+    """Half lightweight tags, half pull-request heads, all at ``main``."""
+    import subprocess
+
+    env = git_env(root)
+    head = subprocess.run(
+        ["git", "--git-dir", str(bare), "rev-parse", "main"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
+    half = count // 2
+    updates = "".join(
+        f"create refs/tags/v{i}.0 {head}\ncreate refs/pull/{i}/head {head}\n" for i in range(half)
+    )
+    subprocess.run(
+        ["git", "--git-dir", str(bare), "update-ref", "--stdin"],
+        input=updates,
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def _host_reaches(ip: str, port: int) -> bool:
