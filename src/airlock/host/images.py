@@ -42,7 +42,48 @@ __all__ = [
 RECIPE_VERSION = 1
 
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"  # packages are verified against the keyring below
+APT_SOURCES = Path("/etc/apt")
+
+
+def debian_mirror(apt_dir: Path = APT_SOURCES, suite: str = "bookworm") -> str:
+    """The Debian mirror this machine's apt uses for ``suite`` (AIRLOCK_DEBIAN_MIRROR wins);
+    "" when none is configured. Packages are verified against the keyring either way."""
+    override = os.environ.get("AIRLOCK_DEBIAN_MIRROR")
+    if override:
+        return override
+    candidates: list[Path] = sorted((apt_dir / "sources.list.d").glob("*.sources"))
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for stanza in text.split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith((" ", "#")):
+                    fields[key.strip().lower()] = value.strip()
+            if (
+                "deb" in fields.get("types", "").split()
+                and suite in fields.get("suites", "").split()
+            ):
+                uris = fields.get("uris", "").split()
+                if uris:
+                    return uris[0]
+    lists = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                return words[1]
+    return ""
+
+
+MIRROR = debian_mirror()
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = (
@@ -149,6 +190,11 @@ def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say
     if not KEYRING.is_file():
         # debootstrap would otherwise carry on without checking signatures.
         raise ImageBuildError(f"{KEYRING} missing: install debian-archive-keyring")
+    if not MIRROR:
+        raise ImageBuildError(
+            f"no Debian mirror for {SUITE} in {APT_SOURCES}'s sources: "
+            "set AIRLOCK_DEBIAN_MIRROR to one"
+        )
     # Work inside cache_dir so the final rename is on one filesystem (atomic).
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir))
     try:
