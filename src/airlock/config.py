@@ -26,6 +26,7 @@ from pydantic import (
 
 from airlock.core.durations import parse_duration
 from airlock.core.hostnames import InvalidHostname, normalize_hostname
+from airlock.core.refrules import InvalidRefRule, RefRule, parse_rules
 
 
 class ConfigError(Exception):
@@ -110,6 +111,7 @@ class SessionDefaults(_Strict):
     max_lifetime: Duration = 24 * 3600  # the longest --ttl anyone may ask for
     max_requests: int = Field(default=20_000, gt=0)
     max_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_pushes: int = Field(default=1000, gt=0)
 
 
 class GitProxyConfig(_Strict):
@@ -119,6 +121,25 @@ class GitProxyConfig(_Strict):
     idle_timeout: Duration = 120  # no byte either way for this long ends the request
     total_timeout: Duration = 3600
     chunk_size: int = Field(default=256 * 1024, ge=4096, le=4 * 1024**2)
+    # What a write grant without patterns may push (core/refrules.py): new branches under
+    # agent/, and updates and deletes of the ones the session created.
+    push_branches: list[str] = Field(default_factory=lambda: ["agent/**"], min_length=1)
+    max_refs_per_push: int = Field(default=1000, gt=0)
+    # Pack bytes held back while a fast-forward is proven from the pushed commits.
+    max_proof_buffer: int = Field(default=64 * 1024**2, gt=0)
+
+    @field_validator("push_branches")
+    @classmethod
+    def _push_branches(cls, v: list[str]) -> list[str]:
+        try:
+            parse_rules(",".join(v))
+        except InvalidRefRule as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @property
+    def push_rules(self) -> tuple[RefRule, ...]:
+        return parse_rules(",".join(self.push_branches))
 
 
 def _rate(v: str) -> str:

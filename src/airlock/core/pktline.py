@@ -27,6 +27,7 @@ __all__ = [
     "RefUpdate",
     "ResponseEnd",
     "encode_pkt",
+    "section_end",
 ]
 
 FLUSH = b"0000"
@@ -113,6 +114,27 @@ def _next_packet(buf: bytearray, pos: int) -> tuple[PktEvent, int] | None:
     return Data(bytes(buf[pos + 4 : end])), end
 
 
+def section_end(buf: bytes | bytearray, pos: int = 0, max_packets: int = 10_000) -> int | None:
+    """The position just after the first flush at or after ``pos`` (the end of a pkt-line
+    section such as push options), or None while the section is incomplete.
+
+    Raises:
+        PktLineError: on invalid framing, a delim or response-end, or too many packets.
+    """
+    count = 0
+    while (item := _next_packet(bytearray(buf[pos : pos + MAX_PKT_LENGTH]), 0)) is not None:
+        event, size = item
+        pos += size
+        count += 1
+        if isinstance(event, Flush):
+            return pos
+        if not isinstance(event, Data):
+            raise PktLineError("unexpected delim/response-end in a section")
+        if count > max_packets:
+            raise PktLineError(f"more than {max_packets} pkt-lines in a section")
+    return None
+
+
 class PktLineReader:
     """Incremental pkt-line decoder.
 
@@ -161,6 +183,12 @@ class PktLineReader:
             raise
         del self._buf[:pos]
         return events
+
+    def take_pending(self) -> bytes:
+        """The bytes of an incomplete packet held so far, handed back (the buffer empties)."""
+        pending = bytes(self._buf)
+        self._buf.clear()
+        return pending
 
     def finish(self) -> None:
         """Declare end of stream.

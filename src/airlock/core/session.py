@@ -56,6 +56,7 @@ class Limits:
     lifetime: int  # seconds, absolute
     max_requests: int
     max_bytes: int
+    max_pushes: int = 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class Session:
     bytes: int = 0
     revoked_reason: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Refs this session created upstream, as "HOST/owner/repo refs/heads/x" (repository key
+    # lowercased): it may update (force) and delete these, nothing else it did not create.
+    created_refs: tuple[str, ...] = ()
+    pushes: int = 0
+    max_pushes: int = 1000
 
     @property
     def idle_deadline(self) -> float:
@@ -96,17 +102,14 @@ class Session:
     @staticmethod
     def from_json(d: dict[str, Any], upstream_hosts: frozenset[str] | None = None) -> Session:
         d = dict(d)
-        grants = []
-        for g in d.pop("grants"):
-            target, _, access = g.rpartition(":")
-            host, owner, repo = target.split("/")
-            grants.append(Grant(host=host, owner=owner, repo=repo, access=Access(access)))
+        grants = [Grant.from_stored(g) for g in d.pop("grants")]
         binding = d.pop("binding")
         return Session(
             grants=tuple(grants),
             binding=Binding(**binding) if binding else None,
             state=SessionState(d.pop("state")),
             allow_hosts=tuple(d.pop("allow_hosts")),
+            created_refs=tuple(d.pop("created_refs", ())),
             **d,
         )
 
@@ -134,6 +137,7 @@ def create_session(
         last_used=now,
         max_requests=limits.max_requests,
         max_bytes=limits.max_bytes,
+        max_pushes=limits.max_pushes,
         state=SessionState.PENDING if require_activation else SessionState.ACTIVE,
         bind_ip=bind_ip,
         allow_hosts=allow_hosts,
@@ -188,6 +192,32 @@ def finish_request(s: Session, *, now: float, nbytes: int, success: bool) -> Ses
         bytes=s.bytes + nbytes,
         last_used=now if success else s.last_used,
     )
+
+
+def owned_refs(s: Session, repo_key: str) -> frozenset[str]:
+    """The refs of one repository (``HOST/owner/repo``, lowercased) this session created."""
+    prefix = repo_key + " "
+    return frozenset(e[len(prefix) :] for e in s.created_refs if e.startswith(prefix))
+
+
+def begin_push(s: Session) -> Session:
+    """Count a push against ``max_pushes``; callers check :func:`pushes_left` first."""
+    return dataclasses.replace(s, pushes=s.pushes + 1)
+
+
+def pushes_left(s: Session) -> int:
+    return max(0, s.max_pushes - s.pushes)
+
+
+def record_push(
+    s: Session, repo_key: str, created: frozenset[str], deleted: frozenset[str]
+) -> Session:
+    """What the upstream confirmed of a push: refs it created now belong to the session,
+    refs it deleted no longer do."""
+    prefix = repo_key + " "
+    keep = [e for e in s.created_refs if not (e.startswith(prefix) and e[len(prefix) :] in deleted)]
+    keep += [prefix + r for r in sorted(created) if prefix + r not in keep]
+    return dataclasses.replace(s, created_refs=tuple(keep))
 
 
 def activate(s: Session, binding: Binding) -> Session:

@@ -211,7 +211,8 @@ class ControlAPI:
         try:
             body: CreateSession = await self._json(request, CreateSession)
             hosts = self.config.upstream_hosts
-            grants = tuple(parse_grant(g, hosts) for g in body.grants)
+            rules = self.config.git.push_rules
+            grants = tuple(parse_grant(g, hosts, rules) for g in body.grants)
             allow = tuple(str(parse_allow_entry(h)) for h in body.allow_hosts)
         except (InvalidGrant, InvalidHostname, InvalidAllowEntry) as exc:
             return _error(400, str(exc))
@@ -226,6 +227,7 @@ class ControlAPI:
             lifetime=ttl,
             max_requests=d.max_requests,
             max_bytes=d.max_bytes,
+            max_pushes=d.max_pushes,
         )
         s = lifecycle.create_session(
             grants=grants,

@@ -25,8 +25,15 @@ from airlock.config import Config, UpstreamConfig
 from airlock.core import session as lifecycle
 from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitpath import GitRequest, RequestRefused, Service, parse_git_request
-from airlock.core.grants import Access
-from airlock.core.pktline import PktLineError, ReceivePackCommandParser
+from airlock.core.grants import Access, rules_for
+from airlock.core.pktline import PktLineError
+from airlock.core.pushpolicy import PushDecision, decide_push, policy_digest, settle
+from airlock.core.reportstatus import (
+    AdvertisementFilter,
+    ReportStatusReader,
+    refusal_report,
+    sideband_limit,
+)
 from airlock.core.requestbody import BodyRefused, BodyTooLarge, decode_body
 from airlock.core.session import Refusal
 from airlock.core.uploadpack import (
@@ -38,6 +45,7 @@ from airlock.gateway.audit import AuditLog
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
+from airlock.gateway.pushgate import BodyReader, HeldPush, drain, prove, read_commands
 from airlock.gateway.ratelimits import RateLimits
 from airlock.gateway.store import SessionStore
 from airlock.gateway.tlslistener import ConnectionGuard
@@ -72,6 +80,11 @@ class _Outcome:
     body_error: Exception | None = None  # raised inside the upload; aiohttp wraps it
     body_failed: asyncio.Event = field(default_factory=asyncio.Event)
     body_complete: bool = True  # the whole request body went upstream
+    push: HeldPush | None = None  # an allowed push, for what the upstream reports of it
+    report: ReportStatusReader | None = None
+
+    def count_in(self, n: int) -> None:
+        self.bytes_in += n
 
 
 def _text(status: int, message: str, request_id: str, **headers: str) -> web.Response:
@@ -80,6 +93,11 @@ def _text(status: int, message: str, request_id: str, **headers: str) -> web.Res
         text=f"airlock: {message} (request id {request_id})\n",
         headers={REQUEST_ID_HEADER: request_id, **headers},
     )
+
+
+def _repo_key(req: GitRequest) -> str:
+    """The repository as grants and the session's created refs name it (lowercased)."""
+    return f"{req.host}/{req.repo_key}"
 
 
 def not_found(request_id: str) -> web.Response:
@@ -315,7 +333,11 @@ class GitProxy:
         self, request: web.BaseRequest, req: GitRequest, token: str, version: int
     ) -> dict[str, str]:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        headers = {"Authorization": f"Basic {basic}", "Accept-Encoding": "gzip"}
+        headers = {"Authorization": f"Basic {basic}"}
+        if req.service is Service.UPLOAD_PACK:
+            # A push's answers are read on the way (the advertisement loses push-cert, the
+            # status report says which refs changed): they must come unencoded.
+            headers["Accept-Encoding"] = "gzip"
         ua = request.headers.get("User-Agent", "")
         headers["User-Agent"] = ua if _GIT_UA.match(ua) else "git/airlock"
         accept = request.headers.get("Accept")
@@ -358,47 +380,95 @@ class GitProxy:
             out.fields["inflated_bytes"] = len(body)
         return body
 
-    async def _push_commands(
-        self, request: web.BaseRequest, limit: int, out: _Outcome
-    ) -> tuple[ReceivePackCommandParser, bytes]:
-        """Read a push body until its command list has been parsed (nothing is sent upstream
-        before that); the parser and every byte read so far."""
-        parser = ReceivePackCommandParser()
-        idle = self.config.git.idle_timeout
-        cap = min(limit, self.config.git.max_upload_pack_body)
-        parts: list[bytes] = []
-        read = 0
-        while not parser.done:
-            chunk = await asyncio.wait_for(request.content.readany(), idle)
-            if not chunk:
-                parser.finish()  # raises: the body ended inside the command list
-            read += len(chunk)
-            out.bytes_in += len(chunk)
-            if read > cap:
-                raise BodyTooLarge(f"push command list of more than {cap} bytes")
-            parts.append(chunk)
-            parser.feed(chunk)
-        out.fields["ref_updates"] = [f"{u.ref} {u.old[:12]}..{u.new[:12]}" for u in parser.commands]
-        return parser, b"".join(parts)
+    def _push_decision(self, s: lifecycle.Session, req: GitRequest, push: HeldPush) -> PushDecision:
+        rules = rules_for(s.grants, req.host, req.owner, req.repo)
+        return decide_push(
+            push.commands.commands,
+            rules,
+            lifecycle.owned_refs(s, _repo_key(req)),
+            max_refs=self.config.git.max_refs_per_push,
+            pushes_left=lifecycle.pushes_left(s),
+        )
 
-    async def _push_body(
-        self, request: web.BaseRequest, head: bytes, limit: int, out: _Outcome
-    ) -> AsyncIterator[bytes]:
-        """The checked command list, then the pack streamed in bounded pieces."""
-        idle = self.config.git.idle_timeout
+    async def _read_push(
+        self,
+        request: web.BaseRequest,
+        s: lifecycle.Session,
+        req: GitRequest,
+        limit: int,
+        out: _Outcome,
+    ) -> HeldPush | web.Response:
+        """Read a push as far as its decision needs; the held push when it may go upstream,
+        else the status report refusing it (the body read to its end, nothing sent)."""
+        cfg = self.config.git
+        reader = BodyReader(request, cfg.idle_timeout, out.count_in)
+        push = await read_commands(reader, min(limit, cfg.max_upload_pack_body))
+        decision = self._push_decision(s, req, push)
+        if decision.pending:
+            decision = settle(decision, await prove(reader, push, decision, cfg.max_proof_buffer))
+        out.fields["push_policy"] = policy_digest(
+            {_repo_key(req): rules_for(s.grants, req.host, req.owner, req.repo)}
+        )
+        out.fields["ref_decisions"] = [d.audit() for d in decision.refs]
+        if decision.refused_whole:
+            out.fields["push_refused"] = decision.refused_whole
+        if not decision.refused:
+            out.body_complete = reader.eof
+            push.reader = reader
+            return push
+        await drain(reader, out.bytes_in, limit)
+        out.fields["reason"] = "push_refused"
+        refused = [(d.update.ref, d.message) for d in decision.refs]
+        body = refusal_report(
+            refused,
+            sideband=sideband_limit(push.commands.capabilities),
+            message=f"airlock: push refused, nothing was changed (request id {out.request_id})",
+        )
+        return web.Response(
+            status=200,
+            body=body,
+            content_type="application/x-git-receive-pack-result",
+            headers={REQUEST_ID_HEADER: out.request_id, "Cache-Control": "no-cache"},
+        )
+
+    async def _push_body(self, push: HeldPush, limit: int, out: _Outcome) -> AsyncIterator[bytes]:
+        """Every byte held for the decision, then the rest of the pack, in bounded pieces."""
+        assert push.reader is not None
         chunk_size = self.config.git.chunk_size
-        chunk = head
+        chunk = push.joined()
+        push.held = []  # streamed from here on: nothing more is kept
         while chunk:
             # Yield in bounded pieces; readany() never returns more than its buffer holds.
             for i in range(0, len(chunk), chunk_size):
                 yield chunk[i : i + chunk_size]
-            chunk = await asyncio.wait_for(request.content.readany(), idle)
-            out.bytes_in += len(chunk)
+            chunk = await push.reader.chunk()
             if out.bytes_in > limit:
                 out.body_error = _BodyTooLarge()
                 out.body_failed.set()
                 raise out.body_error
         out.body_complete = True
+
+    def _record_push(
+        self,
+        session_id: str,
+        req: GitRequest,
+        push: HeldPush,
+        report: ReportStatusReader,
+        out: _Outcome,
+    ) -> None:
+        """The refs the upstream confirmed creating belong to the session (durably), the
+        ones it confirmed deleting no longer do."""
+        confirmed = report.confirmed()
+        commands = push.commands.commands
+        created = frozenset(c.ref for c in commands if c.is_create and c.ref in confirmed)
+        deleted = frozenset(c.ref for c in commands if c.is_delete and c.ref in confirmed)
+        out.fields["upstream_updated"] = sorted(confirmed)
+        if not report.trusted:
+            out.fields["upstream_report"] = "unreadable"
+        current = self.store.get(session_id)
+        if current is not None and (created or deleted):
+            updated = lifecycle.record_push(current, _repo_key(req), created, deleted)
+            self.store.put(updated, durable=True)
 
     def _refuse_body(self, out: _Outcome, exc: Exception) -> web.Response:
         rid = out.request_id
@@ -442,9 +512,12 @@ class GitProxy:
                     # A push body must stay readable for the audit: git never encodes it.
                     if encoding is not None:
                         raise BodyRefused("a push body may not be encoded")
-                    _, head = await self._push_commands(request, limit, out)
-                    out.body_complete = False
-                    data = self._push_body(request, head, limit, out)
+                    held = await self._read_push(request, s, req, limit, out)
+                    if isinstance(held, web.Response):
+                        return held, False
+                    out.push = held
+                    self.store.put(lifecycle.begin_push(self.store.get(s.id) or s), durable=False)
+                    data = self._push_body(held, limit, out)
                 else:
                     data = await self._upload_pack_body(request, version, limit, out)
             except (BodyRefused, UploadPackRefused, PktLineError) as exc:
@@ -482,6 +555,8 @@ class GitProxy:
                     # upstream did not read to its end (an early answer, a refusal, an
                     # error) would be read as the start of the next request on it.
                     clean = result[1] and out.body_complete and up.content.at_eof()
+                    if clean and out.push is not None and out.report is not None:
+                        self._record_push(s.id, req, out.push, out.report, out)
                     return result
                 finally:
                     if not clean:
@@ -550,17 +625,33 @@ class GitProxy:
         if up.headers.get("Content-Type", "").split(";")[0].strip().lower() != expected:
             out.fields["reason"] = "upstream_bad_content_type"
             return _text(502, "upstream error", rid), False
+        advert: AdvertisementFilter | None = None
+        if req.service is Service.RECEIVE_PACK:
+            if up.headers.get("Content-Encoding", "identity").lower() != "identity":
+                out.fields["reason"] = "upstream_encoded_push_answer"
+                return _text(502, "upstream error", rid), False
+            if kind == "info":
+                advert = AdvertisementFilter()
+            elif out.push is not None:
+                caps = out.push.commands.capabilities
+                out.report = ReportStatusReader(sideband=sideband_limit(caps) is not None)
         response = web.StreamResponse(status=200)
         for name in _RESPONSE_HEADERS:
             if name in up.headers:
                 response.headers[name] = up.headers[name]
         response.headers[REQUEST_ID_HEADER] = rid
-        if up.content_length is not None:
+        if up.content_length is not None and advert is None:
             response.content_length = up.content_length
         await response.prepare(request)
         async for chunk in up.content.iter_chunked(self.config.git.chunk_size):
             out.bytes_out += len(chunk)
+            if advert is not None:
+                chunk = advert.feed(chunk)  # push-cert taken out of the capabilities
+            if out.report is not None:
+                out.report.feed(chunk)
             await response.write(chunk)
+        if advert is not None:
+            advert.finish()
         await response.write_eof()
         out.fields["reason"] = "ok"
         return response, True
