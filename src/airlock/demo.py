@@ -45,7 +45,10 @@ echo "written inside an airlock sandbox" > from-sandbox.txt
 git add from-sandbox.txt
 git -c user.name=sandbox -c user.email=sandbox@airlock.invalid \
   commit -qm "commit from the sandbox"
-git push -q origin HEAD:main && say push ok || say push fail
+git push -q origin HEAD:agent/demo && say push ok || say push fail
+if git push -f origin HEAD:main 2>/tmp/force.txt; then say force_main pushed
+elif grep -q "remote rejected.*(airlock: main is outside" /tmp/force.txt; then
+  say force_main refused; else say force_main failed; fi
 git ls-remote https://github.com/{other} >/dev/null 2>&1 \
   && say ungranted reached || say ungranted refused
 cd /tmp
@@ -155,6 +158,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         bare = create_bare_repo(repos, *DEMO_REPO.split("/"))
         create_bare_repo(repos, "demo", "private")
         _add_many_refs(create_bare_repo(repos, *MANY_REFS_REPO.split("/")), root, MANY_REFS)
+        main_before = _rev(bare, root, "main")
         upstream = GitUpstream(repos, token_file, tls)
         loop.run(upstream.start())
         console.log(f"upstream: git http-backend at {upstream.url}, token required")
@@ -219,11 +223,19 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
         )
         pushed = _upstream_has_file(bare, root)
+        main_after = _rev(bare, root, "main")
         host_reaches_decoy = _host_reaches(host_ip, decoy_port)
         sandbox_hits = [h for h in _Decoy.hits if h != host_ip and not h.startswith("127.")]
         checks = [
             ("clone github.com/demo/hello", results.get("clone") == "ok"),
-            ("push a commit (seen in the upstream)", results.get("push") == "ok" and pushed),
+            (
+                "push a new branch agent/demo (seen in the upstream)",
+                results.get("push") == "ok" and pushed,
+            ),
+            (
+                "force-push to main refused, git shows why; main unchanged",
+                results.get("force_main") == "refused" and main_after == main_before,
+            ),
             ("ungranted repository refused", results.get("ungranted") == "refused"),
             (
                 f"mirror clone of a repository with {MANY_REFS} refs",
@@ -344,13 +356,25 @@ def _upstream_has_file(bare: Path, root: Path) -> bool:
     import subprocess
 
     r = subprocess.run(
-        ["git", "--git-dir", str(bare), "show", "main:from-sandbox.txt"],
+        ["git", "--git-dir", str(bare), "show", "agent/demo:from-sandbox.txt"],
         capture_output=True,
         text=True,
         env=git_env(root),
         check=False,
     )
     return r.returncode == 0 and "airlock sandbox" in r.stdout
+
+
+def _rev(bare: Path, root: Path, ref: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "--git-dir", str(bare), "rev-parse", ref],
+        capture_output=True,
+        text=True,
+        env=git_env(root),
+        check=False,
+    ).stdout.strip()
 
 
 def _add_many_refs(bare: Path, root: Path, count: int) -> None:

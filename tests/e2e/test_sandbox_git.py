@@ -34,7 +34,7 @@ READ_REPO = "acme/handbook"
 HIDDEN_REPO = "acme/secret-plans"  # exists upstream, never granted
 MISSING_REPO = "acme/no-such-repo"  # granted (write), but does not exist upstream
 GRANTS = [
-    f"{HOST}/{WRITE_REPO}:write",
+    f"{HOST}/{WRITE_REPO}:write=agent/**,ff:main,feature",
     f"{HOST}/{READ_REPO}:read",
     f"{HOST}/{MISSING_REPO}:write",
 ]

@@ -34,7 +34,7 @@ git -c user.name=s -c user.email=s@s commit -q --allow-empty -m from-sandbox
 {GIT} push -q origin HEAD:refs/heads/from-sandbox
 echo GW $(dig +short +time=2 +tries=1 airlock.internal)
 """
-    r = sandboxes.run(script, [f"{HOST}/acme/unpriv:write"])
+    r = sandboxes.run(script, [f"{HOST}/acme/unpriv:write=from-sandbox"])
     assert r.code == 0, r.output
     # DNS answered on port 53 of the sandbox network's gateway address, by the unprivileged
     # gateway (it bound that listener after the drop, when the sandbox was created).

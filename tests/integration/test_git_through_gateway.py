@@ -15,7 +15,7 @@ def _commit(world: World, repo: Path, name: str, content: str) -> None:
 
 def test_clone_fetch_push(world: World, tmp_path: Path) -> None:
     bare = world.make_repo("acme", "widgets")
-    b = world.session(f"{HOST}/acme/widgets:write")
+    b = world.session(f"{HOST}/acme/widgets:write=agent/**,ff:main")
     work = tmp_path / "w"
     r = world.clone(b, "acme/widgets", work)
     assert r.returncode == 0, r.stderr
@@ -41,14 +41,18 @@ def test_clone_fetch_push(world: World, tmp_path: Path) -> None:
         if e.get("service") == "git-receive-pack" and e.get("endpoint") == "rpc"
     ]
     assert pushes and all(e["status"] == 200 for e in pushes)
-    assert any("refs/heads/main" in u for e in pushes for u in e.get("ref_updates", []))
+    assert any(
+        d["ref"] == "refs/heads/main" and d["verdict"] == "allow"
+        for e in pushes
+        for d in e.get("ref_decisions", [])
+    )
 
 
 def test_protocol_v2_fetch_passes_git_protocol_to_upload_pack_only(
     world: World, tmp_path: Path
 ) -> None:
     world.make_repo("acme", "proto")
-    b = world.session(f"{HOST}/acme/proto:write")
+    b = world.session(f"{HOST}/acme/proto:write=agent/**,ff:main")
     before = len(world.upstream.requests)
     work = tmp_path / "w"
     r = world.git(b, "-c", "protocol.version=2", "clone", f"https://{HOST}/acme/proto", str(work))
@@ -66,7 +70,7 @@ def test_protocol_v2_fetch_passes_git_protocol_to_upload_pack_only(
 def test_shallow_clone(world: World, tmp_path: Path) -> None:
     bare = world.make_repo("acme", "deep")
     work = tmp_path / "full"
-    b = world.session(f"{HOST}/acme/deep:write")
+    b = world.session(f"{HOST}/acme/deep:write=agent/**,ff:main")
     assert world.clone(b, "acme/deep", work).returncode == 0
     for i in range(5):
         _commit(world, work, f"f{i}", str(i))
@@ -82,7 +86,7 @@ def test_shallow_clone(world: World, tmp_path: Path) -> None:
 
 def test_sha256_repository(world: World, tmp_path: Path) -> None:
     world.make_repo("acme", "modern", object_format="sha256")
-    b = world.session(f"{HOST}/acme/modern:write")
+    b = world.session(f"{HOST}/acme/modern:write=agent/**,ff:main")
     work = tmp_path / "w"
     r = world.clone(b, "acme/modern", work)
     assert r.returncode == 0, r.stderr

@@ -129,7 +129,7 @@ def test_each_access_level_gets_its_own_token_scoped_to_its_repositories(
     w = appworld
     n = len(w.api.issued)
     seen = len(w.upstream.requests)
-    b = w.session(f"{HOST}/acme/app:write", f"{HOST}/acme/lib:read")
+    b = w.session(f"{HOST}/acme/app:write=app-token", f"{HOST}/acme/lib:read")
     assert w.clone(b, "acme/app", tmp_path / "app").returncode == 0
     assert w.clone(b, "acme/lib", tmp_path / "lib").returncode == 0
     work = tmp_path / "app"

@@ -41,7 +41,7 @@ def test_200mb_pack_clone_and_push_with_flat_gateway_memory(
     assert pack_bytes >= 200 * MB
     assert w.proc is not None
     rss_before = _peak_rss_mb(w.proc.pid)
-    b = w.session(f"{HOST}/acme/huge:write")
+    b = w.session(f"{HOST}/acme/huge:write=agent/**,ff:main")
     work = tmp_path / "huge"
     t0 = time.monotonic()
     r = w.clone(b, "acme/huge", work, "--no-checkout")
@@ -107,7 +107,7 @@ def test_request_cap_refuses_the_next_request(capped_world: World) -> None:
 def test_body_cap_refuses_an_oversized_push(capped_world: World, tmp_path: Path) -> None:
     w = capped_world
     bare = w.make_repo("acme", "bodycap")
-    b = w.session(f"{HOST}/acme/bodycap:write")
+    b = w.session(f"{HOST}/acme/bodycap:write=agent/**,ff:main")
     work = tmp_path / "w"
     assert w.clone(b, "acme/bodycap", work).returncode == 0
     before = w.git(None, "--git-dir", str(bare), "rev-parse", "main").stdout

@@ -156,7 +156,7 @@ def _strip_id(body: bytes) -> bytes:
 
 def test_ungranted_repo_answers_exactly_like_a_missing_one(world: World) -> None:
     world.make_repo("acme", "secret-project")
-    b = world.session(f"{HOST}/acme/granted-but-missing:write")
+    b = world.session(f"{HOST}/acme/granted-but-missing:write=agent/**,ff:main")
     ctx = _ctx(world, b.dir)
     before = len(world.upstream.requests)
     ungranted = send_raw(ctx, world.port, _info_refs("acme/secret-project"))

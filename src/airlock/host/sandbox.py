@@ -98,6 +98,17 @@ class Sandbox:
     issued: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+def _push_branches(grants: list[str]) -> str:
+    """``agent/**,ff:main`` from ``["github.com/a/b:write=agent/**,ff:main", ...]``."""
+    patterns: list[str] = []
+    for g in grants:
+        _, eq, rules = g.partition("=")
+        for p in rules.split(",") if eq else []:
+            if p not in patterns:
+                patterns.append(p)
+    return ",".join(patterns)
+
+
 def docker_client() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=60)
@@ -346,6 +357,11 @@ class SandboxManager:
             "NO_PROXY": f"{self.config.gateway.public_name},{sb.gateway_ip}",
             "no_proxy": f"{self.config.gateway.public_name},{sb.gateway_ip}",
             "AIRLOCK_SANDBOX": sb.id,
+            # What this sandbox may push, so an agent picks a branch name that is accepted:
+            # the grants as the gateway holds them (HOST/OWNER/REPO:write=PATTERNS), and the
+            # union of their patterns.
+            "AIRLOCK_GRANTS": " ".join(sb.issued.get("session", {}).get("grants", [])),
+            "AIRLOCK_PUSH_BRANCHES": _push_branches(sb.issued.get("session", {}).get("grants", [])),
         }
         env.update(spec.env)
         return env
