@@ -200,15 +200,22 @@ class GitBench:
                 shutil.rmtree(dest, ignore_errors=True)
         return self._finish(row)
 
-    def push(self, built: BuiltRepo, size: int, reps: int, seed: int) -> GitRow:
+    def push(
+        self, built: BuiltRepo, size: int, reps: int, seed: int, *, fast_forward: bool = False
+    ) -> GitRow:
+        """Push a new commit of ``size`` bytes: as a new branch, or (``fast_forward``) as an
+        update of an existing branch, which airlock allows only once it has proven the
+        fast-forward from the pushed commits (an ``ff:`` grant)."""
         sc = built.size_class
         label = f"{size // GiB} GiB" if size >= GiB else f"{size // MiB} MiB"
         work = built.local_copy(self._dest("push"))
+        base = self.git(None, "rev-parse", "HEAD", cwd=work).stdout.strip()
         paths = [f"push/{seed}/blob-{i:02d}.bin" for i in range(20)]
         write_commit(work / ".git", paths, size, seed=seed, message=f"push {label}")
         new = self.git(None, "rev-parse", "HEAD", cwd=work).stdout.strip()
-        target = PushTarget(built.served)
-        row = self._row(f"push {label} of new objects", sc, f"{label} up", reps)
+        target = PushTarget(built.served, PushTarget.FF_REF if fast_forward else PushTarget.REF)
+        what = "fast-forward (proven)" if fast_forward else "of new objects"
+        row = self._row(f"push {label} {what}", sc, f"{label} up", reps)
         # nginx stops sending a request body once the upstream's response head arrives (see
         # bench/proxies.py): give its pushes a timeout and stop trying after one hangs.
         nginx_timeout = 30 + size / (20 * MiB)
@@ -217,6 +224,8 @@ class GitBench:
                 samples = row.samples[path.name]
                 if path.name == "nginx" and samples.hung:
                     continue
+                if fast_forward:
+                    target.point_at(base)
                 url = path.url(sc.repo)
                 timeout = nginx_timeout if path.name == "nginx" else GIT_TIMEOUT
                 ok = self.timed(
@@ -225,12 +234,12 @@ class GitBench:
                     "push",
                     "-q",
                     url,
-                    f"main:{target.REF}",
+                    f"main:{target.ref}",
                     cwd=work,
                     timeout=timeout,
                 )
                 if ok:
-                    got = self.git(None, "--git-dir", str(built.served), "rev-parse", target.REF)
+                    got = self.git(None, "--git-dir", str(built.served), "rev-parse", target.ref)
                     if got.stdout.strip() != new:
                         row.samples[path.name].errors.append(f"{path.name}: push not applied")
                 target.reset()
@@ -254,6 +263,8 @@ class GitBench:
             rows.append(self.fetch(built, reps))
             for i, size in enumerate(push_sizes):
                 rows.append(self.push(built, size, reps, seed=9000 + i))
+            if push_sizes:
+                rows.append(self.push(built, push_sizes[0], reps, seed=9100, fast_forward=True))
         finally:
             remove(built)
         for r in rows:

@@ -163,7 +163,7 @@ def _git_load(w: BenchWorld, root: Path, args: argparse.Namespace, raw: Path) ->
         )
     sc = SizeClass(f"{args.size_mib} MiB", args.size_mib * MiB, "prof")
     built = build(sc, w.repos, root / "git")
-    bundle = w.session(f"{HOST}/acme/prof:write")
+    bundle = w.session(f"{HOST}/acme/prof:write=bench-push")
     nginx = Nginx(root / "nginx", w.upstream.port, w.tls.ca_cert, basic_auth())
     gb = GitBench(w, nginx, bundle, root / "git")
     airlock = gb.paths[1]
@@ -183,7 +183,7 @@ def _git_load(w: BenchWorld, root: Path, args: argparse.Namespace, raw: Path) ->
     target = PushTarget(built.served)
 
     def push() -> None:
-        gb.git(airlock, "push", "-q", w.airlock_url(sc.repo), f"main:{target.REF}", cwd=work)
+        gb.git(airlock, "push", "-q", w.airlock_url(sc.repo), f"main:{target.ref}", cwd=work)
         target.reset()
 
     return record(w.gateway_pid, args.seconds, raw, push, args.native)

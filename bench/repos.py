@@ -112,18 +112,27 @@ def remove(built: BuiltRepo) -> None:
 class PushTarget:
     """Undo a benchmark push on the served repository: drop the ref and the received pack."""
 
-    REF = "refs/heads/bench-push"
+    REF = "refs/heads/bench-push"  # created by each push
+    FF_REF = "refs/heads/bench-ff"  # set to the base commit, then fast-forwarded
 
-    def __init__(self, served: Path) -> None:
+    def __init__(self, served: Path, ref: str = REF) -> None:
         self.served = served
+        self.ref = ref
         self._packs = self._pack_files()
+
+    def point_at(self, commit: str) -> None:
+        subprocess.run(
+            ["git", "--git-dir", str(self.served), "update-ref", self.ref, commit],
+            capture_output=True,
+            check=True,
+        )
 
     def _pack_files(self) -> set[Path]:
         return set((self.served / "objects" / "pack").iterdir())
 
     def reset(self) -> None:
         subprocess.run(
-            ["git", "--git-dir", str(self.served), "update-ref", "-d", self.REF],
+            ["git", "--git-dir", str(self.served), "update-ref", "-d", self.ref],
             capture_output=True,
             check=False,
         )

@@ -124,7 +124,7 @@ class Bench:
         )
         self.nginx.start()
         self.world.make_repo("acme", "tiny")
-        grants = [f"{HOST}/{c.size_class.repo}:write" for c in self.plan.git]
+        grants = [f"{HOST}/{c.size_class.repo}:write=bench-push,ff:bench-ff" for c in self.plan.git]
         self.ops = self.world.session(*grants, f"{HOST}/{TINY}:read")
         if self.sections & {"latency", "scale"}:
             n = max(self.plan.scale_sessions, max(self.plan.latency_levels))
