@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from airlock.core.packfile import PackError, PackScanner, fast_forward
+from airlock.core.packfile import PackError, PackScanner
 from airlock.core.pktline import PktLineError, ReceivePackCommandParser, section_end
 from airlock.core.pushpolicy import PushDecision
 from airlock.core.requestbody import BodyRefused, BodyTooLarge
@@ -94,7 +94,7 @@ async def prove(
     def settle() -> bool:
         for ref, update in pending.items():
             if not proven[ref]:
-                proven[ref] = fast_forward(update.old, update.new, scanner.commits).proven
+                proven[ref] = scanner.fast_forward(update.old, update.new).proven
         return all(proven.values())
 
     def find_pack() -> None:
