@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airlock.core.grants import Access, InvalidGrant, parse_grant, rules_for
-from airlock.core.pktline import FLUSH, PktLineReader, RefUpdate, encode_pkt
+from airlock.core.pktline import FLUSH, Data, PktLineReader, RefUpdate, encode_pkt
 from airlock.core.pushpolicy import Verdict, decide_push, policy_digest, settle
 from airlock.core.refrules import InvalidRefRule, RefRule, parse_rules
 from airlock.core.reportstatus import (
@@ -245,14 +245,17 @@ def test_decision_matches_the_reference_model(
 # --- receive-pack reports ----------------------------------------------------------------
 
 
+def _payloads(data: bytes) -> list[bytes]:
+    return [e.payload for e in PktLineReader().feed(data) if isinstance(e, Data)]
+
+
 def _inner_lines(report: bytes, sideband: bool) -> tuple[list[bytes], list[bytes]]:
-    events = PktLineReader().feed(report)
+    packets = _payloads(report)
     if not sideband:
-        return [e.payload for e in events if hasattr(e, "payload")], []
-    band1 = b"".join(e.payload[1:] for e in events if getattr(e, "payload", b"\0")[:1] == b"\1")
-    band2 = [e.payload[1:] for e in events if getattr(e, "payload", b"")[:1] == b"\2"]
-    inner = PktLineReader().feed(band1)
-    return [e.payload for e in inner if hasattr(e, "payload")], band2
+        return packets, []
+    band1 = b"".join(p[1:] for p in packets if p[:1] == b"\1")
+    band2 = [p[1:] for p in packets if p[:1] == b"\2"]
+    return _payloads(band1), band2
 
 
 @pytest.mark.parametrize("caps", [frozenset({"report-status", "side-band-64k"}), frozenset()])

@@ -24,8 +24,9 @@ from aiohttp import web
 from airlock.config import Config, UpstreamConfig
 from airlock.core import session as lifecycle
 from airlock.core.aggregate import DenialAggregator
-from airlock.core.gitpath import GitRequest, RequestRefused, Service, parse_git_request
-from airlock.core.grants import Access, rules_for
+from airlock.core.gitdecision import Refuse, decide_git_request
+from airlock.core.gitpath import GitRequest, Service
+from airlock.core.grants import rules_for
 from airlock.core.pktline import PktLineError
 from airlock.core.pushpolicy import PushDecision, decide_push, policy_digest, settle
 from airlock.core.reportstatus import (
@@ -284,29 +285,29 @@ class GitProxy:
     ) -> web.StreamResponse:
         rid = out.request_id
         session_id = s.id
-        try:
-            req = parse_git_request(
-                request.method,
-                request.raw_path,
-                request.headers.get("Content-Type"),
-                self.config.upstream_hosts,
-            )
-        except RequestRefused as exc:
-            out.fields["target"] = request.raw_path[:300]
-            return self._refuse(out, f"bad_request:{exc.reason}", _text(400, "bad request", rid))
-        out.fields.update(
-            host=req.host,
-            repo=req.repo_path,
-            service=req.service.value,
-            endpoint=req.endpoint.value,
+        decision = decide_git_request(
+            request.method,
+            request.raw_path,
+            request.headers.get("Content-Type"),
+            s,
+            self.config.upstream_hosts,
         )
-        access = s.access(req.host, req.owner, req.repo)
-        if access is None:
-            return self._refuse(out, "not_granted", not_found(rid))
-        if req.is_write and access is not Access.WRITE:
-            return self._refuse(
-                out, "read_only_grant", _text(403, "this session may not push here", rid)
+        req = decision.request
+        if req is None:
+            out.fields["target"] = request.raw_path[:300]
+        else:
+            out.fields.update(
+                host=req.host,
+                repo=req.repo_path,
+                service=req.service.value,
+                endpoint=req.endpoint.value,
             )
+        if isinstance(decision, Refuse):
+            answer = (
+                not_found(rid) if decision.hidden else _text(decision.status, decision.message, rid)
+            )
+            return self._refuse(out, decision.reason, answer)
+        assert req is not None
         upstream = self.config.upstream_for(req.host)
         if upstream is None:  # parse_git_request already refused unknown hosts
             return self._refuse(out, "unknown_upstream", not_found(rid))
