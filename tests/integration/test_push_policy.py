@@ -8,6 +8,7 @@ reason for the ref (``! [remote rejected] ... (airlock: ...)``) and the request 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,7 +263,11 @@ def test_fast_forward_of_an_updatable_branch(pw: World, tmp_path: Path) -> None:
     r = c.git("push", "origin", "HEAD:main")
     assert r.returncode == 0, r.stderr
     assert upstream_refs(pw, repo)["refs/heads/main"] == c.git("rev-parse", "HEAD").stdout.strip()
-    line = [e for e in pw.audit_for(b.session_id) if e.get("ref_decisions")][-1]
+    deadline = time.monotonic() + 5
+    while not (lines := [e for e in pw.audit_for(b.session_id) if e.get("ref_decisions")]):
+        assert time.monotonic() < deadline, "no audit line with ref decisions"
+        time.sleep(0.02)
+    line = lines[-1]
     assert line["ref_decisions"][0]["rule"] == "ff:main (fast-forward)"
     assert len(line["push_policy"]) == 16
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,13 @@ def _upstream_posts(world: World, repo: str) -> int:
 
 
 def _audit_for_request(world: World, request_id: str) -> dict[str, object]:
-    lines = [e for e in world.audit() if e.get("request_id") == request_id]
+    # The line is written once the answer has been sent: give the gateway a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [e for e in world.audit() if e.get("request_id") == request_id]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert len(lines) == 1, lines
     return lines[0]
 
