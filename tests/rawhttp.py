@@ -36,11 +36,12 @@ def send_raw(
     *,
     source: str | None = None,
     timeout: float = 10,
+    address: str = "127.0.0.1",
 ) -> RawResponse:
     """Raises ConnectionResetError when the gateway closes without answering."""
     """Send ``payload`` verbatim over TLS to the gateway and parse one response."""
     raw = socket.create_connection(
-        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        (address, port), timeout=timeout, source_address=(source, 0) if source else None
     )
     with ctx.wrap_socket(raw, server_hostname="airlock.internal") as s:
         s.sendall(payload)

@@ -225,6 +225,15 @@ class EgressConfig(_Strict):
     def _gw(cls, v: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(a)) for a in v]
 
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        from airlock.gateway.resolver import parse_server  # the parser the resolver uses
+
+        for entry in v:
+            parse_server(entry)  # ValueError: a config error naming egress.resolvers
+        return v
+
 
 class SandboxConfig(_Strict):
     """Defaults for `airlock run`; each has a reason in docs/operations.md."""

@@ -228,7 +228,7 @@ def test_arbitrary_bytes_are_accepted_or_refused_never_crash(data: bytes, versio
         pass
 
 
-@given(st.lists(st.sampled_from(list(REFUSED_V2.values()) + [V2_FETCH, V2_LS_REFS]), max_size=3))
+@given(st.lists(st.sampled_from([*REFUSED_V2.values(), V2_FETCH, V2_LS_REFS]), max_size=3))
 def test_a_concatenation_of_v2_requests_is_refused(parts: list[bytes]) -> None:
     """One POST carries one command: two requests back to back are never forwarded."""
     if len(parts) < 2:

@@ -617,6 +617,17 @@ def _parse_server_name(edata: bytes) -> str:
     return found
 
 
+def client_hello_sni(body: bytes) -> SniResult:
+    """The SNI of one ClientHello message body (after its 4-byte handshake header); FOUND,
+    NO_SNI or NOT_TLS (malformed). Never raises."""
+    if len(body) < _MIN_CLIENT_HELLO:
+        return _not_tls("bad ClientHello length")
+    try:
+        return _parse_client_hello(body)
+    except _Malformed as exc:
+        return _not_tls(f"malformed ClientHello: {exc}")
+
+
 def extract_sni(data: bytes) -> SniResult:
     """Find the SNI host name in the first bytes a client sent into a tunnel.
 

@@ -75,6 +75,9 @@ class Session:
     allow_hosts: tuple[str, ...] = ()
     cert_fingerprint: str | None = None  # sha256 hex of the one client certificate accepted
     proxy_token_sha256: str | None = None  # the egress proxy's per-session token, hashed
+    # The git password for HTTP Basic on the session's own sandbox network (clients that
+    # cannot present a client certificate: libgit2, cargo), hashed; see core/gitauth.py.
+    git_secret_sha256: str | None = None
     requests: int = 0
     bytes: int = 0
     revoked_reason: str | None = None
@@ -246,8 +249,34 @@ def with_proxy_token(s: Session, token: str) -> Session:
     return dataclasses.replace(s, proxy_token_sha256=hash_proxy_token(token))
 
 
+def git_secret_matches(s: Session, secret: str) -> bool:
+    """Constant-time: does ``secret`` match the session's git password?"""
+    if s.git_secret_sha256 is None:
+        return False
+    return hmac.compare_digest(s.git_secret_sha256, hash_proxy_token(secret))
+
+
+def with_git_secret(s: Session, secret: str) -> Session:
+    return dataclasses.replace(s, git_secret_sha256=hash_proxy_token(secret))
+
+
 def renew_certificate(s: Session, fingerprint: str) -> Session:
     return dataclasses.replace(s, cert_fingerprint=fingerprint)
+
+
+def apply_renewal(current: Session | None, fingerprint: str, *, now: float) -> Session:
+    """The CURRENT session with a renewed certificate; ValueError if it may not be renewed.
+
+    A renewal is prepared (the CSR read and signed) from one read of the session and applied
+    to another: only this function, on the session as it is now, decides. A revoke or an
+    end that landed in between wins, and nothing else of the session (counters, last use)
+    is taken from the earlier read.
+    """
+    if current is None:
+        raise ValueError("session no longer exists")
+    if is_finished(current, now):
+        raise ValueError("session has ended; create a new one")
+    return renew_certificate(current, fingerprint)
 
 
 def is_finished(s: Session, now: float) -> bool:

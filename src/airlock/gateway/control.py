@@ -169,7 +169,11 @@ class ControlAPI:
             raise web.HTTPNotFound(reason="no such session")
         return s
 
-    def _issue(self, s: Session, csr: str) -> dict[str, Any]:
+    def _issue(
+        self, s: Session, csr: str, apply: Callable[[str], Session] | None = None
+    ) -> dict[str, Any]:
+        """Sign ``csr`` for ``s``; store what ``apply`` makes of the certificate's fingerprint
+        (default: ``s`` with it). ``apply`` raising ValueError stores nothing."""
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         not_after = dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
         try:
@@ -177,7 +181,8 @@ class ControlAPI:
         except ValueError as exc:
             raise _BadRequest(f"csr: {exc}") from None
         der = cert.public_bytes(serialization.Encoding.DER)
-        s = lifecycle.renew_certificate(s, cert_fingerprint(der))
+        fingerprint = cert_fingerprint(der)
+        s = (apply or (lambda fp: lifecycle.renew_certificate(s, fp)))(fingerprint)
         self.store.put(s)
         gw = self.config.gateway
         return {
@@ -240,12 +245,17 @@ class ControlAPI:
         )
         proxy_token = secrets.token_urlsafe(24)
         s = lifecycle.with_proxy_token(s, proxy_token)
+        # HTTP Basic for git clients without client certificates (libgit2, cargo): accepted
+        # only from the sandbox the session gets bound to (gateway/gitauth.py).
+        git_password = secrets.token_urlsafe(32)
+        s = lifecycle.with_git_secret(s, git_password)
         try:
             issued = self._issue(s, body.csr)
         except _BadRequest as exc:
             return _error(400, str(exc))
         # Returned once; the gateway keeps only its hash.
         issued["proxy_token"] = proxy_token
+        issued["git_password"] = git_password
         self.audit.event(
             "session_created",
             session=s.id,
@@ -268,9 +278,20 @@ class ControlAPI:
             return _error(409, "session has ended; create a new one")
         try:
             body: Renew = await self._json(request, Renew)
-            issued = self._issue(s, body.csr)
         except _BadRequest as exc:
             return _error(400, str(exc))
+
+        def apply(fingerprint: str) -> Session:
+            # Compare-and-set: applied to the session as it is NOW, not to the copy read
+            # before the awaits (a revoke that landed meanwhile wins).
+            return lifecycle.apply_renewal(self.store.get(s.id), fingerprint, now=self.clock())
+
+        try:
+            issued = self._issue(s, body.csr, apply)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        except ValueError as exc:
+            return _error(409, str(exc))
         self.audit.event("session_renewed", session=s.id)
         return web.json_response(issued)
 
@@ -281,12 +302,13 @@ class ControlAPI:
         return s
 
     async def revoke(self, request: web.Request) -> web.Response:
-        s = self._session(request)
+        self._session(request)  # 404 before the body is read
         try:
             body: Revoke = await self._json(request, Revoke)
         except _BadRequest as exc:
             return _error(400, str(exc))
-        return web.json_response(self._revoke(s, body.reason).to_json())
+        # Re-read after the await: revoke the session as it is now (never write back a copy).
+        return web.json_response(self._revoke(self._session(request), body.reason).to_json())
 
     async def revoke_all(self, request: web.Request) -> web.Response:
         try:
@@ -301,11 +323,12 @@ class ControlAPI:
         return web.json_response({"revoked": n})
 
     async def activate(self, request: web.Request) -> web.Response:
-        s = self._session(request)
+        self._session(request)  # 404 before the body is read
         try:
             body: Activate = await self._json(request, Activate)
+            # Re-read after the await: a revoke that landed meanwhile must not be undone.
             s = lifecycle.activate(
-                s,
+                self._session(request),
                 Binding(
                     container_id=body.container_id,
                     network=body.network,

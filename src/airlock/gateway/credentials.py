@@ -69,46 +69,82 @@ class UpstreamCredential(Protocol):
 class SecretFile(Generic[T]):
     """A secret kept in a file: a regular file no one else may read, never an environment
     variable. It is parsed once per version of the file, so a rotated file (replaced or
-    rewritten) is used by the next caller without a restart."""
+    rewritten) is used by the next caller without a restart.
+
+    A symlink is followed (secrets are often links into a mounted secret store); what is
+    checked is the file it resolves to, which messages name: its owner must be the
+    gateway's user or root, its mode 0600 or stricter. The checks and the read are made on
+    one open file, so the file checked is the file read."""
 
     def __init__(self, path: Path, what: str, parse: Callable[[bytes], T]) -> None:
         self.path = path
         self.what = what  # "token file", "App private key": how messages name it
         self._parse = parse  # raises ValueError with what is wrong with the content
-        self._cached: tuple[tuple[int, int, int, int], T] | None = None
+        self._cached: tuple[tuple[int, int, int, int, int], T] | None = None
+
+    def _name(self) -> str:
+        """How messages name the file: the path, and where it leads if it is a symlink."""
+        resolved = os.path.realpath(self.path)
+        if resolved == os.path.abspath(self.path):
+            return str(self.path)
+        return f"{self.path} (a symlink to {resolved})"
+
+    def _target(self) -> str:
+        """The file a command in a message must act on: the symlink's resolved target."""
+        return os.path.realpath(self.path)
 
     def _fail(self, exc: OSError) -> CredentialError:
         if isinstance(exc, PermissionError):
-            return CredentialError(_unreadable(self.what, self.path))
-        return CredentialError(f"{self.what} {self.path}: {exc.strerror}")
+            return CredentialError(_unreadable(self.what, Path(self._target())))
+        return CredentialError(f"{self.what} {self._name()}: {exc.strerror}")
 
     def get(self) -> T:
         try:
-            st = os.stat(self.path)
+            # O_NONBLOCK: a FIFO put in the secret's place must not hang the gateway.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as exc:
             raise self._fail(exc) from None
-        version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if self._cached is None or self._cached[0] != version:
-            if not stat.S_ISREG(st.st_mode):
-                raise CredentialError(f"{self.what} {self.path}: not a regular file")
-            if st.st_mode & 0o077:
-                raise CredentialError(
-                    f"{self.what} {self.path}: mode {stat.S_IMODE(st.st_mode):04o} lets group "
-                    f"or others read it; run: chmod 600 {self.path}"
-                )
-            try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                raise self._fail(exc) from None
-            try:
-                self._cached = (version, self._parse(data))
-            except ValueError as exc:
-                raise CredentialError(f"{self.what} {self.path}: {exc}") from None
+        try:
+            st = os.fstat(fd)
+            version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self._cached is None or self._cached[0] != version:
+                self._check(st)
+                try:
+                    data = _read_all(fd)
+                except OSError as exc:
+                    raise self._fail(exc) from None
+                try:
+                    self._cached = (version, self._parse(data))
+                except ValueError as exc:
+                    raise CredentialError(f"{self.what} {self._name()}: {exc}") from None
+        finally:
+            os.close(fd)
         return self._cached[1]
+
+    def _check(self, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError(f"{self.what} {self._name()}: not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise CredentialError(
+                f"{self.what} {self._name()}: owned by uid {st.st_uid}, neither the gateway's "
+                f"user (uid {os.geteuid()}) nor root; run: chown <gateway user> {self._target()}"
+            )
+        if st.st_mode & 0o077:
+            raise CredentialError(
+                f"{self.what} {self._name()}: mode {stat.S_IMODE(st.st_mode):04o} lets group "
+                f"or others read it; run: chmod 600 {self._target()}"
+            )
 
     @property
     def current(self) -> T | None:
         return self._cached[1] if self._cached else None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_token(data: bytes) -> str:

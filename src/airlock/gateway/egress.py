@@ -9,7 +9,9 @@ each network's gateway address. Per connection, in order (the first failure answ
 4. the per-session tunnel cap -> else 429;
 5. the name is resolved ONCE; every answer must be a public unicast address -> else 403;
 6. CONNECT: ``200``, then the client's ClientHello must carry an SNI naming the CONNECT host
-   (checked before anything is dialed: a refused tunnel never reaches the upstream);
+   (checked before anything is dialed: a refused tunnel never reaches the upstream); so must
+   a second ClientHello after a TLS 1.3 HelloRetryRequest (core/tlshello.py: the tunnel
+   ends before it reaches the upstream);
    plain HTTP: the request is re-framed by h11 and sent with ``Connection: close``;
 7. the vetted address is dialed (no second lookup) and bytes are relayed with idle and
    lifetime limits. One log line per tunnel or request.
@@ -56,6 +58,7 @@ from airlock.core.egress import (
     same_host,
 )
 from airlock.core.session import Session
+from airlock.core.tlshello import HelloGuard
 from airlock.gateway.dns_stats import DenialCounter, QueryRateLimiter
 from airlock.gateway.resolver import MAX_ANSWERS, ResolveError, Resolver
 from airlock.gateway.splice import DetachableReader, Splice
@@ -656,13 +659,22 @@ class EgressProxy:
             assert result.name is not None
             if not same_host(result.name, target.host):
                 raise _Closed("sni_mismatch", f"sni={result.name[:253]!r}", alert=True)
+            # Every later ClientHello (after a HelloRetryRequest) is held to the same rule:
+            # the guard sees the whole client stream from its first byte, starting with
+            # whatever came along with this hello (a second one packed behind it included).
+            guard = HelloGuard(target.host, refuse_ech=self.policy.refuse_ech)
+            refusal = guard.client(hello)
+            if refusal is not None:
+                raise _Closed(refusal.rule, refusal.detail, alert=True)
             try:
                 sock = await self._dial(rec, addresses, target.port)
             except _Refuse as r:  # the 200 is out: all that is left is to close
                 raise _Closed(r.rule, r.detail) from None
             assert isinstance(reader, DetachableReader)
             assert isinstance(writer.transport, asyncio.Transport)
-            splice = Splice(writer.transport, charge=lambda n: self._charge(session.id, n))
+            splice = Splice(
+                writer.transport, charge=lambda n: self._charge(session.id, n), guard=guard
+            )
             try:
                 await asyncio.get_running_loop().create_connection(
                     splice.upstream_protocol, sock=sock
@@ -675,6 +687,8 @@ class EgressProxy:
             try:
                 await splice.attach_client(reader, hello)
                 rec.end = await self._relay(splice, rec.started, still_valid)
+                if splice.stopped_detail:
+                    rec.detail = splice.stopped_detail
             finally:
                 splice.close_upstream()
                 splice.settle()  # the last bytes count too

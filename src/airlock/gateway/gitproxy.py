@@ -42,10 +42,10 @@ from airlock.core.uploadpack import (
     parse_protocol_version,
     parse_upload_pack_request,
 )
+from airlock.gateway import gitauth
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.metrics import Metrics
-from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
 from airlock.gateway.pushgate import BodyReader, HeldPush, drain, prove, read_commands
 from airlock.gateway.ratelimits import RateLimits
 from airlock.gateway.store import SessionStore
@@ -228,20 +228,21 @@ class GitProxy:
         return response
 
     def _usable_session(
-        self, request: web.BaseRequest, out: _Outcome, session_id: str, der: bytes
+        self, request: web.BaseRequest, out: _Outcome, session_id: str, der: bytes | None
     ) -> lifecycle.Session | web.Response:
         """The session if it may serve this request now; synchronous, so no await can slip
-        between this check and the request count that follows it."""
+        between this check and the request count that follows it. ``der`` is the client
+        certificate, None when gitauth.identify accepted HTTP Basic."""
         rid = out.request_id
         s = self.store.get(session_id)
         if s is None:
             return self._refuse(out, Refusal.UNKNOWN_SESSION, _text(403, "session invalid", rid))
         local = request.transport.get_extra_info("sockname") if request.transport else None
-        refusal = lifecycle.check_usable(
+        refusal = gitauth.usable(
             s,
+            der,
             now=self.clock(),
             source_ip=out.source,
-            cert_fingerprint=cert_fingerprint(der),
             local_ip=local[0] if local else None,
         )
         if refusal is not None:
@@ -254,11 +255,21 @@ class GitProxy:
     async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
         rid = out.request_id
         ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        session_id = session_id_from_cert(der) if der else None
-        out.fields["session"] = session_id
-        if session_id is None or der is None:
-            return self._refuse(out, "no_session_certificate", _text(403, "forbidden", rid))
+        local = request.transport.get_extra_info("sockname") if request.transport else None
+        who = gitauth.identify(
+            ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None,
+            request.headers.get("Authorization"),
+            source_ip=out.source,
+            local_ip=local[0] if local else None,
+            lookup=self.store.get,
+            backoff=self.guard.backoff if self.guard is not None else None,
+            now=time.monotonic(),
+        )
+        if isinstance(who, gitauth.Refused):
+            out.fields["session"] = who.claimed
+            return self._refuse(out, who.reason, _text(who.status, who.message, rid, **who.headers))
+        session_id, der = who.session_id, who.cert_der
+        out.fields.update(session=session_id, auth=who.method.value)
         checked = self._usable_session(request, out, session_id, der)
         if isinstance(checked, web.Response):
             return checked

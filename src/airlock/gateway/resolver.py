@@ -99,20 +99,29 @@ class StaticResolver:
 
 
 def parse_server(spec: str) -> tuple[str, int]:
-    """``"9.9.9.9"``, ``"9.9.9.9:53"``, ``"2620:fe::fe"`` or ``"[2620:fe::fe]:53"``."""
+    """``"9.9.9.9"``, ``"9.9.9.9:53"``, ``"2620:fe::fe"`` or ``"[2620:fe::fe]:53"``.
+
+    ValueError (with a message fit for a config error) for anything else.
+    """
     s = spec.strip()
+    port_text = "53"
     if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else 53
+        host, bracket, rest = s[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{spec!r}: expected [IPv6]:PORT")
+        port_text = rest[1:] if rest else "53"
     elif s.count(":") == 1:
-        host, _, p = s.partition(":")
-        port = int(p)
+        host, _, port_text = s.partition(":")
     else:
-        host, port = s, 53
-    ipaddress.ip_address(host)  # resolvers are given by address: no lookup to find the lookup
-    if not 0 < port < 65536:
-        raise ValueError(f"{spec!r}: bad port")
-    return host, port
+        host = s
+    try:
+        # Resolvers are given by address: no lookup to find the lookup.
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{spec!r}: not an IP address (give resolvers by address)") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{spec!r}: bad port {port_text!r}")
+    return host, int(port_text)
 
 
 def nameservers_from_resolv_conf(text: str) -> list[str]:

@@ -43,11 +43,16 @@ from airlock.gateway.resolver import (
 )
 from airlock.gateway.store import SessionStore
 from airlock.gateway.tlslistener import ConnectionGuard, ConnectionLimits, TLSListener
-from airlock.gateway.unixsock import bind_unix_socket
+from airlock.gateway.unixsock import ControlSocket, SocketPathError
 
 
 class StartupError(Exception):
     """The gateway cannot start; the message says what to fix."""
+
+
+#: On SIGTERM, how long a request in flight may take to finish before it is cancelled (each
+#: of aiohttp's two shutdown steps waits this long): the gateway exits within 2 s.
+SHUTDOWN_GRACE = 0.3
 
 
 def preflight(
@@ -89,6 +94,15 @@ def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
     return ctx
 
 
+def sandbox_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
+    """Sandbox listeners: the same server certificate, a client certificate optional (one
+    that is presented must still verify), for clients that can only do HTTP Basic with the
+    session's git secret (libgit2, cargo); gitauth.py accepts that only from the sandbox."""
+    ctx = server_ssl_context(identity)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
 class Listeners:
     """The gateway's git and DNS listeners on sandbox networks' bridge addresses.
 
@@ -114,7 +128,7 @@ class Listeners:
         if address in self._sites:
             return
         gw = self.gateway.config.gateway
-        site = self.gateway.git_listener()
+        site = self.gateway.git_listener(sandbox=True)
         await site.start(address, gw.git_port, backlog=128)
         names = {gw.public_name: address}
         eg = self.gateway.config.egress
@@ -182,6 +196,11 @@ class Gateway:
         )
         self._sweeper: asyncio.Task[None] | None = None
         gw = config.gateway
+        # First, before anything in the state is touched: one gateway per control socket.
+        try:
+            self.control_socket = ControlSocket.acquire(gw.control_socket)
+        except SocketPathError as exc:
+            raise StartupError(str(exc)) from None
         gw.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(gw.state_dir, 0o700)
         ips = [] if gw.git_host in ("0.0.0.0", "::") else [gw.git_host]
@@ -230,6 +249,7 @@ class Gateway:
         self.control.metrics = self.metrics
         self._runners: list[web.BaseRunner] = []
         self.ssl = server_ssl_context(self.identity)
+        self.sandbox_ssl = sandbox_ssl_context(self.identity)
         self._git_server: web.Server | None = None
         self._git_listeners: list[TLSListener] = []
         self.proxy_backoff = AuthBackoff(
@@ -332,10 +352,12 @@ class Gateway:
             "Upstream requests in flight",
         )
 
-    def git_listener(self) -> TLSListener:
-        """A new git listener sharing the one HTTP server, guard and TLS context."""
+    def git_listener(self, *, sandbox: bool = False) -> TLSListener:
+        """A new git listener sharing the one HTTP server and guard. The host listener
+        requires a client certificate; a sandbox's (``sandbox=True``) also lets HTTP Basic in."""
         assert self._git_server is not None
-        listener = TLSListener(self._git_server, self.ssl, self.guard)
+        ctx = self.sandbox_ssl if sandbox else self.ssl
+        listener = TLSListener(self._git_server, ctx, self.guard)
         return listener
 
     def _secrets(self) -> list[str]:
@@ -359,8 +381,10 @@ class Gateway:
     async def start(self) -> None:
         gw = self.config.gateway
         try:
-            sock = bind_unix_socket(gw.control_socket)
-            control = web.AppRunner(self.control.app(), access_log=None)
+            sock = self.control_socket.bind()
+            control = web.AppRunner(
+                self.control.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            )
             await control.setup()
             self._runners.append(control)
             await web.SockSite(control, sock).start()
@@ -378,7 +402,9 @@ class Gateway:
             self._git_listeners.append(main_listener)
             await main_listener.start(gw.git_host, gw.git_port)
             if gw.metrics_listen:
-                metrics_runner = web.AppRunner(self.control.metrics_app(), access_log=None)
+                metrics_runner = web.AppRunner(
+                    self.control.metrics_app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+                )
                 await metrics_runner.setup()
                 self._runners.append(metrics_runner)
                 host, _, port = gw.metrics_listen.rpartition(":")
@@ -386,6 +412,9 @@ class Gateway:
         except OSError as exc:
             await self.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+        except SocketPathError as exc:
+            await self.stop()
+            raise StartupError(str(exc)) from None
         await self.listeners.restore()
         self._sweeper = asyncio.create_task(self._sweep_credentials())
         self.audit.event(
@@ -396,11 +425,14 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        await self.listeners.close()
+        # No new connection from here on: every listening socket closes first.
         for listener in self._git_listeners:
             await listener.stop()
+        await self.listeners.close()
         if self._git_server is not None:
-            await self._git_server.shutdown(5)
+            # Requests in flight get SHUTDOWN_GRACE to finish, then are cancelled: a large
+            # clone fails cleanly (the connection closes) instead of holding up the exit.
+            await self._git_server.shutdown(SHUTDOWN_GRACE)
         await self.guard.stop()
         for r in reversed(self._runners):
             await r.cleanup()
@@ -412,11 +444,9 @@ class Gateway:
                 await self._sweeper
         for cred in self.tokens.values():
             await cred.close()
-        try:
-            if self.config.gateway.control_socket.is_socket():
-                self.config.gateway.control_socket.unlink()
-        except OSError:
-            pass
+        # Only the socket this gateway bound, and only while it holds the lock.
+        self.control_socket.unlink()
+        self.control_socket.close()
         self.store.close()
         self.audit.event("gateway_stopped")
         self.audit.close()

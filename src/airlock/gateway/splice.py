@@ -18,14 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["CHARGE_BYTES", "WRITE_BUFFER_HIGH", "DetachableReader", "Splice"]
+__all__ = ["CHARGE_BYTES", "WRITE_BUFFER_HIGH", "DetachableReader", "Guard", "Splice"]
 
 #: Per direction, the most the gateway buffers before it stops reading the sender.
 WRITE_BUFFER_HIGH = 1024 * 1024
 #: Bytes are charged to the budget in batches of this size (a per-chunk call would cost ~5 %
 #: of the relay's CPU); a tunnel overshoots an exhausted budget by less than this.
 CHARGE_BYTES = 1024 * 1024
+
+
+class _Refusal(Protocol):
+    @property
+    def rule(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class Guard(Protocol):
+    """Sees the bytes of both directions before they are passed on, until it is ``done``
+    (core/tlshello.py: every ClientHello of the handshake names the CONNECT host)."""
+
+    @property
+    def done(self) -> bool: ...
+    def client(self, data: bytes) -> _Refusal | None: ...
+    def server(self, data: bytes) -> None: ...
 
 
 class DetachableReader(asyncio.StreamReader):
@@ -71,6 +89,8 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None
+        if self.splice.guard is not None and not self.splice.inspect(self.upstream, data):
+            return  # refused: not one byte of it is passed on
         self.splice.moved(self.upstream, len(data))
         self.peer.write(data)
 
@@ -100,12 +120,19 @@ class Splice:
     """
 
     def __init__(
-        self, client: asyncio.Transport, charge: Callable[[int], bool] | None = None
+        self,
+        client: asyncio.Transport,
+        charge: Callable[[int], bool] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.client = client
         self.charge = charge  # bytes moved -> False when the budget is spent
+        # Sees every byte before it is passed on, until done; must already have seen the
+        # ``first`` bytes given to attach_client.
+        self.guard = guard
         self.stopped: str | None = None  # why the splice stopped itself ("byte_rate")
+        self.stopped_detail = ""
         self._uncharged = 0
         self.upstream: asyncio.Transport | None = None
         self.bytes_up = 0
@@ -131,9 +158,11 @@ class Splice:
         up.write(first)
         self.moved(True, len(first))
         rest, ended = await reader.detach(self.client, self._from_client)
-        if rest:
+        if rest and (self.guard is None or self.inspect(True, rest)):
             self.moved(True, len(rest))
             up.write(rest)
+        if self.stopped is not None:
+            return
         if self.client.is_closing():  # the client went away while the upstream was dialed
             self._finish(ConnectionResetError("client closed before the tunnel opened"))
         elif ended:
@@ -160,15 +189,36 @@ class Splice:
         if self._uncharged >= CHARGE_BYTES:
             self.settle()
 
+    def inspect(self, upstream: bool, data: bytes) -> bool:
+        """Show ``data`` to the guard; False (and the splice stopped) if it is refused."""
+        guard = self.guard
+        assert guard is not None
+        if upstream:
+            refusal = guard.client(data)
+            if refusal is not None:
+                self.guard = None
+                self.stop(refusal.rule, refusal.detail)
+                return False
+        else:
+            guard.server(data)
+        if guard.done:
+            self.guard = None  # nothing more to check: no cost for the rest of the tunnel
+        return True
+
+    def stop(self, why: str, detail: str = "") -> None:
+        """End the splice from inside: nothing more is read either way."""
+        if self.stopped is None:
+            self.stopped, self.stopped_detail = why, detail
+        for t in (self.client, self.upstream):
+            if t is not None:
+                t.pause_reading()  # nothing more is read while the handler closes up
+        self._finish(None)
+
     def settle(self) -> None:
         """Charge what moved since the last charge; out of budget ends the splice."""
         n, self._uncharged = self._uncharged, 0
         if n and self.charge is not None and not self.charge(n) and self.stopped is None:
-            self.stopped = "byte_rate"
-            for t in (self.client, self.upstream):
-                if t is not None:
-                    t.pause_reading()  # nothing more is read while the handler closes up
-            self._finish(None)
+            self.stop("byte_rate")
 
     def side_ended(self, upstream: bool) -> None:
         """One direction saw EOF: pass it on (half-close) and finish when both have."""

@@ -133,11 +133,22 @@ class _Accept(asyncio.Protocol):
 
 
 class _AppTracker(asyncio.Protocol):
-    """Wraps aiohttp's protocol to release the connection slot when it closes."""
+    """Wraps aiohttp's protocol to release the connection slot when it closes.
+
+    The slot is given back exactly once, however the connection ends: a failed handshake
+    is seen both by ``start_tls`` raising and by this protocol's ``connection_lost``, and a
+    second release would drive the counts (and ``airlock_open_connections``) below zero.
+    """
 
     def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard, source: str) -> None:
         self.inner, self.guard, self.source = inner, guard, source
         self.transport: asyncio.BaseTransport | None = None
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.guard.release(self.source)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -150,7 +161,7 @@ class _AppTracker(asyncio.Protocol):
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.release(self.source)
+        self.release()
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -191,13 +202,18 @@ class TLSListener:
             )
         except (ssl.SSLError, TimeoutError, ConnectionError, OSError) as exc:
             self.guard.handshake_failed(source, f"{type(exc).__name__}: {exc}")
-            self.guard.release(source)
+            app.release()
             transport.abort()
             return
         if tls is None:  # the peer went away during the handshake
-            self.guard.release(source)
+            app.release()
             return
-        self.guard.handshake_ok(source)
+        ssl_obj = tls.get_extra_info("ssl_object")
+        if ssl_obj is not None and ssl_obj.getpeercert(binary_form=True):
+            # Only a verified client certificate clears the back-off: a certificate-less
+            # handshake (allowed on sandbox listeners, for HTTP Basic) proves nothing, and
+            # must not wipe the count of failed Basic attempts (gateway/gitauth.py).
+            self.guard.handshake_ok(source)
         app.connection_made(tls)
 
     async def stop(self) -> None:

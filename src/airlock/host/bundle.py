@@ -14,6 +14,8 @@ CA_FILE = "ca.pem"
 CERT_FILE = "client.pem"
 KEY_FILE = "client.key"
 GITCONFIG_FILE = "gitconfig"
+# Sandbox bundles only: the git password (HTTP Basic) for libgit2 and cargo.
+GIT_PASSWORD_FILE = "git-password"  # noqa: S105 (a file name)
 MANIFEST_FILE = "SHA256SUMS"
 
 
@@ -42,11 +44,16 @@ def render_gitconfig(
     cert_path: str,
     key_path: str,
     resolve: bool,
+    basic: tuple[str, str] | None = None,
 ) -> str:
     """Git configuration that sends every configured upstream through the gateway.
 
     Hooks, fsmonitor, credential helpers, redirects and every transport but https are off,
     so a malicious repository or a rewritten URL cannot run code or reach anywhere else.
+    ``basic`` (sandbox bundles: the session id and the path of its git password file) adds
+    one credential helper, for the gateway's URL only, that prints them: clients without a
+    client certificate (libgit2, cargo) answer the gateway's Basic challenge with it. No
+    other helper runs (``credential.helper`` stays empty).
     """
     base = endpoint.base_url
     lines = []
@@ -83,8 +90,17 @@ def render_gitconfig(
         "\tallow = always",
         "[credential]",
         "\thelper =",
-        "",
     ]
+    if basic is not None:
+        session_id, password_path = basic
+        helper = (
+            f'!f() {{ test "$1" = get || exit 0; echo username={session_id}; '
+            f'echo "password=$(cat {password_path})"; }}; f'
+        )
+        # git matches the URL with its port; git2-rs (cargo) looks up scheme://host only.
+        for url in (base, f"https://{endpoint.name}"):
+            lines += [f'[credential "{url}"]', f"\thelper = {_q(helper)}"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -105,11 +121,13 @@ def write_bundle(
     resolve: bool = True,
     key_mode: int = 0o600,
     uid: int | None = None,
+    basic: bool = False,
 ) -> Path:
     """Write a session bundle to ``directory`` (0700); return the gitconfig's path.
 
     ``mount_point`` is where the bundle will be seen by the git client (a sandbox's
-    /run/airlock); paths inside the gitconfig point there.
+    /run/airlock); paths inside the gitconfig point there. ``basic`` (sandboxes) adds the
+    session's git password (``git-password``, mode ``key_mode``) and its credential helper.
     """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -119,6 +137,8 @@ def write_bundle(
         CERT_FILE: (issued["cert_pem"].encode(), 0o444),
         KEY_FILE: (key_pem, key_mode),
     }
+    if basic:
+        files[GIT_PASSWORD_FILE] = (issued["git_password"].encode(), key_mode)
     config = render_gitconfig(
         endpoint=endpoint,
         upstream_hosts=list(issued["upstream_hosts"]),
@@ -127,6 +147,7 @@ def write_bundle(
         cert_path=str(seen_at / CERT_FILE),
         key_path=str(seen_at / KEY_FILE),
         resolve=resolve,
+        basic=(issued["session"]["id"], str(seen_at / GIT_PASSWORD_FILE)) if basic else None,
     )
     files[GITCONFIG_FILE] = (config.encode(), 0o444)
     for name, (data, mode) in files.items():

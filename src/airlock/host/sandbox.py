@@ -336,6 +336,7 @@ class SandboxManager:
             resolve=False,  # the container's hosts file names the gateway
             key_mode=0o400,
             uid=cfg.uid,
+            basic=True,  # the git password for libgit2/cargo, usable from this sandbox only
         )
         (d / "resolv.conf").write_text(
             f"nameserver {sb.gateway_ip}\noptions timeout:2 attempts:1\n"

@@ -129,6 +129,7 @@ class GitUpstream:
         self.token_check = token_check
         self.requests: list[UpstreamRequest] = []
         self._redirects: dict[tuple[str, str], tuple[str, str]] = {}
+        self._forced: dict[tuple[str, str], int] = {}
         self._runner: web.ServerRunner | None = None
 
     @property
@@ -144,6 +145,15 @@ class GitUpstream:
         old_owner, _, old_repo = old.removesuffix(".git").partition("/")
         new_owner, _, new_repo = new.removesuffix(".git").partition("/")
         self._redirects[(old_owner, old_repo)] = (new_owner, new_repo)
+
+    def force_status(self, repo: str, status: int | None) -> None:
+        """Answer every request for ``repo`` ("owner/name") with ``status`` (after the token
+        is accepted), like a GitHub that refuses (401/403) or fails (5xx); None: normal."""
+        owner, _, name = repo.removesuffix(".git").partition("/")
+        if status is None:
+            self._forced.pop((owner, name), None)
+        else:
+            self._forced[(owner, name)] = status
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -274,6 +284,9 @@ class GitUpstream:
         if auth.kind is None:
             return _text(401, "Invalid username or token.\n", **{"WWW-Authenticate": _REALM})
         repo_not_found = _text(404, "Repository not found.\n")
+        forced = self._forced.get((owner, repo))
+        if forced is not None:
+            return _text(forced, f"Forced by the test: {forced}.\n")
 
         target = self._redirects.get((owner, repo))
         if target is not None:
@@ -395,10 +408,18 @@ class GitUpstream:
 
 
 async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL the CGI and everything it started, unless it already exited; then reap it."""
+    """SIGKILL the CGI and everything it started, unless it already exited; then reap it.
+
+    Its stdout is read to EOF first: asyncio's ``wait()`` returns only once every pipe has
+    closed, and a stdout whose reader is paused on a full buffer (a client that went away
+    mid-pack) never sees its EOF, which would hang this handler (and the server's stop).
+    """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    if proc.stdout is not None:
+        while await proc.stdout.read(CHUNK):
+            pass
     await asyncio.shield(proc.wait())
 
 
