@@ -566,9 +566,10 @@ class GitProxy:
                     # Back to the pool only after a complete exchange: a request body the
                     # upstream did not read to its end (an early answer, a refusal, an
                     # error) would be read as the start of the next request on it.
-                    clean = result[1] and out.body_complete and up.content.at_eof()
-                    if clean and out.push is not None and out.report is not None:
+                    if out.push is not None and out.report is not None:
+                        # What the upstream reported it did, even if the client has gone.
                         self._record_push(s.id, req, out.push, out.report, out)
+                    clean = result[1] and out.body_complete and up.content.at_eof()
                     return result
                 finally:
                     if not clean:
@@ -655,15 +656,21 @@ class GitProxy:
         if up.content_length is not None and advert is None:
             response.content_length = up.content_length
         await response.prepare(request)
-        async for chunk in up.content.iter_chunked(self.config.git.chunk_size):
-            out.bytes_out += len(chunk)
+        try:
+            async for chunk in up.content.iter_chunked(self.config.git.chunk_size):
+                out.bytes_out += len(chunk)
+                if advert is not None:
+                    chunk = advert.feed(chunk)  # push-cert taken out of the capabilities
+                if out.report is not None:
+                    out.report.feed(chunk)
+                await response.write(chunk)
             if advert is not None:
-                chunk = advert.feed(chunk)  # push-cert taken out of the capabilities
-            if out.report is not None:
-                out.report.feed(chunk)
-            await response.write(chunk)
-        if advert is not None:
-            advert.finish()
-        await response.write_eof()
+                advert.finish()
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client went away (some close as soon as they have read a push's result):
+            # not an upstream error. aiohttp's ClientConnectionResetError is one of these.
+            out.fields["reason"] = "client_disconnected"
+            return response, False
         out.fields["reason"] = "ok"
         return response, True
