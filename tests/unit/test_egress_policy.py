@@ -42,10 +42,10 @@ from airlock.gateway.dns_stats import DenialCounter, QueryRateLimiter, is_refuse
 @pytest.mark.parametrize(
     ("raw", "name", "wildcard"),
     [
-        ("pypi.org", "pypi.org", False),
-        ("PyPI.ORG.", "pypi.org", False),
-        ("  files.pythonhosted.org ", "files.pythonhosted.org", False),
-        ("*.pythonhosted.org", "pythonhosted.org", True),
+        ("pkgs.example.com", "pkgs.example.com", False),
+        ("PKGS.EXAMPLE.COM.", "pkgs.example.com", False),
+        ("  files.pkgfiles.example.net ", "files.pkgfiles.example.net", False),
+        ("*.pkgfiles.example.net", "pkgfiles.example.net", True),
         ("*.Example.COM.", "example.com", True),
         ("bücher.example", "xn--bcher-kva.example", False),
         ("*.bücher.example", "xn--bcher-kva.example", True),
@@ -84,18 +84,18 @@ def test_parse_allow_entry_refuses(raw: str) -> None:
 
 
 def test_allowlist_exact_and_wildcard() -> None:
-    allow = AllowList.parse(["pypi.org", "*.pythonhosted.org", "Bücher.example"])
-    assert allow.decide("pypi.org") == (True, "exact")
-    assert allow.decide("PYPI.org.") == (True, "exact")
-    assert allow.decide("files.pythonhosted.org") == (True, "wildcard")
-    assert allow.decide("a.b.c.pythonhosted.org") == (True, "wildcard")
+    allow = AllowList.parse(["pkgs.example.com", "*.pkgfiles.example.net", "Bücher.example"])
+    assert allow.decide("pkgs.example.com") == (True, "exact")
+    assert allow.decide("PKGS.Example.COM.") == (True, "exact")
+    assert allow.decide("files.pkgfiles.example.net") == (True, "wildcard")
+    assert allow.decide("a.b.c.pkgfiles.example.net") == (True, "wildcard")
     # A wildcard covers sub-domains only, never its own apex.
-    assert allow.decide("pythonhosted.org") == (False, "not_allowlisted")
+    assert allow.decide("pkgfiles.example.net") == (False, "not_allowlisted")
     assert allow.decide("xn--bcher-kva.example") == (True, "exact")
     assert allow.decide("BÜCHER.example") == (True, "exact")
-    assert allow.decide("www.pypi.org") == (False, "not_allowlisted")
-    assert allow.decide("evilpythonhosted.org") == (False, "not_allowlisted")
-    assert allow.decide("pypi.org.evil.test") == (False, "not_allowlisted")
+    assert allow.decide("www.pkgs.example.com") == (False, "not_allowlisted")
+    assert allow.decide("evilpkgfiles.example.net") == (False, "not_allowlisted")
+    assert allow.decide("pkgs.example.com.evil.test") == (False, "not_allowlisted")
     assert allow.decide("10.0.0.1") == (False, "ip_literal")
     assert allow.decide("0x7f.1") == (False, "ip_literal")
     assert allow.decide("[::1]") == (False, "ip_literal")
@@ -104,15 +104,15 @@ def test_allowlist_exact_and_wildcard() -> None:
 
 
 def test_allowlist_lenient_skips_bad_entries() -> None:
-    allow, bad = AllowList.lenient(["pypi.org", "10.0.0.1", "*.com", "ok.test"])
+    allow, bad = AllowList.lenient(["pkgs.example.com", "10.0.0.1", "*.com", "ok.test"])
     assert bad == ["10.0.0.1", "*.com"]
-    assert [str(e) for e in allow.entries] == ["pypi.org", "ok.test"]
+    assert [str(e) for e in allow.entries] == ["pkgs.example.com", "ok.test"]
     with pytest.raises(InvalidAllowEntry):
-        AllowList.parse(["pypi.org", "*.com"])
+        AllowList.parse(["pkgs.example.com", "*.com"])
 
 
 def test_empty_allowlist_allows_nothing() -> None:
-    assert AllowList([]).decide("pypi.org") == (False, "not_allowlisted")
+    assert AllowList([]).decide("pkgs.example.com") == (False, "not_allowlisted")
 
 
 # ------------------------------------------------------------------------------ DoH list
@@ -137,7 +137,7 @@ def test_doh_list_is_substantial_and_normalised() -> None:
     assert is_known_doh_host("abc123.cloudflare-gateway.com")
     assert is_known_doh_host("profile.dns.nextdns.io")
     assert not is_known_doh_host("google.com")
-    assert not is_known_doh_host("pypi.org")
+    assert not is_known_doh_host("pkgs.example.com")
 
 
 @pytest.mark.parametrize(
@@ -273,8 +273,8 @@ def test_classify_address_never_raises_and_refuses_all_non_global(
 
 
 def test_parse_connect_target() -> None:
-    t = parse_connect_target("PyPI.org.:443")
-    assert (t.host, t.port) == ("pypi.org", 443)
+    t = parse_connect_target("Pkgs.Example.com.:443")
+    assert (t.host, t.port) == ("pkgs.example.com", 443)
     t = parse_connect_target("bücher.example:8443")
     assert (t.host, t.port) == ("xn--bcher-kva.example", 8443)
 
@@ -310,22 +310,22 @@ def test_parse_connect_target_refuses_ip_literals(target: str) -> None:
     "target",
     [
         "",
-        "pypi.org",
-        "pypi.org:",
-        "pypi.org:0",
-        "pypi.org:65536",
-        "pypi.org:99999",
-        "pypi.org:+443",
-        "pypi.org:-1",
-        "pypi.org:0443",
-        "pypi.org:44a",
-        "pypi.org:443 ",
-        "pypi.org:\u0664\u0664\u0663",  # Arabic-Indic digits
-        "pypi.org:\uff14\uff14\uff13",  # fullwidth digits
+        "pkgs.example.com",
+        "pkgs.example.com:",
+        "pkgs.example.com:0",
+        "pkgs.example.com:65536",
+        "pkgs.example.com:99999",
+        "pkgs.example.com:+443",
+        "pkgs.example.com:-1",
+        "pkgs.example.com:0443",
+        "pkgs.example.com:44a",
+        "pkgs.example.com:443 ",
+        "pkgs.example.com:\u0664\u0664\u0663",  # Arabic-Indic digits
+        "pkgs.example.com:\uff14\uff14\uff13",  # fullwidth digits
         ":443",
-        "user@pypi.org:443",
-        "pypi..org:443",
-        "pypi.org/x:443",
+        "user@pkgs.example.com:443",
+        "pkgs..example.com:443",
+        "pkgs.example.com/x:443",
         "pypi_org.test:443",
         "a" * 64 + ".test:443",
     ],
@@ -348,12 +348,12 @@ def test_parse_connect_target_only_raises_target_refused(target: str) -> None:
 
 
 def test_parse_absolute_url() -> None:
-    t = parse_absolute_url("http://Deb.Debian.ORG/debian/dists?x=1#frag")
+    t = parse_absolute_url("http://Deb.Example.ORG/debian/dists?x=1#frag")
     assert (t.host, t.port, t.path, t.authority) == (
-        "deb.debian.org",
+        "deb.example.org",
         80,
         "/debian/dists?x=1",
-        "deb.debian.org",
+        "deb.example.org",
     )
     t = parse_absolute_url("HTTP://mirror.test:8080")
     assert (t.host, t.port, t.path, t.authority) == ("mirror.test", 8080, "/", "mirror.test:8080")
@@ -364,13 +364,13 @@ def test_parse_absolute_url() -> None:
 @pytest.mark.parametrize(
     ("url", "rule"),
     [
-        ("https://pypi.org/", "bad_target"),
-        ("ftp://pypi.org/", "bad_target"),
+        ("https://pkgs.example.com/", "bad_target"),
+        ("ftp://pkgs.example.com/", "bad_target"),
         ("/relative", "bad_target"),
-        ("pypi.org/x", "bad_target"),
-        ("http://user:pw@pypi.org/", "bad_target"),
+        ("pkgs.example.com/x", "bad_target"),
+        ("http://user:pw@pkgs.example.com/", "bad_target"),
         ("http:///x", "bad_target"),
-        ("http://pypi.org:0/", "bad_target"),
+        ("http://pkgs.example.com:0/", "bad_target"),
         ("http://127.0.0.1/", "ip_literal"),
         ("http://2130706433/", "ip_literal"),
         ("http://[::1]/", "ip_literal"),
@@ -385,9 +385,9 @@ def test_parse_absolute_url_refuses(url: str, rule: str) -> None:
 
 
 def test_same_host() -> None:
-    assert same_host("PyPI.org.", "pypi.org")
+    assert same_host("Pkgs.Example.com.", "pkgs.example.com")
     assert same_host("bücher.example", "xn--bcher-kva.example")
-    assert not same_host("pypi.org", "pypi.org.evil")
+    assert not same_host("pkgs.example.com", "pkgs.example.com.evil")
     assert not same_host("", "")
     assert not same_host("127.0.0.1", "127.0.0.1")
 
@@ -469,7 +469,7 @@ def sni_ext(*names: bytes, name_type: int = 0) -> tuple[int, bytes]:
     return 0, struct.pack("!H", len(entries)) + entries
 
 
-NAMES = ["pypi.decoy.test", "Files.PythonHosted.org", "xn--bcher-kva.example", "a" * 63 + ".test"]
+NAMES = ["pypi.decoy.test", "Files.PkgFiles.example.net", "xn--bcher-kva.example", "a" * 63 + ".test"]
 
 
 @pytest.mark.parametrize("name", NAMES)
