@@ -187,7 +187,7 @@ def test_dulwich_clones_fetches_and_pushes_with_a_host_bundle(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bare = world.make_repo("acme", "dulwich")
-    b = world.session(f"{HOST}/acme/dulwich:write")
+    b = world.session(f"{HOST}/acme/dulwich:write=agent/**,ff:main")
     # As with git: the bundle's gitconfig is the user's global config (url.insteadOf).
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(b.gitconfig))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
@@ -242,7 +242,7 @@ def test_pygit2_with_a_host_bundle_is_refused_at_the_handshake(
     world: World, tmp_path: Path
 ) -> None:
     world.make_repo("acme", "libgit2-host")
-    b = world.session(f"{HOST}/acme/libgit2-host:write")
+    b = world.session(f"{HOST}/acme/libgit2-host:write=agent/**,ff:main")
     before, failures = upstream_count(world), metric(world, "airlock_handshake_failures_total")
     pygit2.settings.set_ssl_cert_locations(str(b.dir / "ca.pem"), None)
     # The gateway's certificate names its host address too, so libgit2 can verify it there.
@@ -282,7 +282,7 @@ def test_pygit2_clones_fetches_and_pushes_with_basic_from_its_sandbox(
     world: World, sandbox_listeners: None, tmp_path: Path
 ) -> None:
     bare = world.make_repo("acme", "libgit2")
-    b, _ = sandbox_session(world, f"{HOST}/acme/libgit2:write", address=SANDBOX, name="pygit2")
+    b, _ = sandbox_session(world, f"{HOST}/acme/libgit2:write=agent/**,ff:main", address=SANDBOX, name="pygit2")
     out = _run_pygit2(b, f"https://{HOST}/acme/libgit2", tmp_path / "w")
     assert "OK fetch" in out, out
     assert f"origin=https://airlock.internal:{world.port}/git/{HOST}/acme/libgit2" in out, out
