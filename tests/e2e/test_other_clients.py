@@ -90,7 +90,9 @@ def test_pygit2_clones_fetches_and_pushes_with_basic(
     {PY} /opt/clients/pygit2_roundtrip.py /run/airlock https://github.com/{REPO} /tmp/w
     echo ALL-OK
     """
-    r = sandboxes.run(script, [f"{HOST}/{REPO}:write=agent/**,ff:main"], volumes=_mounts(), timeout=240)
+    r = sandboxes.run(
+        script, [f"{HOST}/{REPO}:write=agent/**,ff:main"], volumes=_mounts(), timeout=240
+    )
     assert r.code == 0 and "ALL-OK" in r.output, r.output
     assert "password 400 10000" in r.output, r.output
     assert re.search(r"no_proxy=\S*airlock\.internal", r.output), r.output
@@ -114,7 +116,9 @@ def test_dulwich_clones_fetches_and_pushes_with_the_client_certificate(
     {PY} /opt/clients/dulwich_roundtrip.py /run/airlock https://github.com/{REPO} /tmp/w
     echo ALL-OK
     """
-    r = sandboxes.run(script, [f"{HOST}/{REPO}:write=agent/**,ff:main"], volumes=_mounts(), timeout=240)
+    r = sandboxes.run(
+        script, [f"{HOST}/{REPO}:write=agent/**,ff:main"], volumes=_mounts(), timeout=240
+    )
     assert r.code == 0 and "ALL-OK" in r.output, r.output
     fetch = next(ln for ln in r.output.splitlines() if ln.startswith("OK fetch"))
     fetched, pushed = fetch.split()[2], fetch.split("pushed=")[1]

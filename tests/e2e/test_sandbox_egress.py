@@ -737,7 +737,13 @@ def dig_results(out: str) -> dict[str, tuple[str, str]]:
 def test_dns_answers_the_gateway_name_and_refuses_outside_names(
     sandboxes: Sandboxes, restricted: Sandbox, decoys: Decoys
 ) -> None:
-    names = ["example.org", "github.com", "pkgs.example.com", "allowed.decoy.test", f"a.{TUNNEL_ZONE}"]
+    names = [
+        "example.org",
+        "github.com",
+        "pkgs.example.com",
+        "allowed.decoy.test",
+        f"a.{TUNNEL_ZONE}",
+    ]
     lines = [DIG, "q airlock.internal A", "echo GW $(dig +short +time=2 +tries=1 airlock.internal)"]
     for n in names:
         lines += [f"q {n} A", f"q {n} AAAA", f"q {n} TXT", f"q +tcp {n} A"]

@@ -282,7 +282,9 @@ def test_pygit2_clones_fetches_and_pushes_with_basic_from_its_sandbox(
     world: World, sandbox_listeners: None, tmp_path: Path
 ) -> None:
     bare = world.make_repo("acme", "libgit2")
-    b, _ = sandbox_session(world, f"{HOST}/acme/libgit2:write=agent/**,ff:main", address=SANDBOX, name="pygit2")
+    b, _ = sandbox_session(
+        world, f"{HOST}/acme/libgit2:write=agent/**,ff:main", address=SANDBOX, name="pygit2"
+    )
     out = _run_pygit2(b, f"https://{HOST}/acme/libgit2", tmp_path / "w")
     assert "OK fetch" in out, out
     assert f"origin=https://airlock.internal:{world.port}/git/{HOST}/acme/libgit2" in out, out

@@ -469,7 +469,12 @@ def sni_ext(*names: bytes, name_type: int = 0) -> tuple[int, bytes]:
     return 0, struct.pack("!H", len(entries)) + entries
 
 
-NAMES = ["pypi.decoy.test", "Files.PkgFiles.example.net", "xn--bcher-kva.example", "a" * 63 + ".test"]
+NAMES = [
+    "pypi.decoy.test",
+    "Files.PkgFiles.example.net",
+    "xn--bcher-kva.example",
+    "a" * 63 + ".test",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
