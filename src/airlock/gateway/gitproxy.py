@@ -9,14 +9,11 @@ and the upstream is asked with the gateway's own credential. Redirects are never
 from __future__ import annotations
 
 import asyncio
-import base64
-import re
 import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +22,8 @@ from airlock.config import Config, UpstreamConfig
 from airlock.core import session as lifecycle
 from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitdecision import Refuse, decide_git_request
-from airlock.core.gitpath import GitRequest, Service
+from airlock.core.gitpath import Endpoint, GitRequest, Service
+from airlock.core.gitrecord import GitRecord
 from airlock.core.grants import rules_for
 from airlock.core.pktline import PktLineError
 from airlock.core.pushpolicy import PushDecision, decide_push, policy_digest, settle
@@ -42,6 +40,7 @@ from airlock.core.uploadpack import (
     parse_protocol_version,
     parse_upload_pack_request,
 )
+from airlock.core.upstream import RESPONSE_HEADERS, judge_upstream_answer, upstream_headers
 from airlock.gateway import gitauth
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
@@ -53,15 +52,6 @@ from airlock.gateway.tlslistener import ConnectionGuard
 
 REQUEST_ID_HEADER = "X-Airlock-Request-Id"
 _REQUEST_ID_KEY = "airlock.request_id"
-# What git clients send and what git servers answer; nothing else is passed along.
-_EXPECTED_RESPONSE_TYPE = {
-    ("info", Service.UPLOAD_PACK): "application/x-git-upload-pack-advertisement",
-    ("info", Service.RECEIVE_PACK): "application/x-git-receive-pack-advertisement",
-    ("rpc", Service.UPLOAD_PACK): "application/x-git-upload-pack-result",
-    ("rpc", Service.RECEIVE_PACK): "application/x-git-receive-pack-result",
-}
-_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Expires", "Pragma")
-_GIT_UA = re.compile(r"^git/[A-Za-z0-9._+-]{1,64}$")
 
 
 class _BodyTooLarge(Exception):
@@ -75,7 +65,7 @@ class _Outcome:
     request_id: str
     source: str
     started: float
-    fields: dict[str, Any] = field(default_factory=dict)
+    record: GitRecord = field(default_factory=GitRecord)
     bytes_in: int = 0
     bytes_out: int = 0
     body_error: Exception | None = None  # raised inside the upload; aiohttp wraps it
@@ -160,11 +150,13 @@ class GitProxy:
         try:
             response = await self._handle(request, out)
         except Exception as exc:  # the audit line must be written whatever happened
-            out.fields.setdefault("reason", f"internal_error:{type(exc).__name__}")
-            out.fields["status"] = 500
+            if out.record.reason is None:
+                out.record.reason = f"internal_error:{type(exc).__name__}"
+            out.record.status = 500
             self._log(out)
             raise
-        out.fields.setdefault("status", response.status)
+        if out.record.status is None:
+            out.record.status = response.status
         self._log(out)
         return response
 
@@ -180,7 +172,8 @@ class GitProxy:
             transport = request.transport
             peer = transport.get_extra_info("peername") if transport else None
             out = _Outcome(rid, peer[0] if peer else "?", time.monotonic())
-            out.fields.update(status=status, reason=f"bad_http:{type(exc).__name__}")
+            out.record.status = status
+            out.record.reason = f"bad_http:{type(exc).__name__}"
             self._log(out)
         message = "bad request" if 400 <= status < 500 else "internal error"
         response = _text(status if 400 <= status < 600 else 500, message, rid)
@@ -188,11 +181,12 @@ class GitProxy:
         return response
 
     def _log(self, out: _Outcome) -> None:
-        status = int(out.fields.get("status", 0))
+        record = out.record
+        status = record.status or 0
         self.metrics.inc(
             "airlock_requests_total",
             help="Git requests answered",
-            service=str(out.fields.get("service", "none")),
+            service=record.service or "none",
             status=str(status),
         )
         self.metrics.inc("airlock_bytes_total", out.bytes_in, help="Bytes relayed", direction="in")
@@ -200,14 +194,14 @@ class GitProxy:
             "airlock_bytes_total", out.bytes_out, help="Bytes relayed", direction="out"
         )
         if status >= 400:
-            reason = str(out.fields.get("reason", "unknown"))
+            reason = record.reason or "unknown"
             self.metrics.inc(
                 "airlock_denials_total",
                 help="Requests and connections refused",
                 reason=reason.split(":")[0],
             )
             # Repeated denials of one kind from one session or source: one line, then counts.
-            who = str(out.fields.get("session") or out.source)
+            who = record.session or out.source
             first, due = self.denials.record(time.monotonic(), (reason, who), out.request_id)
             for line in due:
                 self.audit.event("denials_repeated", **line)
@@ -220,11 +214,11 @@ class GitProxy:
             bytes_in=out.bytes_in,
             bytes_out=out.bytes_out,
             duration_ms=round((time.monotonic() - out.started) * 1000, 1),
-            **out.fields,
+            **record.audit_fields(),
         )
 
     def _refuse(self, out: _Outcome, reason: str, response: web.Response) -> web.Response:
-        out.fields["reason"] = reason
+        out.record.reason = reason
         return response
 
     def _usable_session(
@@ -249,7 +243,7 @@ class GitProxy:
             status = 429 if refusal in (Refusal.REQUEST_CAP, Refusal.BYTE_CAP) else 403
             return self._refuse(out, refusal, _text(status, "session not usable", rid))
         if s.binding is not None:
-            out.fields["container"] = s.binding.container_id
+            out.record.container = s.binding.container_id
         return s
 
     async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
@@ -266,10 +260,11 @@ class GitProxy:
             now=time.monotonic(),
         )
         if isinstance(who, gitauth.Refused):
-            out.fields["session"] = who.claimed
+            out.record.session = who.claimed
             return self._refuse(out, who.reason, _text(who.status, who.message, rid, **who.headers))
         session_id, der = who.session_id, who.cert_der
-        out.fields.update(session=session_id, auth=who.method.value)
+        out.record.session = session_id
+        out.record.auth = who.method.value
         checked = self._usable_session(request, out, session_id, der)
         if isinstance(checked, web.Response):
             return checked
@@ -305,14 +300,12 @@ class GitProxy:
         )
         req = decision.request
         if req is None:
-            out.fields["target"] = request.raw_path[:300]
+            out.record.target = request.raw_path[:300]
         else:
-            out.fields.update(
-                host=req.host,
-                repo=req.repo_path,
-                service=req.service.value,
-                endpoint=req.endpoint.value,
-            )
+            out.record.host = req.host
+            out.record.repo = req.repo_path
+            out.record.service = req.service.value
+            out.record.endpoint = req.endpoint.value
         if isinstance(decision, Refuse):
             answer = (
                 not_found(rid) if decision.hidden else _text(decision.status, decision.message, rid)
@@ -341,30 +334,6 @@ class GitProxy:
                     durable=False,
                 )
 
-    def _upstream_headers(
-        self, request: web.BaseRequest, req: GitRequest, token: str, version: int
-    ) -> dict[str, str]:
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        headers = {"Authorization": f"Basic {basic}"}
-        if req.service is Service.UPLOAD_PACK:
-            # A push's answers are read on the way (the advertisement loses push-cert, the
-            # status report says which refs changed): they must come unencoded.
-            headers["Accept-Encoding"] = "gzip"
-        ua = request.headers.get("User-Agent", "")
-        headers["User-Agent"] = ua if _GIT_UA.match(ua) else "git/airlock"
-        accept = request.headers.get("Accept")
-        if accept and len(accept) < 200 and accept.isprintable():
-            headers["Accept"] = accept
-        if req.service is Service.UPLOAD_PACK and version > 0:
-            # Protocol v1/v2 negotiation is for fetches only, as git itself does; the header
-            # goes upstream in the one form whose body was checked.
-            headers["Git-Protocol"] = f"version={version}"
-        if request.method == "POST":
-            headers["Content-Type"] = f"application/x-{req.service.value}-request"
-            if req.service is Service.RECEIVE_PACK and request.content_length is not None:
-                headers["Content-Length"] = str(request.content_length)
-        return headers
-
     async def _read_body(self, request: web.BaseRequest, limit: int, out: _Outcome) -> bytes:
         """The whole raw request body, refused once it passes ``limit`` bytes."""
         idle = self.config.git.idle_timeout
@@ -387,9 +356,9 @@ class GitProxy:
         encoding = request.headers.get("Content-Encoding")
         body = decode_body(raw, encoding, limit)
         parsed = parse_upload_pack_request(body, version)
-        out.fields["upload_pack"] = parsed.audit_fields()
+        out.record.upload_pack = parsed.audit_fields()
         if encoding:
-            out.fields["inflated_bytes"] = len(body)
+            out.record.inflated_bytes = len(body)
         return body
 
     def _push_decision(self, s: lifecycle.Session, req: GitRequest, push: HeldPush) -> PushDecision:
@@ -418,18 +387,18 @@ class GitProxy:
         decision = self._push_decision(s, req, push)
         if decision.pending:
             decision = settle(decision, await prove(reader, push, decision, cfg.max_proof_buffer))
-        out.fields["push_policy"] = policy_digest(
+        out.record.push_policy = policy_digest(
             {_repo_key(req): rules_for(s.grants, req.host, req.owner, req.repo)}
         )
-        out.fields["ref_decisions"] = [d.audit() for d in decision.refs]
+        out.record.ref_decisions = [d.audit() for d in decision.refs]
         if decision.refused_whole:
-            out.fields["push_refused"] = decision.refused_whole
+            out.record.push_refused = decision.refused_whole
         if not decision.refused:
             out.body_complete = reader.eof
             push.reader = reader
             return push
         await drain(reader, out.bytes_in, limit)
-        out.fields["reason"] = "push_refused"
+        out.record.reason = "push_refused"
         refused = [(d.update.ref, d.message) for d in decision.refs]
         body = refusal_report(
             refused,
@@ -474,9 +443,9 @@ class GitProxy:
         commands = push.commands.commands
         created = frozenset(c.ref for c in commands if c.is_create and c.ref in confirmed)
         deleted = frozenset(c.ref for c in commands if c.is_delete and c.ref in confirmed)
-        out.fields["upstream_updated"] = sorted(confirmed)
+        out.record.upstream_updated = sorted(confirmed)
         if not report.trusted:
-            out.fields["upstream_report"] = "unreadable"
+            out.record.upstream_report = "unreadable"
         current = self.store.get(session_id)
         if current is not None and (created or deleted):
             updated = lifecycle.record_push(current, _repo_key(req), created, deleted)
@@ -485,10 +454,10 @@ class GitProxy:
     def _refuse_body(self, out: _Outcome, exc: Exception) -> web.Response:
         rid = out.request_id
         if isinstance(exc, BodyTooLarge):
-            out.fields["reason"] = "body_too_large"
+            out.record.reason = "body_too_large"
             response = _text(413, "request body too large", rid)
         else:
-            out.fields["reason"] = f"bad_body:{str(exc)[:200]}"
+            out.record.reason = f"bad_body:{str(exc)[:200]}"
             response = _text(400, "bad request", rid)
         response.force_close()  # the rest of the body is not wanted: end the connection
         return response
@@ -508,16 +477,16 @@ class GitProxy:
             try:
                 version = parse_protocol_version(request.headers.get("Git-Protocol"))
             except UploadPackRefused as exc:
-                out.fields["reason"] = f"bad_git_protocol:{exc}"
+                out.record.reason = f"bad_git_protocol:{exc}"
                 return _text(400, "bad request", rid), False
-            out.fields["protocol"] = version
+            out.record.protocol = version
         limit = cfg.max_request_body if req.is_write else cfg.max_upload_pack_body
         data: bytes | AsyncIterator[bytes] | None = None
         out.body_complete = True
         if request.method == "POST":
             encoding = request.headers.get("Content-Encoding")
             if request.content_length is not None and request.content_length > limit:
-                out.fields["reason"] = "body_too_large"
+                out.record.reason = "body_too_large"
                 return _text(413, "request body too large", rid), False
             try:
                 if req.is_write:
@@ -535,14 +504,14 @@ class GitProxy:
             except (BodyRefused, UploadPackRefused, PktLineError) as exc:
                 return self._refuse_body(out, exc), False
             except TimeoutError:
-                out.fields["reason"] = "client_body_timeout"
+                out.record.reason = "client_body_timeout"
                 response = _text(408, "request body timed out", rid)
                 response.force_close()
                 return response, False
         try:
             token = await self.tokens[upstream.host].token(s, req.owner, req.repo)
         except (CredentialError, OSError) as exc:
-            out.fields["reason"] = f"credential_unavailable:{exc}"
+            out.record.reason = f"credential_unavailable:{exc}"
             return _text(502, "upstream unavailable", rid), False
         query = req.upstream_query()
         url = upstream.url + req.upstream_path() + (f"?{query}" if query else "")
@@ -554,12 +523,19 @@ class GitProxy:
             async with self._client(upstream).request(
                 request.method,
                 url,
-                headers=self._upstream_headers(request, req, token, version),
+                headers=upstream_headers(
+                    req,
+                    request.method,
+                    token,
+                    request.headers,
+                    protocol_version=version,
+                    content_length=request.content_length,
+                ),
                 data=data,
                 allow_redirects=False,
                 timeout=timeout,
             ) as up:
-                out.fields["upstream_status"] = up.status
+                out.record.upstream_status = up.status
                 clean = False
                 try:
                     result = await self._relay(request, req, up, out)
@@ -598,15 +574,15 @@ class GitProxy:
                 if not sending.done():
                     sending.cancel()
         except _BodyTooLarge:
-            out.fields["reason"] = "body_too_large"
+            out.record.reason = "body_too_large"
             response = _text(413, "request body too large", rid)
             response.force_close()  # the rest of the body is not wanted: end the connection
             return response, False
         except TimeoutError:
-            out.fields["reason"] = "timeout"
+            out.record.reason = "timeout"
             return _text(504, "upstream timed out", rid), False
         except aiohttp.ClientError as exc:
-            out.fields["reason"] = f"upstream_error:{type(exc).__name__}"
+            out.record.reason = f"upstream_error:{type(exc).__name__}"
             return _text(502, "upstream unavailable", rid), False
 
     async def _relay(
@@ -617,39 +593,24 @@ class GitProxy:
         out: _Outcome,
     ) -> tuple[web.StreamResponse, bool]:
         rid = out.request_id
-        if 300 <= up.status < 400:
-            out.fields["reason"] = "upstream_redirect"
-            out.fields["redirect_to"] = up.headers.get("Location", "")[:500]
-            return _text(502, "upstream redirect not followed", rid), False
-        if up.status in (401, 403, 404):
-            # Missing, renamed-away or forbidden upstream: the same answer as an ungranted repo.
-            out.fields["reason"] = f"upstream_{up.status}"
-            return not_found(rid), False
-        if up.status == 429:
-            out.fields["reason"] = "upstream_rate_limited"
-            retry = up.headers.get("Retry-After", "60")
-            retry = retry if retry.isdigit() else "60"
-            return _text(429, "upstream rate limited", rid, **{"Retry-After": retry}), False
-        if up.status != 200:
-            out.fields["reason"] = f"upstream_status_{up.status}"
-            return _text(502, "upstream error", rid), False
-        kind = "info" if req.endpoint.value == "info/refs" else "rpc"
-        expected = _EXPECTED_RESPONSE_TYPE[(kind, req.service)]
-        if up.headers.get("Content-Type", "").split(";")[0].strip().lower() != expected:
-            out.fields["reason"] = "upstream_bad_content_type"
-            return _text(502, "upstream error", rid), False
+        refusal = judge_upstream_answer(req, up.status, up.headers)
+        if refusal is not None:
+            out.record.reason = refusal.reason
+            out.record.redirect_to = refusal.redirect_to
+            if refusal.hidden:
+                return not_found(rid), False
+            extra = {"Retry-After": refusal.retry_after} if refusal.retry_after else {}
+            return _text(refusal.status, refusal.message, rid, **extra), False
+        kind = "info" if req.endpoint is Endpoint.INFO_REFS else "rpc"
         advert: AdvertisementFilter | None = None
         if req.service is Service.RECEIVE_PACK:
-            if up.headers.get("Content-Encoding", "identity").lower() != "identity":
-                out.fields["reason"] = "upstream_encoded_push_answer"
-                return _text(502, "upstream error", rid), False
             if kind == "info":
                 advert = AdvertisementFilter()
             elif out.push is not None:
                 caps = out.push.commands.capabilities
                 out.report = ReportStatusReader(sideband=sideband_limit(caps) is not None)
         response = web.StreamResponse(status=200)
-        for name in _RESPONSE_HEADERS:
+        for name in RESPONSE_HEADERS:
             if name in up.headers:
                 response.headers[name] = up.headers[name]
         response.headers[REQUEST_ID_HEADER] = rid
@@ -670,7 +631,7 @@ class GitProxy:
         except ConnectionResetError:
             # The client went away (some close as soon as they have read a push's result):
             # not an upstream error. aiohttp's ClientConnectionResetError is one of these.
-            out.fields["reason"] = "client_disconnected"
+            out.record.reason = "client_disconnected"
             return response, False
-        out.fields["reason"] = "ok"
+        out.record.reason = "ok"
         return response, True
