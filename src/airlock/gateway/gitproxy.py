@@ -49,6 +49,7 @@ from airlock.gateway.pushgate import BodyReader, HeldPush, drain, prove, read_co
 from airlock.gateway.ratelimits import RateLimits
 from airlock.gateway.store import SessionStore
 from airlock.gateway.tlslistener import ConnectionGuard
+from airlock.gateway.upstreampool import upstream_session
 
 REQUEST_ID_HEADER = "X-Airlock-Request-Id"
 _REQUEST_ID_KEY = "airlock.request_id"
@@ -127,12 +128,7 @@ class GitProxy:
                 cafile=str(upstream.ca_file) if upstream.ca_file else None
             )
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ctx, limit=256),
-                auto_decompress=False,  # bytes pass through untouched, encoding and all
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                trust_env=False,  # never route the credential through an env-configured proxy
-            )
+            client = upstream_session(ctx)
             self._clients[upstream.host] = client
         return client
 

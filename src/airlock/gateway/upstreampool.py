@@ -1,0 +1,38 @@
+"""Pooled HTTPS connections to an upstream that never carry anything after a surprise.
+
+aiohttp returns a connection to its pool as soon as an answer's body has ended, and cancels
+the request body still being written when that happens. An upstream that answers early (a
+404 before reading a push) then has unread body bytes on a connection the next request will
+use: it reads them as the start of that request, which carries the real credential
+(request smuggling; tests/integration/test_upstream_connection_reuse.py). Here a connection
+goes back to the pool only after a 200 answer to a request that was written whole; any
+other ending closes it.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+
+__all__ = ["upstream_session"]
+
+
+class _UpstreamResponse(aiohttp.ClientResponse):
+    def _response_eof(self) -> None:
+        # ``_writer`` is the task writing the request body, None once it is written whole
+        # (aiohttp keeps it for subclasses).
+        if self.status != 200 or self._writer is not None:
+            self.close()  # closes the connection; never released to the pool
+            return
+        super()._response_eof()
+
+
+def upstream_session(ctx: ssl.SSLContext, limit: int = 256) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx, limit=limit),
+        auto_decompress=False,  # bytes pass through untouched, encoding and all
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        trust_env=False,  # never route the credential through an env-configured proxy
+        response_class=_UpstreamResponse,
+    )
