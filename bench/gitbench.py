@@ -264,7 +264,7 @@ class GitBench:
             for i, size in enumerate(push_sizes):
                 rows.append(self.push(built, size, reps, seed=9000 + i))
             if push_sizes:
-                rows.append(self.push(built, push_sizes[0], reps, seed=9100, fast_forward=True))
+                rows.append(self.push(built, max(push_sizes), reps, seed=9100, fast_forward=True))
         finally:
             remove(built)
         for r in rows:

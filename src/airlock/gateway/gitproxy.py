@@ -52,7 +52,7 @@ from airlock.gateway.tlslistener import ConnectionGuard
 from airlock.gateway.upstreampool import upstream_session
 
 REQUEST_ID_HEADER = "X-Airlock-Request-Id"
-_REQUEST_ID_KEY = "airlock.request_id"
+_REQUEST_ID_KEY = web.RequestKey("airlock_request_id", str)
 
 
 class _BodyTooLarge(Exception):
