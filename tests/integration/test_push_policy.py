@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airlock.testing.repos import git_env
-from tests.rawhttp import client_context, get, send_raw
+from tests.rawhttp import RawResponse, client_context, get, send_raw
 from tests.world import HOST, Bundle, World
 
 
@@ -73,6 +73,20 @@ def _repo(w: World, name: str) -> str:
     upstream_git(w, f"pp/{name}", "branch", "agent/theirs", "main")
     upstream_git(w, f"pp/{name}", "branch", "other", "main")
     return f"pp/{name}"
+
+
+def _raw_push(w: World, c: Clone, repo: str, body: bytes) -> RawResponse:
+    """A receive-pack request git would never send, with the clone's session certificate."""
+    return send_raw(
+        client_context(c.b.dir, w.state_dir / "ca.pem"),
+        w.port,
+        get(
+            f"/git/{HOST}/{repo}/git-receive-pack",
+            method="POST",
+            headers={"Content-Type": "application/x-git-receive-pack-request"},
+            body=body,
+        ),
+    )
 
 
 def _refused(r: subprocess.CompletedProcess[str], ref: str, reason: str) -> None:
@@ -167,16 +181,7 @@ def test_push_certificate_is_not_advertised_and_refused(
     assert "does not support --signed push" in signed.stderr, signed.stderr
     cert = b"push-cert\0report-status\n"
     body = b"%04x" % (len(cert) + 4) + cert + b"0000"
-    raw = send_raw(
-        client_context(c.b.dir, pw.state_dir / "ca.pem"),
-        pw.port,
-        get(
-            f"/git/{HOST}/{repo}/git-receive-pack",
-            method="POST",
-            headers={"Content-Type": "application/x-git-receive-pack-request"},
-            body=body,
-        ),
-    )
+    raw = _raw_push(pw, c, repo, body)
     assert raw.status == 400
     assert upstream_refs(pw, repo) == before
 
@@ -234,16 +239,7 @@ def test_a_create_the_upstream_rejects_gives_no_ownership(
     ).stdout
     command = f"{'0' * 40} {new} refs/heads/agent/theirs\0report-status\n".encode()
     body = b"%04x" % (len(command) + 4) + command + b"0000" + pack
-    raw = send_raw(
-        client_context(c.b.dir, pw.state_dir / "ca.pem"),
-        pw.port,
-        get(
-            f"/git/{HOST}/{repo}/git-receive-pack",
-            method="POST",
-            headers={"Content-Type": "application/x-git-receive-pack-request"},
-            body=body,
-        ),
-    )
+    raw = _raw_push(pw, c, repo, body)
     assert raw.status == 200
     assert b"ng refs/heads/agent/theirs" in raw.body  # the upstream refused the create
     assert upstream_refs(pw, repo)["refs/heads/agent/theirs"] == theirs

@@ -217,6 +217,29 @@ def _check_decimal(value: str, what: str, *, positive: bool = False) -> None:
         raise UploadPackRefused(f"invalid {what}")
 
 
+def _shape_line(word: str, rest: str, request: UploadPackRequest, oids: _Oids) -> bool:
+    """A shallow, deepen or filter line (the same in v0/v1 and in v2 fetch arguments):
+    checked and recorded; False for any other word."""
+    if word == "shallow":
+        oids.check(rest, "shallow")
+        request.shallow += 1
+    elif word == "deepen":
+        _check_decimal(rest, "deepen depth", positive=True)
+        request.deepen = rest
+    elif word == "deepen-since":
+        _check_decimal(rest, "deepen-since timestamp")
+        request.deepen = f"since {rest}"
+    elif word == "deepen-not":
+        _check_ref(rest, "deepen-not")
+        request.deepen = f"not {rest}"
+    elif word == "filter":
+        _check_filter(rest)
+        request.filter = rest
+    else:
+        return False
+    return True
+
+
 def _v0_capabilities(words: list[str], oids: _Oids, request: UploadPackRequest) -> None:
     for word in words:
         name, eq, value = word.partition("=")
@@ -259,22 +282,9 @@ def _parse_v0(events: list[PktEvent], version: int) -> UploadPackRequest:
                 raise UploadPackRefused("capabilities on a want line other than the first")
             oids.check(oid, "want")
             request.wants += 1
-        elif word == "shallow":
-            oids.check(rest, "shallow")
-            request.shallow += 1
-        elif word == "deepen":
-            _check_decimal(rest, "deepen depth", positive=True)
-            request.deepen = rest
-        elif word == "deepen-since":
-            _check_decimal(rest, "deepen-since timestamp")
-            request.deepen = f"since {rest}"
-        elif word == "deepen-not":
-            _check_ref(rest, "deepen-not")
-            request.deepen = f"not {rest}"
-        elif word == "filter" and "filter" in request.capabilities:
-            _check_filter(rest)
-            request.filter = rest
-        else:
+        elif word == "filter" and "filter" not in request.capabilities:
+            raise UploadPackRefused("a filter line without the filter capability")
+        elif not _shape_line(word, rest, request, oids):
             raise UploadPackRefused(f"unexpected {word[:32]!r} line in the want list")
     if request.wants == 0:
         raise UploadPackRefused("a v0 request starts with a want line")
@@ -389,22 +399,7 @@ def _fetch_argument(line: str, request: UploadPackRequest, oids: _Oids) -> None:
     elif word == "have":
         oids.check(rest, "have")
         request.haves += 1
-    elif word == "shallow":
-        oids.check(rest, "shallow")
-        request.shallow += 1
-    elif word == "deepen":
-        _check_decimal(rest, "deepen depth", positive=True)
-        request.deepen = rest
-    elif word == "deepen-since":
-        _check_decimal(rest, "deepen-since timestamp")
-        request.deepen = f"since {rest}"
-    elif word == "deepen-not":
-        _check_ref(rest, "deepen-not")
-        request.deepen = f"not {rest}"
-    elif word == "filter":
-        _check_filter(rest)
-        request.filter = rest
-    else:
+    elif not _shape_line(word, rest, request, oids):
         raise UploadPackRefused(f"fetch argument {word[:32]!r} is not forwarded")
 
 

@@ -24,9 +24,9 @@ from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitdecision import Refuse, decide_git_request
 from airlock.core.gitpath import Endpoint, GitRequest, Service
 from airlock.core.gitrecord import GitRecord
-from airlock.core.grants import rules_for
 from airlock.core.pktline import PktLineError
 from airlock.core.pushpolicy import PushDecision, decide_push, policy_digest, settle
+from airlock.core.refrules import RefRule
 from airlock.core.reportstatus import (
     AdvertisementFilter,
     ReportStatusReader,
@@ -315,7 +315,9 @@ class GitProxy:
         self.store.put(lifecycle.begin_request(s), durable=False)
         success = False
         try:
-            response, success = await self._forward(request, s, req, upstream, out)
+            response, success = await self._forward(
+                request, s, req, decision.push_rules, upstream, out
+            )
             return response
         finally:
             current = self.store.get(session_id)
@@ -332,16 +334,13 @@ class GitProxy:
 
     async def _read_body(self, request: web.BaseRequest, limit: int, out: _Outcome) -> bytes:
         """The whole raw request body, refused once it passes ``limit`` bytes."""
-        idle = self.config.git.idle_timeout
+        reader = BodyReader(request, self.config.git.idle_timeout, out.count_in)
         parts: list[bytes] = []
-        while True:
-            chunk = await asyncio.wait_for(request.content.readany(), idle)
-            if not chunk:
-                return b"".join(parts)
-            out.bytes_in += len(chunk)
+        while chunk := await reader.chunk():
             if out.bytes_in > limit:
                 raise BodyTooLarge(f"body of more than {limit} bytes")
             parts.append(chunk)
+        return b"".join(parts)
 
     async def _upload_pack_body(
         self, request: web.BaseRequest, version: int, limit: int, out: _Outcome
@@ -357,8 +356,9 @@ class GitProxy:
             out.record.inflated_bytes = len(body)
         return body
 
-    def _push_decision(self, s: lifecycle.Session, req: GitRequest, push: HeldPush) -> PushDecision:
-        rules = rules_for(s.grants, req.host, req.owner, req.repo)
+    def _push_decision(
+        self, s: lifecycle.Session, req: GitRequest, rules: tuple[RefRule, ...], push: HeldPush
+    ) -> PushDecision:
         return decide_push(
             push.commands.commands,
             rules,
@@ -372,6 +372,7 @@ class GitProxy:
         request: web.BaseRequest,
         s: lifecycle.Session,
         req: GitRequest,
+        rules: tuple[RefRule, ...],
         limit: int,
         out: _Outcome,
     ) -> HeldPush | web.Response:
@@ -380,12 +381,10 @@ class GitProxy:
         cfg = self.config.git
         reader = BodyReader(request, cfg.idle_timeout, out.count_in)
         push = await read_commands(reader, min(limit, cfg.max_upload_pack_body))
-        decision = self._push_decision(s, req, push)
+        decision = self._push_decision(s, req, rules, push)
         if decision.pending:
             decision = settle(decision, await prove(reader, push, decision, cfg.max_proof_buffer))
-        out.record.push_policy = policy_digest(
-            {_repo_key(req): rules_for(s.grants, req.host, req.owner, req.repo)}
-        )
+        out.record.push_policy = policy_digest({_repo_key(req): rules})
         out.record.ref_decisions = [d.audit() for d in decision.refs]
         if decision.refused_whole:
             out.record.push_refused = decision.refused_whole
@@ -463,6 +462,7 @@ class GitProxy:
         request: web.BaseRequest,
         s: lifecycle.Session,
         req: GitRequest,
+        rules: tuple[RefRule, ...],
         upstream: UpstreamConfig,
         out: _Outcome,
     ) -> tuple[web.StreamResponse, bool]:
@@ -489,7 +489,7 @@ class GitProxy:
                     # A push body must stay readable for the audit: git never encodes it.
                     if encoding is not None:
                         raise BodyRefused("a push body may not be encoded")
-                    held = await self._read_push(request, s, req, limit, out)
+                    held = await self._read_push(request, s, req, rules, limit, out)
                     if isinstance(held, web.Response):
                         return held, False
                     out.push = held
