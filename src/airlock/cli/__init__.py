@@ -1,0 +1,19 @@
+"""The ``airlock`` command line: one module per group of commands, registered here."""
+
+from __future__ import annotations
+
+import click
+
+from airlock.cli import gateway, run, sandboxes, session, tools
+
+
+@click.group()
+def main() -> None:
+    """airlock: sandboxes that reach exactly the GitHub repositories they were granted."""
+
+
+main.add_command(gateway.gateway)
+main.add_command(session.session)
+main.add_command(run.run)
+for _command in (sandboxes.ps, sandboxes.stop, sandboxes.supervise, tools.image, tools.demo):
+    main.add_command(_command)
