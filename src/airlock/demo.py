@@ -25,8 +25,9 @@ from rich.table import Table
 
 from airlock.config import Config, parse_config
 from airlock.gateway.server import Gateway, StartupError
+from airlock.host.containerspec import RunSpec
 from airlock.host.images import ImageBuildError, ensure_sandbox_image
-from airlock.host.sandbox import RunSpec, SandboxError, SandboxManager, docker_client
+from airlock.host.sandbox import SandboxError, SandboxManager, docker_client
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream

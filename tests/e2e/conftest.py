@@ -35,8 +35,9 @@ import pytest
 
 from airlock.config import load_config
 from airlock.host import firewall
+from airlock.host.containerspec import RunSpec
 from airlock.host.images import SANDBOX_UID, ensure_sandbox_image
-from airlock.host.sandbox import LABEL, RunSpec, Sandbox, SandboxManager
+from airlock.host.sandbox import LABEL, Sandbox, SandboxManager
 from tests.world import World, system_user, unprivileged_world
 
 DOCKER_SOCK = Path("/var/run/docker.sock")

@@ -14,8 +14,8 @@ import docker
 import docker.errors
 import pytest
 
+from airlock.host.containerspec import RunSpec
 from airlock.host.gate import GATE_PATH
-from airlock.host.sandbox import RunSpec
 from tests.e2e.conftest import E2E, Sandboxes
 from tests.world import HOST
 

@@ -51,7 +51,8 @@ def run(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in IMAGE in a sandbox that reaches only its grants, like `docker run`."""
-    from airlock.host.sandbox import RunSpec, SandboxError, run_foreground
+    from airlock.host.containerspec import RunSpec
+    from airlock.host.sandbox import SandboxError, run_foreground
 
     config = load(config_path)
     try:

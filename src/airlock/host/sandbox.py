@@ -43,6 +43,7 @@ from airlock.config import Config
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host import firewall
 from airlock.host.bundle import GatewayEndpoint, write_bundle
+from airlock.host.containerspec import ContainerPlan, RunSpec, SpecError, plan_container
 from airlock.host.control_client import ControlClient, ControlError
 from airlock.host.gate import GATE_PATH, GateError, check_gate_binary, gate_command
 from airlock.host.hostnet import host_networks
@@ -62,22 +63,6 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 
 class SandboxError(Exception):
     """A sandbox could not be started or managed; the message says what to do."""
-
-
-@dataclass
-class RunSpec:
-    image: str
-    command: list[str]
-    grants: list[str]
-    allow_hosts: list[str] = field(default_factory=list)
-    name: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    volumes: list[str] = field(default_factory=list)
-    detach: bool = False
-    interactive: bool = False
-    tty: bool = False
-    read_only: bool | None = None
-    ttl: int | None = None
 
 
 @dataclass
@@ -364,41 +349,27 @@ class SandboxManager:
             "AIRLOCK_GRANTS": " ".join(sb.issued.get("session", {}).get("grants", [])),
             "AIRLOCK_PUSH_BRANCHES": _push_branches(sb.issued.get("session", {}).get("grants", [])),
         }
-        env.update(spec.env)
         return env
 
-    def _mounts(self, sb: Sandbox, spec: RunSpec) -> list[Mount]:
+    def _mounts(self, sb: Sandbox, plan: ContainerPlan) -> list[Mount]:
         assert sb.bundle_dir is not None
-        mounts = [
+        own = [
             Mount(str(MOUNT_POINT), str(sb.bundle_dir), type="bind", read_only=True),
             Mount(GATE_PATH, str(self.config.sandbox.gate_binary), type="bind", read_only=True),
             Mount(
                 "/etc/resolv.conf", str(sb.bundle_dir / "resolv.conf"), type="bind", read_only=True
             ),
         ]
-        for v in spec.volumes:
-            parts = v.split(":")
-            if len(parts) not in (2, 3) or not parts[0].startswith("/"):
-                raise SandboxError(f"-v {v!r}: use /HOST/PATH:/CONTAINER/PATH[:ro]")
-            if (
-                parts[0] in ("/var/run/docker.sock", "/run/docker.sock")
-                or "docker.sock" in parts[0]
-            ):
-                raise SandboxError("-v: the Docker socket is never given to a sandbox")
-            mounts.append(
-                Mount(
-                    parts[1], parts[0], type="bind", read_only=len(parts) == 3 and parts[2] == "ro"
-                )
-            )
-        return mounts
+        return [*own, *plan.mounts]
 
     def _create_container(
         self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]
     ) -> None:
-        cfg = self.config.sandbox
         image = self.client.images.get(spec.image)
-        entrypoint = image.attrs.get("Config", {}).get("Entrypoint") or []
-        command = spec.command or image.attrs.get("Config", {}).get("Cmd") or ["/bin/sh"]
+        try:
+            plan = plan_container(spec, image.attrs.get("Config") or {}, self.config.sandbox)
+        except SpecError as exc:
+            raise SandboxError(str(exc)) from None
         networking = self.client.api.create_networking_config(
             {sb.network: self.client.api.create_endpoint_config(ipv4_address=str(sb.sandbox_ip))}
         )
@@ -406,31 +377,33 @@ class SandboxManager:
             network_mode=sb.network,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
-            pids_limit=cfg.pids_limit,
-            mem_limit=cfg.memory,
-            nano_cpus=int(cfg.cpus * 1e9),
-            read_only=cfg.read_only_rootfs if spec.read_only is None else spec.read_only,
-            mounts=self._mounts(sb, spec),
+            pids_limit=plan.pids_limit,
+            mem_limit=plan.mem_limit,
+            nano_cpus=plan.nano_cpus,
+            read_only=plan.read_only,
+            mounts=self._mounts(sb, plan),
             extra_hosts={self.config.gateway.public_name: str(sb.gateway_ip)},
             dns=[str(sb.gateway_ip)],
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
-            init=False,
+            tmpfs=plan.tmpfs,
+            init=plan.init,
         )
+        labels = {**plan.labels, LABEL: sb.id, LABEL_SESSION: sb.session_id or ""}
+        labels[LABEL_NAME] = sb.name
         try:
             created = self.client.api.create_container(
                 spec.image,
-                command=gate_command([*entrypoint, *command]),
+                command=gate_command(plan.argv),
                 entrypoint=[],
-                user=f"{cfg.uid}:{cfg.uid}",
-                environment=self._environment(sb, spec),
-                labels={LABEL: sb.id, LABEL_SESSION: sb.session_id or "", LABEL_NAME: sb.name},
+                user=plan.user,
+                environment={**plan.environment, **self._environment(sb, spec)},
+                labels=labels,
                 name=sb.name,
-                hostname=sb.name[:63],
+                hostname=plan.hostname or sb.name[:63],
                 host_config=host_config,
                 networking_config=networking,
                 stdin_open=spec.interactive,
                 tty=spec.tty,
-                working_dir="/tmp" if not spec.volumes else None,
+                working_dir=plan.working_dir,
             )
         except docker.errors.APIError as exc:
             raise SandboxError(f"cannot create the container: {exc.explanation}") from None
