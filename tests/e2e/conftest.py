@@ -133,6 +133,9 @@ class Sandboxes:
         **kw: Any,
     ) -> RunSpec:
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        # As `airlock run --rm`: whoever sees the container exit removes all of it, so a test
+        # can ask "is anything left?" (the keep-the-container lifecycle has its own tests).
+        kw.setdefault("remove", True)
         return RunSpec(image=self.image, command=argv, grants=list(grants), **kw)
 
     def start(
@@ -202,8 +205,11 @@ class Sandboxes:
             found.append(f"network {n['Name']}")
         if sid in firewall.list_sandbox_rule_names():
             found.append(f"nft chains sbx_{sid}_*")
-        if (BUNDLE_DIR / sid).exists():
-            found.append(f"bundle dir {BUNDLE_DIR / sid}")
+        bundle = self.manager.bundle_root / sid
+        if bundle.exists():
+            found.append(f"bundle dir {bundle}")
+        if self.manager.hold_path(sid).exists():
+            found.append(f"hold lock {self.manager.hold_path(sid)}")
         if Path(f"/sys/class/net/al-{sid}").exists():
             found.append(f"bridge al-{sid}")
         for s in self.world.control.list_sessions():

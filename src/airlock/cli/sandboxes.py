@@ -1,71 +1,229 @@
-"""`airlock ps`, `stop`, `supervise`: the sandboxes of this gateway."""
+"""`airlock ps`, `stop`, `rm`, `logs`, `exec`, `supervise`: the sandboxes of this gateway.
+
+Each acts only on sandboxes labelled with this gateway's id (see host/sandbox.py).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 
 from airlock.cli.common import config_option, err, fail, load, out, sandbox_manager
 
-
-@click.command()
-@config_option
-def ps(config_path: Path) -> None:
-    """List running sandboxes."""
-    from airlock.host.sandbox import LABEL, LABEL_NAME, LABEL_SESSION, SandboxError
-
-    try:
-        rows = sandbox_manager(load(config_path)).list()
-    except SandboxError as exc:
-        fail(str(exc))
-    table = Table("name", "sandbox", "session", "status", "image")
-    for c in rows:
-        labels = c.get("Labels") or {}
-        table.add_row(
-            labels.get(LABEL_NAME, "?"),
-            labels.get(LABEL, "?"),
-            labels.get(LABEL_SESSION, "?"),
-            c.get("Status", "?"),
-            c.get("Image", "?"),
-        )
-    out.print(table)
+_FORMATS = click.Choice(["table", "json"])
 
 
-@click.command()
-@config_option
-@click.argument("names", nargs=-1, required=True)
-def stop(config_path: Path, names: tuple[str, ...]) -> None:
-    """Stop sandboxes and remove their network, rules, session and files."""
+def _manager_or_fail(config_path: Path | None) -> Any:
     from airlock.host.sandbox import SandboxError
 
     manager = sandbox_manager(load(config_path))
+    try:
+        manager.gateway_id  # noqa: B018 (Docker and the gateway answer, or one line)
+        manager.client  # noqa: B018
+    except SandboxError as exc:
+        fail(str(exc))
+    return manager
+
+
+def _row(c: dict[str, Any], no_trunc: bool) -> dict[str, Any]:
+    from airlock.host.sandbox import LABEL, LABEL_NAME, LABEL_SESSION
+
+    labels = c.get("Labels") or {}
+
+    def cut(value: str) -> str:
+        return value if no_trunc else value[:12]
+
+    return {
+        "name": labels.get(LABEL_NAME, ""),
+        "sandbox": labels.get(LABEL, ""),
+        "session": cut(labels.get(LABEL_SESSION, "")),
+        "container": cut(c.get("Id", "")),
+        "state": c.get("State", ""),
+        "status": c.get("Status", ""),
+        "image": c.get("Image", ""),
+        "created": c.get("Created", 0),
+    }
+
+
+@click.command()
+@config_option
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also stopped sandboxes.")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+@click.option("--no-trunc", is_flag=True, help="Full ids.")
+def ps(config_path: Path | None, show_all: bool, fmt: str, no_trunc: bool) -> None:
+    """List running sandboxes (all with -a)."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager_or_fail(config_path)
+    try:
+        rows = [_row(c, no_trunc or fmt == "json") for c in manager.list(all=show_all)]
+    except SandboxError as exc:
+        fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "sandbox", "session", "status", "image")
+    for r in rows:
+        table.add_row(r["name"], r["sandbox"], r["session"], r["status"], r["image"])
+    if no_trunc:
+        out.print(table, width=10_000, crop=False, soft_wrap=True)
+    else:
+        out.print(table)
+
+
+@click.command()
+@config_option
+@click.option("-t", "--time", "timeout", default=10, show_default=True, help="Seconds to wait.")
+@click.argument("names", nargs=-1, required=True)
+def stop(config_path: Path | None, timeout: int, names: tuple[str, ...]) -> None:
+    """Stop sandboxes: SIGTERM, then SIGKILL after --time. Their sessions are revoked; the
+    containers stay (for `logs`) until `airlock rm`, unless started with --rm."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager_or_fail(config_path)
     for n in names:
         try:
-            manager.stop(n)
+            manager.stop(n, timeout=timeout)
         except SandboxError as exc:
             fail(str(exc))
-        err.print(f"stopped {n}", highlight=False)
+        click.echo(n)
+
+
+@click.command()
+@config_option
+@click.option("-f", "--force", is_flag=True, help="Kill and remove a running sandbox.")
+@click.argument("names", nargs=-1, required=True)
+def rm(config_path: Path | None, force: bool, names: tuple[str, ...]) -> None:
+    """Remove sandboxes: container, network, rules, session and files."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager_or_fail(config_path)
+    for n in names:
+        try:
+            manager.remove(n, force=force)
+        except SandboxError as exc:
+            fail(str(exc))
+        click.echo(n)
+
+
+@click.command()
+@config_option
+@click.option("-f", "--follow", is_flag=True, help="Follow the output.")
+@click.option("--tail", default="all", show_default=True, help="Lines from the end, or all.")
+@click.argument("name")
+def logs(config_path: Path | None, follow: bool, tail: str, name: str) -> None:
+    """Print a sandbox's output (also after it exited, until `airlock rm`)."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager_or_fail(config_path)
+    if tail != "all" and not tail.isdigit():
+        fail(f"--tail {tail!r}: a number of lines, or all", 2)
+    try:
+        cid = manager.container_of(name)["Id"]
+        stream = manager.client.api.logs(
+            cid,
+            stdout=True,
+            stderr=True,
+            stream=True,
+            follow=follow,
+            tail=tail if tail == "all" else int(tail),
+            demux=True,
+        )
+        for chunk in stream:
+            stdout, stderr = chunk if isinstance(chunk, tuple) else (chunk, None)
+            if stdout:
+                sys.stdout.buffer.write(stdout)
+                sys.stdout.buffer.flush()
+            if stderr:
+                sys.stderr.buffer.write(stderr)
+                sys.stderr.buffer.flush()
+    except SandboxError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@config_option
+@click.option("-i", "--interactive", is_flag=True, help="Keep standard input open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a terminal.")
+@click.option("-u", "--user", help="UID[:GID] or a user of the image (never root).")
+@click.option("-w", "--workdir", help="Working directory inside the sandbox.")
+@click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE, or KEY from this shell.")
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(
+    config_path: Path | None,
+    interactive: bool,
+    tty: bool,
+    user: str | None,
+    workdir: str | None,
+    env: tuple[str, ...],
+    name: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a running sandbox, as its user, with its network and limits."""
+    from airlock.host.sandbox import SandboxError
+
+    manager = _manager_or_fail(config_path)
+    if user is not None and user.split(":")[0] in ("0", "root"):
+        fail("-u: a sandbox never runs anything as root", 125)
+    try:
+        container = manager.container_of(name)
+    except SandboxError as exc:
+        fail(str(exc), 125)
+    if container.get("State") != "running":
+        fail(f"sandbox {name} is not running ({container.get('Status')})", 125)
+    # The docker CLI does terminals, signals and stdin best; the container is ours (checked
+    # by its labels above) and is addressed by its full id, so no name can be swapped in.
+    argv = ["docker", "exec"]
+    argv += ["-i"] if interactive else []
+    argv += ["-t"] if tty else []
+    argv += ["-u", user] if user else []
+    argv += ["-w", workdir] if workdir else []
+    for e in env:
+        argv += ["-e", e]
+    argv += [container["Id"], *command]
+    sys.stdout.flush()
+    try:
+        os.execvp("docker", argv)  # noqa: S606 (fixed program, argv list)
+    except OSError as exc:
+        fail(f"cannot run the docker CLI: {exc.strerror}", 125)
+
+
+exec_.name = "exec"
 
 
 @click.command()
 @config_option
 @click.option("--interval", default=10.0, show_default=True, help="Seconds between reconciles.")
 @click.option("--once", is_flag=True, help="Reconcile once and exit.")
-def supervise(config_path: Path, interval: float, once: bool) -> None:
-    """Revoke sessions of stopped sandboxes, restore firewall rules, remove leftovers."""
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    hidden=True,
+    help="Exit when no sandbox of this gateway is left (started by `run -d`).",
+)
+def supervise(config_path: Path | None, interval: float, once: bool, until_idle: bool) -> None:
+    """Revoke sessions of exited sandboxes, restore firewall rules, remove leftovers: for
+    this gateway's sandboxes only."""
     from airlock.host.sandbox import SandboxError
-    from airlock.host.supervisor import Supervisor
+    from airlock.host.supervisor import Supervisor, supervisor_lock
 
+    manager = _manager_or_fail(config_path)
+    sup = Supervisor(manager, say=lambda m: err.print(m, highlight=False))
     try:
-        sup = Supervisor(
-            sandbox_manager(load(config_path)), say=lambda m: err.print(m, highlight=False)
-        )
         if once:
             sup.reconcile()
-        else:
-            sup.run(interval)
+            return
+        with supervisor_lock(manager, until_idle=until_idle):
+            sup.run(interval, until_idle=until_idle)
     except SandboxError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -90,6 +90,10 @@ _BASE_CHAINS: dict[str, tuple[str, int]] = {
 _GUARD_COMMENT = "airlock:guard"
 _SUFFIXES = ("pre", "dst", "in", "fwd")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
+_OWNER_RE = re.compile(r"[0-9a-f]{16}")
+_COMMENT_RE = re.compile(
+    r"airlock:(?P<name>[a-z0-9][a-z0-9_.-]{0,47})(?: owner:(?P<owner>[0-9a-f]{16}))?"
+)
 # Linux interface names are at most 15 bytes; no "*" or "\" (nft wildcards/escapes).
 _BRIDGE_RE = re.compile(r"al-[a-z0-9_.-]{1,12}")
 _CHAIN_RE = re.compile(r"sbx_(?P<name>.+)_(?P<suffix>pre|dst|in|fwd)")
@@ -110,8 +114,13 @@ class SandboxRules:
     sandbox_ip: IPv4Address
     tcp_ports: list[int]
     udp_ports: list[int]
+    # The gateway id this sandbox belongs to, kept in every rule's comment: two gateways on
+    # one host share this table, and each may touch only its own sandboxes' rules.
+    owner: str = ""
 
     def __post_init__(self) -> None:
+        if self.owner and not _OWNER_RE.fullmatch(self.owner):
+            raise ValueError(f"bad owner {self.owner!r}: want {_OWNER_RE.pattern}")
         if not _NAME_RE.fullmatch(self.name):
             raise ValueError(f"bad sandbox name {self.name!r}: want {_NAME_RE.pattern}")
         if not _BRIDGE_RE.fullmatch(self.bridge):
@@ -138,8 +147,8 @@ def _chain_name(name: str, suffix: str) -> str:
     return f"sbx_{name}_{suffix}"
 
 
-def _comment(name: str) -> str:
-    return f"airlock:{name}"
+def _comment(name: str, owner: str = "") -> str:
+    return f"airlock:{name} owner:{owner}" if owner else f"airlock:{name}"
 
 
 def _match(left: Expr, right: Any, op: str = "==") -> Expr:
@@ -401,7 +410,7 @@ def apply_rules(r: SandboxRules) -> None:
         # Replace rather than patch: drop the old jumps by handle; the sandbox chains are
         # flushed and refilled. All in the same batch, so the swap is atomic.
         commands += _delete_jump_commands(state, r.name)
-        comment = _comment(r.name)
+        comment = _comment(r.name, r.owner)
         for chain, rules in sandbox_chains(r).items():
             ref = {"family": FAMILY, "table": TABLE, "name": chain}
             commands.append({"add": {"chain": ref}})
@@ -442,7 +451,7 @@ def verify_rules(r: SandboxRules) -> bool:
         have, want = state.chains.get(base), _base_chain_obj(base)
         if have is None or any(have.get(k) != want[k] for k in ("type", "hook", "prio", "policy")):
             return False
-    comment = _comment(r.name)
+    comment = _comment(r.name, r.owner)
     for chain, want_rules in sandbox_chains(r).items():
         if chain not in state.chains:
             return False
@@ -470,12 +479,22 @@ def verify_rules(r: SandboxRules) -> bool:
     return True
 
 
-def list_sandbox_rule_names() -> set[str]:
-    """Names of sandboxes that have chains or jump rules in the table."""
+def list_sandbox_rule_names(owner: str | None = None) -> set[str]:
+    """Names of sandboxes that have chains or jump rules in the table; with ``owner``, only
+    those whose rules carry that gateway id (a chain left empty has no owner and is listed
+    only without ``owner``)."""
     with _locked():
         state = _read_state()
     if state is None:
         return set()
+    if owner is not None:
+        found = set()
+        for rules in state.rules.values():
+            for rule in rules:
+                m = _COMMENT_RE.fullmatch(rule.comment or "")
+                if m and m["owner"] == owner:
+                    found.add(m["name"])
+        return found
     names = {m["name"] for c in state.chains if (m := _CHAIN_RE.fullmatch(c))}
     for rule in state.base_rules():
         target = rule.jump_target()

@@ -11,9 +11,18 @@ Order of a start (each step is undone, in reverse, if a later one fails):
   8. start; inspect through the Docker API; activate the session bound to what was seen;
      open the gate that holds the sandbox command until activation.
 
-Everything a sandbox owns carries the label ``airlock.sandbox=<id>`` (network, container)
-or is named after that id (rules, bundle directory), so teardown and ``supervise`` can find
-it from Docker's state alone after a crash.
+Everything a sandbox owns carries the label ``airlock.sandbox=<id>`` and its gateway's id
+``airlock.owner=<gateway id>`` (network, container), or is named after those ids (rules with
+the owner in their comments, the bundle directory ``bundle_dir/<gateway id>/<id>``), so
+teardown and ``supervise`` find it from Docker's state alone after a crash, and two gateways
+on one host never act on each other's sandboxes.
+
+Lifecycle, as with Docker: when the container exits, its session is revoked and its bundle
+(the session key) and listener go at once (:meth:`SandboxManager.release`); the container,
+its logs and exit code stay until ``airlock rm`` (or ``--rm``), and its network and rules go
+with the container (:meth:`SandboxManager.teardown`). Every removal step treats "already
+gone" and "removal already in progress" as done, so ``run``, ``stop``, ``rm`` and
+``supervise`` can race without failing each other.
 """
 
 from __future__ import annotations
@@ -54,6 +63,12 @@ LABEL_SESSION = "airlock.session"
 LABEL_NAME = "airlock.name"
 LABEL_GATEWAY = "airlock.gateway_ip"
 LABEL_SANDBOX_IP = "airlock.sandbox_ip"
+# The id of the gateway a sandbox belongs to (the gateway keeps it in its state_dir and says
+# it in /v1/health): `ps`, `stop`, `rm`, `supervise` and clean-up act on their own only.
+LABEL_OWNER = "airlock.owner"
+# Set for `--rm`: whoever sees the container exit removes it (and its network and rules).
+LABEL_REMOVE = "airlock.remove"
+_GATEWAY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MOUNT_POINT = Path("/run/airlock")
 READY_FILE = "ready"
 # Holds the sandbox command until the host has verified the container and activated its
@@ -81,6 +96,8 @@ class Sandbox:
     # so concurrent starts never mix them up.
     key: Any = field(default=None, repr=False)
     issued: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Seconds per start step (preflight, network, firewall, ...), for the start-time benchmark.
+    timings: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 def _push_branches(grants: list[str]) -> str:
@@ -137,6 +154,59 @@ class SandboxManager:
         self._client = client
         self.control = control or ControlClient(config.gateway.control_socket)
         self.say = say
+        self._gateway_id: str | None = None
+
+    @property
+    def gateway_id(self) -> str:
+        """The id of the gateway this manager's sandboxes belong to, as the gateway says it."""
+        if self._gateway_id is None:
+            try:
+                health = self.control.health()
+            except ControlError as exc:
+                raise SandboxError(f"the gateway is not available: {exc}") from None
+            gid = health.get("gateway_id")
+            if not isinstance(gid, str) or not _GATEWAY_ID_RE.match(gid):
+                raise SandboxError(
+                    "the gateway did not give its id (an older gateway?): restart it with "
+                    "this version of airlock"
+                )
+            self._gateway_id = gid
+        return self._gateway_id
+
+    @property
+    def bundle_root(self) -> Path:
+        return self.config.sandbox.bundle_dir / self.gateway_id
+
+    def hold_path(self, sandbox_id: str) -> Path:
+        """A lock the foreground `airlock run` holds while it waits for its container: while
+        it is held, nobody else removes that container (it still reads its exit code)."""
+        return self.config.sandbox.bundle_dir.parent / "holds" / self.gateway_id / sandbox_id
+
+    @contextlib.contextmanager
+    def hold(self, sandbox_id: str) -> Iterator[None]:
+        path = self.hold_path(sandbox_id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.close(fd)
+
+    def is_held(self, sandbox_id: str) -> bool:
+        try:
+            fd = os.open(self.hold_path(sandbox_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     @property
     def client(self) -> docker.DockerClient:
@@ -156,14 +226,18 @@ class SandboxManager:
             sandbox_ip=sb.sandbox_ip,
             tcp_ports=[gw.git_port, self.config.sandbox.proxy_port, gw.dns_port],
             udp_ports=[gw.dns_port],
+            owner=self.gateway_id,
         )
 
     # --- start ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _pool_lock(self) -> Iterator[None]:
-        # Concurrent `airlock run`s must not pick the same subnet.
-        lock = self.config.sandbox.bundle_dir.parent / "pool.lock"
+        # Concurrent `airlock run`s must not pick the same subnet, also those of another
+        # gateway on this host: the lock is host-wide.
+        lock = Path("/run/lock/airlock-pool.lock")
+        if not lock.parent.is_dir():
+            lock = self.config.sandbox.bundle_dir.parent / "pool.lock"
         lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(lock, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -185,10 +259,7 @@ class SandboxManager:
             check_gate_binary(self.config.sandbox.gate_binary)
         except GateError as exc:
             raise SandboxError(str(exc)) from None
-        try:
-            self.control.health()
-        except ControlError as exc:
-            raise SandboxError(f"the gateway is not available: {exc}") from None
+        self.gateway_id  # noqa: B018 (the gateway answers and says its id)
         try:
             self.client.images.get(spec.image)
         except docker.errors.ImageNotFound:
@@ -207,22 +278,32 @@ class SandboxManager:
         With ``open_gate=False`` the command waits until :meth:`open_gate` (so a caller can
         attach to its output first).
         """
+        t0 = time.perf_counter()
         self._preflight(spec)
         sid = secrets.token_hex(5)
         name = spec.name or f"airlock-{sid}"
         if self._find_containers(name=name):
             raise SandboxError(f"a sandbox named {name!r} already exists")
+        preflight = time.perf_counter() - t0
         undo: list[Callable[[], object]] = []
         try:
             sb = self._create_network(sid, name, undo)
-            self._apply_firewall(sb, undo)
-            self._listen(sb, undo)
-            self._create_session(sb, spec, undo)
-            self._write_bundle(sb, undo)
-            self._create_container(sb, spec, undo)
-            self._start_and_activate(sb)
+            sb.timings["preflight"] = preflight
+            sb.timings["network"] = time.perf_counter() - t0 - preflight
+            steps: list[tuple[str, Callable[[], object]]] = [
+                ("firewall", lambda: self._apply_firewall(sb, undo)),
+                ("listener", lambda: self._listen(sb, undo)),
+                ("session", lambda: self._create_session(sb, spec, undo)),
+                ("bundle", lambda: self._write_bundle(sb, undo)),
+                ("create", lambda: self._create_container(sb, spec, undo)),
+                ("start+activate", lambda: self._start_and_activate(sb)),
+            ]
             if open_gate:
-                self.open_gate(sb)
+                steps.append(("gate", lambda: self.open_gate(sb)))
+            for step, run in steps:
+                t = time.perf_counter()
+                run()
+                sb.timings[step] = time.perf_counter() - t
             return sb
         except BaseException:
             for step in reversed(undo):
@@ -258,6 +339,7 @@ class SandboxManager:
                     },
                     labels={
                         LABEL: sid,
+                        LABEL_OWNER: self.gateway_id,
                         LABEL_NAME: name,
                         LABEL_GATEWAY: str(gateway_ip),
                         LABEL_SANDBOX_IP: str(sandbox_ip),
@@ -297,7 +379,8 @@ class SandboxManager:
                 ttl=spec.ttl,
                 require_activation=True,
                 allow_hosts=[*self.config.sandbox.allow_hosts, *spec.allow_hosts],
-                labels={"sandbox": sb.id, "name": sb.name},
+                labels={"sandbox": sb.id, "name": sb.name, "gateway": self.gateway_id},
+                idle_timeout=spec.idle_timeout,
             )
         except ControlError as exc:
             raise SandboxError(f"the gateway refused the session: {exc}") from None
@@ -308,7 +391,8 @@ class SandboxManager:
     def _write_bundle(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
         cfg = self.config.sandbox
         _ensure_tmpfs(cfg.bundle_dir)
-        d = cfg.bundle_dir / sb.id
+        self.bundle_root.mkdir(mode=0o700, exist_ok=True)
+        d = self.bundle_root / sb.id
         undo.append(lambda: shutil.rmtree(d, ignore_errors=True))
         gw = self.config.gateway
         endpoint = GatewayEndpoint(gw.public_name, str(sb.gateway_ip), gw.git_port)
@@ -388,7 +472,9 @@ class SandboxManager:
             init=plan.init,
         )
         labels = {**plan.labels, LABEL: sb.id, LABEL_SESSION: sb.session_id or ""}
-        labels[LABEL_NAME] = sb.name
+        labels.update({LABEL_NAME: sb.name, LABEL_OWNER: self.gateway_id})
+        if spec.remove:
+            labels[LABEL_REMOVE] = "1"
         try:
             created = self.client.api.create_container(
                 spec.image,
@@ -437,14 +523,20 @@ class SandboxManager:
         return info
 
     def _start_and_activate(self, sb: Sandbox) -> None:
+        t = time.perf_counter()
         try:
             self.client.api.start(sb.container_id)
         except docker.errors.APIError as exc:
             raise SandboxError(f"cannot start the container: {exc.explanation}") from None
+        sb.timings["docker start"] = time.perf_counter() - t
+        t = time.perf_counter()
         self._verify(sb)
+        sb.timings["inspect"] = time.perf_counter() - t
+        t = time.perf_counter()
         # Rules could have been flushed between install and start: check once more.
         if not firewall.verify_rules(self.rules_for(sb)):
             raise SandboxError("firewall rules are missing; refusing to activate")
+        sb.timings["rules re-check"] = time.perf_counter() - t
         assert sb.session_id is not None and sb.container_id is not None
         self.control.activate(
             sb.session_id,
@@ -463,31 +555,52 @@ class SandboxManager:
 
     # --- stop and clean up ---------------------------------------------------------------
 
-    def _find_containers(self, **filters: str) -> list[dict[str, Any]]:
-        f: dict[str, Any] = {"label": [LABEL]}
+    def _own(self, *labels: str) -> dict[str, Any]:
+        return {"label": [f"{LABEL_OWNER}={self.gateway_id}", *labels]}
+
+    def _find_containers(self, *, all: bool = True, **filters: str) -> list[dict[str, Any]]:
+        extra = [LABEL]
         if "name" in filters:
-            f["label"] = [f"{LABEL_NAME}={filters['name']}"]
+            extra = [f"{LABEL_NAME}={filters['name']}"]
         if "sandbox" in filters:
-            f["label"] = [f"{LABEL}={filters['sandbox']}"]
-        result: list[dict[str, Any]] = self.client.api.containers(all=True, filters=f)
+            extra = [f"{LABEL}={filters['sandbox']}"]
+        result: list[dict[str, Any]] = self.client.api.containers(
+            all=all, filters=self._own(*extra)
+        )
         return result
+
+    def own_networks(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        label = LABEL if sandbox_id is None else f"{LABEL}={sandbox_id}"
+        nets: list[dict[str, Any]] = self.client.api.networks(filters=self._own(label))
+        return nets
 
     def _remove_network(self, network: str) -> None:
         # Anything still attached (a container someone else connected) is disconnected first:
-        # Docker refuses to remove a network with active endpoints.
-        with contextlib.suppress(docker.errors.NotFound):
-            info = self.client.api.inspect_network(network)
-            for cid in info.get("Containers") or {}:
-                with contextlib.suppress(docker.errors.NotFound):
-                    self.client.api.disconnect_container_from_network(cid, network, force=True)
-            self.client.api.remove_network(network)
+        # Docker refuses to remove a network with active endpoints. A container whose removal
+        # is in progress elsewhere holds its endpoint for a moment: retry, briefly.
+        for attempt in range(20):
+            try:
+                info = self.client.api.inspect_network(network)
+                for cid in info.get("Containers") or {}:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self.client.api.disconnect_container_from_network(cid, network, force=True)
+                self.client.api.remove_network(network)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if attempt == 19 or "active endpoints" not in str(exc.explanation):
+                    raise
+                time.sleep(0.1)
 
-    def teardown(self, sandbox_id: str, reason: str = "sandbox stopped") -> None:
-        """Remove everything a sandbox owns. Safe to call twice, and for half-built ones.
+    def _remove_container(self, container_id: str) -> None:
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except docker.errors.APIError as exc:
+            if not _already_going(exc):
+                raise
 
-        Every step is tried even when an earlier one fails; the session is revoked and the
-        bundle (with the session key) removed first, and one error is raised at the end.
-        """
+    def _attempts(self) -> tuple[list[str], Callable[[str, Callable[[], object]], None]]:
         errors: list[str] = []
 
         def attempt(what: str, fn: Callable[[], object]) -> None:
@@ -495,93 +608,171 @@ class SandboxManager:
                 fn()
             except (docker.errors.NotFound, FileNotFoundError):
                 pass
+            except docker.errors.APIError as exc:
+                if not _already_going(exc):
+                    errors.append(f"{what}: {exc.explanation or exc}")
             except Exception as exc:
                 errors.append(f"{what}: {exc}")
 
-        nets: list[dict[str, Any]] = []
-        attempt(
-            "list networks",
-            lambda: nets.extend(
-                self.client.api.networks(filters={"label": [f"{LABEL}={sandbox_id}"]})
-            ),
-        )
+        return errors, attempt
+
+    def release(
+        self,
+        sandbox_id: str,
+        reason: str = "sandbox exited",
+        *,
+        sessions: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """What goes the moment a sandbox's container exits: its session (revoked), its
+        bundle with the session key, and the gateway's listener on its network. The
+        container, its network and rules stay. Idempotent; True if anything was released."""
+        errors, attempt = self._attempts()
+        did = False
         containers: list[dict[str, Any]] = []
         attempt(
             "list containers", lambda: containers.extend(self._find_containers(sandbox=sandbox_id))
         )
+        if sessions is None:
+            with contextlib.suppress(ControlError):
+                sessions = self.control.list_sessions()
+        known = sessions or []
+        revoked = {s["id"] for s in known if s["state"] == "revoked"}
         session_ids = {str((c.get("Labels") or {}).get(LABEL_SESSION) or "") for c in containers}
-        session_ids.update(self._sessions_of(sandbox_id))
-        for session_id in session_ids - {""}:
+        session_ids.update(self._sessions_of(sandbox_id, known))
+        for session_id in session_ids - revoked - {""}:
+            did = True
             attempt(f"revoke {session_id}", partial(self.control.revoke, session_id, reason))
-        d = self.config.sandbox.bundle_dir / sandbox_id
+        d = self.bundle_root / sandbox_id
+        if d.exists():
+            did = True
 
-        def remove_bundle() -> None:
-            if d.exists():
+            def remove_bundle() -> None:
                 os.chmod(d, 0o700)
                 shutil.rmtree(d)
 
-        attempt("remove bundle", remove_bundle)
-        for c in containers:
-            attempt(
-                f"remove container {c['Id'][:12]}",
-                partial(self.client.api.remove_container, c["Id"], force=True),
-            )
+            attempt("remove bundle", remove_bundle)
+        nets: list[dict[str, Any]] = []
+        attempt("list networks", lambda: nets.extend(self.own_networks(sandbox_id)))
         for n in nets:
             gw = (n.get("Labels") or {}).get(LABEL_GATEWAY)
             if gw:
                 attempt(f"remove listener {gw}", partial(self.control.remove_listener, gw))
+        if errors:
+            raise SandboxError(f"sandbox {sandbox_id} not fully released: " + "; ".join(errors))
+        return did
+
+    def teardown(self, sandbox_id: str, reason: str = "sandbox stopped") -> None:
+        """Remove everything a sandbox owns. Safe to call twice, and for half-built ones.
+
+        Every step is tried even when an earlier one fails; the session is revoked and the
+        bundle (with the session key) removed first, and one error is raised at the end.
+        """
+        errors, attempt = self._attempts()
+        try:
+            self.release(sandbox_id, reason)
+        except SandboxError as exc:
+            errors.append(str(exc))
+        containers: list[dict[str, Any]] = []
+        attempt(
+            "list containers", lambda: containers.extend(self._find_containers(sandbox=sandbox_id))
+        )
+        for c in containers:
+            attempt(f"remove container {c['Id'][:12]}", partial(self._remove_container, c["Id"]))
+        nets: list[dict[str, Any]] = []
+        attempt("list networks", lambda: nets.extend(self.own_networks(sandbox_id)))
         attempt("remove firewall rules", lambda: firewall.remove_rules(sandbox_id))
         for n in nets:
             attempt(f"remove network {n['Name']}", partial(self._remove_network, n["Id"]))
         if errors:
             raise SandboxError(f"sandbox {sandbox_id} not fully removed: " + "; ".join(errors))
 
-    def _sessions_of(self, sandbox_id: str) -> list[str]:
-        try:
-            sessions = self.control.list_sessions()
-        except ControlError:
-            return []
+    def _sessions_of(
+        self, sandbox_id: str, sessions: list[dict[str, Any]] | None = None
+    ) -> list[str]:
+        if sessions is None:
+            try:
+                sessions = self.control.list_sessions()
+            except ControlError:
+                return []
         return [
             s["id"]
             for s in sessions
             if s.get("labels", {}).get("sandbox") == sandbox_id and s["state"] != "revoked"
         ]
 
-    def list(self) -> list[dict[str, Any]]:
-        return self._find_containers()
+    def list(self, *, all: bool = True) -> list[dict[str, Any]]:
+        return self._find_containers(all=all)
 
     def sandbox_id_of(self, name: str) -> str | None:
         found = self._find_containers(name=name) or self._find_containers(sandbox=name)
         if found:
             labels: dict[str, str] = found[0].get("Labels") or {}
             return labels.get(LABEL)
-        nets = self.client.api.networks(filters={"label": [f"{LABEL_NAME}={name}"]})
+        nets = self.client.api.networks(filters=self._own(f"{LABEL_NAME}={name}"))
         if nets:
             return str(nets[0]["Labels"][LABEL])
         return None
 
-    def stop(self, name: str, timeout: int = 10) -> None:
+    def _require(self, name: str) -> str:
         sid = self.sandbox_id_of(name)
         if sid is None:
-            raise SandboxError(f"no sandbox named {name!r} (see `airlock ps`)")
+            raise SandboxError(f"no sandbox named {name!r} (see `airlock ps -a`)")
+        return sid
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        """Like `docker stop`: the container stays (with its logs and exit code) unless it was
+        started with --rm; its session is revoked either way."""
+        sid = self._require(name)
+        remove = False
         for c in self._find_containers(sandbox=sid):
-            with contextlib.suppress(docker.errors.APIError):
+            remove = remove or (c.get("Labels") or {}).get(LABEL_REMOVE) == "1"
+            try:
                 self.client.api.stop(c["Id"], timeout=timeout)
-        self.teardown(sid)
+            except docker.errors.APIError as exc:
+                if not _already_going(exc):
+                    raise SandboxError(f"cannot stop {name}: {exc.explanation}") from None
+        if remove and not self.is_held(sid):
+            self.teardown(sid)
+        else:
+            self.release(sid, "sandbox stopped")
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        """Like `docker rm`: a running sandbox needs ``force`` (it is killed first)."""
+        sid = self._require(name)
+        running = [c for c in self._find_containers(sandbox=sid) if c.get("State") == "running"]
+        if running and not force:
+            raise SandboxError(f"sandbox {name} is running: stop it first, or use rm -f")
+        self.teardown(sid, "sandbox removed")
+
+    def container_of(self, name: str) -> dict[str, Any]:
+        sid = self._require(name)
+        found = self._find_containers(sandbox=sid)
+        if not found:
+            raise SandboxError(f"sandbox {name!r} has no container")
+        return found[0]
 
     def all_sandbox_ids(self) -> set[str]:
         ids = {(c.get("Labels") or {}).get(LABEL) for c in self._find_containers()}
-        for n in self.client.api.networks(filters={"label": [LABEL]}):
+        for n in self.own_networks():
             ids.add((n.get("Labels") or {}).get(LABEL))
-        ids |= firewall.list_sandbox_rule_names()
-        bundle_root = self.config.sandbox.bundle_dir
-        if bundle_root.is_dir():
-            ids |= {p.name for p in bundle_root.iterdir() if p.is_dir()}
+        ids |= firewall.list_sandbox_rule_names(owner=self.gateway_id)
+        if self.bundle_root.is_dir():
+            ids |= {p.name for p in self.bundle_root.iterdir() if p.is_dir()}
         return {i for i in ids if i}
 
     def wait(self, sb: Sandbox) -> int:
         result = self.client.api.wait(sb.container_id)
         return int(result.get("StatusCode", 1))
+
+
+def _already_going(exc: docker.errors.APIError) -> bool:
+    """Docker's answers that mean someone else is already removing it, or has."""
+    if isinstance(exc, docker.errors.NotFound):
+        return True
+    text = str(exc.explanation or exc)
+    return exc.status_code == 409 and (
+        "already in progress" in text or "is not running" in text or "No such" in text
+    )
 
 
 def _pump(manager: SandboxManager, sb: Sandbox) -> None:
@@ -598,35 +789,50 @@ def _pump(manager: SandboxManager, sb: Sandbox) -> None:
 
 
 def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
-    """Start a sandbox with its streams attached, like `docker run`; clean up at exit."""
+    """Start a sandbox with its streams attached, like `docker run`; its exit code is ours.
+
+    While it waits, this process holds the sandbox's hold lock, so a `supervise` that sees the
+    container exit revokes its session but leaves the container (and its exit code) to us.
+    """
     sb = manager.start(spec, open_gate=False)
     attach: subprocess.Popen[bytes] | None = None
     pump: threading.Thread | None = None
-    try:
-        if spec.interactive or spec.tty:
-            # Terminal and stdin forwarding: the docker CLI does this best.
-            attach = subprocess.Popen(
-                ["docker", "attach", "--sig-proxy=true", sb.container_id or ""]
-            )
-            time.sleep(0.5)  # the gate holds the command until the attach is in place
-        else:
-            # logs=True replays what was written before the attach, so nothing is lost.
-            pump = threading.Thread(target=_pump, args=(manager, sb), daemon=True)
-            pump.start()
-        manager.open_gate(sb)
+    with manager.hold(sb.id):
         try:
-            code = manager.wait(sb)
-        except KeyboardInterrupt:
-            with contextlib.suppress(Exception):
-                manager.client.api.stop(sb.container_id, timeout=5)
-            code = 130
-        if pump is not None:
-            pump.join(10)
-        if attach is not None:
+            if spec.interactive or spec.tty:
+                # Terminal and stdin forwarding: the docker CLI does this best.
+                attach = subprocess.Popen(
+                    ["docker", "attach", "--sig-proxy=true", sb.container_id or ""]
+                )
+                time.sleep(0.5)  # the gate holds the command until the attach is in place
+            else:
+                # logs=True replays what was written before the attach, so nothing is lost.
+                pump = threading.Thread(target=_pump, args=(manager, sb), daemon=True)
+                pump.start()
+            manager.open_gate(sb)
             try:
-                attach.wait(10)
-            except subprocess.TimeoutExpired:
-                attach.terminate()
-        return code
-    finally:
-        manager.teardown(sb.id, "sandbox exited")
+                code = manager.wait(sb)
+            except KeyboardInterrupt:
+                with contextlib.suppress(Exception):
+                    manager.client.api.stop(sb.container_id, timeout=5)
+                code = 130
+            except docker.errors.NotFound:
+                raise SandboxError(
+                    f"the container of sandbox {sb.name} was removed before it exited"
+                ) from None
+            with contextlib.suppress(SandboxError):
+                manager.release(sb.id, "sandbox exited")
+            if pump is not None:
+                pump.join(10)
+            if attach is not None:
+                try:
+                    attach.wait(10)
+                except subprocess.TimeoutExpired:
+                    attach.terminate()
+            return code
+        finally:
+            if spec.remove:
+                manager.teardown(sb.id, "sandbox exited")
+            else:
+                with contextlib.suppress(SandboxError):
+                    manager.release(sb.id, "sandbox exited")

@@ -1,29 +1,144 @@
-"""`airlock supervise`: keep what Docker says and what airlock enforces in agreement.
+"""`airlock supervise`: keep what Docker says and what airlock enforces in agreement, for the
+sandboxes of one gateway (those labelled with its id) and no others.
 
-- a sandbox container that stops (or is killed) gets its session revoked and its network,
-  rules, listener and files removed, as soon as Docker reports it;
+- a sandbox container that exits (or is killed) gets its session revoked and its bundle and
+  listener removed as soon as Docker reports it; the container stays (logs, exit code) unless
+  it was started with ``--rm`` and no foreground `airlock run` is still waiting for it;
+- a removed container takes its network and rules with it;
 - a running sandbox whose firewall rules are missing (a Docker daemon restart, an operator's
   `nft flush ruleset`) gets them back;
 - leftovers of crashed runs (a network with no container, rules or bundles with no network)
   are removed.
+
+One supervisor per gateway: it holds ``supervise-<gateway id>.lock`` for its life. A detached
+`airlock run` with no supervisor running starts one that exits when its gateway has no
+sandbox left to watch (``until_idle``); an operator's `airlock supervise` takes over from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 
 from airlock.host import firewall
 from airlock.host.control_client import ControlError
-from airlock.host.sandbox import LABEL, LABEL_GATEWAY, Sandbox, SandboxError, SandboxManager
+from airlock.host.sandbox import (
+    LABEL,
+    LABEL_GATEWAY,
+    LABEL_OWNER,
+    LABEL_REMOVE,
+    LABEL_SANDBOX_IP,
+    Sandbox,
+    SandboxError,
+    SandboxManager,
+)
 
 # A sandbox younger than this may still be starting: its container may not exist yet.
 START_GRACE_SECONDS = 60.0
+_AUTO_MARK = "until-idle"
+
+
+def lock_path(manager: SandboxManager) -> Path:
+    return manager.config.sandbox.bundle_dir.parent / f"supervise-{manager.gateway_id}.lock"
+
+
+class SupervisorRunning(SandboxError):
+    pass
+
+
+@contextlib.contextmanager
+def supervisor_lock(
+    manager: SandboxManager, *, until_idle: bool, take_over: bool = True
+) -> Iterator[None]:
+    """Hold this gateway's supervisor lock. An auto-started supervisor is asked to leave
+    (SIGTERM) when an operator's starts; another operator's supervisor is an error."""
+    path = lock_path(manager)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode(errors="replace").split()
+            pid = int(holder[0]) if holder and holder[0].isdigit() else 0
+            auto = len(holder) > 1 and holder[1] == _AUTO_MARK
+            if not (auto and take_over and not until_idle and pid > 0):
+                raise SupervisorRunning(
+                    f"another supervisor (pid {pid or '?'}) is running for gateway "
+                    f"{manager.gateway_id}"
+                ) from None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SupervisorRunning(
+                            f"the auto-started supervisor (pid {pid}) did not stop"
+                        ) from None
+                    time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {_AUTO_MARK if until_idle else 'operator'}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def supervisor_running(manager: SandboxManager) -> bool:
+    try:
+        fd = os.open(lock_path(manager), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def ensure_supervisor(manager: SandboxManager, config_path: Path | None) -> bool:
+    """Start an `until_idle` supervisor in the background unless one runs; True if started.
+
+    So a detached sandbox's session is revoked the moment its container exits even when no
+    operator runs `airlock supervise`."""
+    if supervisor_running(manager):
+        return False
+    log = manager.config.sandbox.bundle_dir.parent / f"supervise-{manager.gateway_id}.log"
+    argv = [sys.executable, "-m", "airlock.cli", "supervise", "--until-idle"]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    with open(log, "ab") as out:
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Until it holds the lock, a second `run -d` would start another; it takes ~0.3 s.
+    deadline = time.monotonic() + 5
+    while not supervisor_running(manager) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
 
 
 class Supervisor:
@@ -45,16 +160,23 @@ class Supervisor:
             stamp = stamp.replace(tzinfo=dt.UTC)
         return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
 
+    def _young(self, net: dict[str, Any] | None) -> bool:
+        if net is None:
+            return False
+        full = self.manager.client.api.inspect_network(net["Id"])
+        return self._network_age(full) < START_GRACE_SECONDS
+
     def reconcile(self) -> dict[str, int]:
         m = self.manager
         client = m.client
-        counts = {"removed": 0, "restored": 0, "ok": 0}
-        nets = {
-            (n.get("Labels") or {}).get(LABEL): n
-            for n in client.api.networks(filters={"label": [LABEL]})
-        }
+        counts = {"removed": 0, "restored": 0, "released": 0, "ok": 0}
+        nets = {(n.get("Labels") or {}).get(LABEL): n for n in m.own_networks()}
+        try:
+            sessions: list[dict[str, Any]] | None = m.control.list_sessions()
+        except ControlError:
+            sessions = None
         for sid in sorted(m.all_sandbox_ids()):
-            containers = client.api.containers(all=True, filters={"label": [f"{LABEL}={sid}"]})
+            containers = m._find_containers(sandbox=sid)
             running = [c for c in containers if c.get("State") == "running"]
             net = nets.get(sid)
             if running and net is not None:
@@ -78,18 +200,38 @@ class Supervisor:
                     m.control.add_listener(str(sb.gateway_ip))
                 counts["ok"] += 1
                 continue
-            if net is not None and not containers:
-                full = client.api.inspect_network(net["Id"])
-                if self._network_age(full) < START_GRACE_SECONDS:
-                    continue  # an `airlock run` may be between network and container
-            if any(c.get("State") == "created" for c in containers) and net is not None:
-                full = client.api.inspect_network(net["Id"])
-                if self._network_age(full) < START_GRACE_SECONDS:
-                    continue
-            self._teardown(sid, "sandbox stopped (supervisor)")
-            self.say(f"cleaned up sandbox {sid}")
-            counts["removed"] += 1
+            if containers:
+                if any(c.get("State") == "created" for c in containers) and self._young(net):
+                    continue  # an `airlock run` between create and start
+                if self._exited(sid, containers, sessions):
+                    counts["removed"] += 1
+                else:
+                    counts["released"] += 1
+                continue
+            if not m.is_held(sid) and not self._young(net):
+                self._teardown(sid, "sandbox stopped (supervisor)")
+                self.say(f"cleaned up sandbox {sid}")
+                counts["removed"] += 1
         return counts
+
+    def _exited(
+        self,
+        sid: str,
+        containers: list[dict[str, Any]],
+        sessions: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """A sandbox whose container is not running: release it; remove it if --rm and no
+        foreground run waits for it. True if removed."""
+        remove = any((c.get("Labels") or {}).get(LABEL_REMOVE) == "1" for c in containers)
+        if remove and not self.manager.is_held(sid):
+            self._teardown(sid, "sandbox exited (supervisor)")
+            return True
+        try:
+            if self.manager.release(sid, "sandbox exited (supervisor)", sessions=sessions):
+                self.say(f"sandbox {sid}: exited; session revoked")
+        except SandboxError as exc:
+            self.say(str(exc))
+        return False
 
     def _teardown(self, sid: str, reason: str) -> None:
         # One stuck sandbox must not stop the cleanup of the others.
@@ -98,7 +240,26 @@ class Supervisor:
         except SandboxError as exc:
             self.say(str(exc))
 
+    def _on_event(self, event: dict[str, Any]) -> None:
+        attrs = event.get("Actor", {}).get("Attributes") or {}
+        if event.get("Type") == "network":
+            # A connect to one of our sandbox networks: reconcile checks who joined.
+            if str(attrs.get("name", "")).startswith("airlock-"):
+                self.reconcile()
+            return
+        sid = attrs.get(LABEL)
+        if not sid or attrs.get(LABEL_OWNER) != self.manager.gateway_id:
+            return  # another gateway's sandbox, or not a sandbox
+        status = event.get("status") or event.get("Action")
+        if status == "destroy":
+            self._teardown(sid, "container removed")
+            self.say(f"sandbox {sid}: container removed; cleaned up")
+            return
+        containers = [{"Labels": attrs}]
+        self._exited(sid, containers)
+
     def _watch_events(self) -> None:
+        gid = self.manager.gateway_id
         while not self._stop.is_set():
             try:
                 events = self.manager.client.events(
@@ -112,39 +273,47 @@ class Supervisor:
                     if self._stop.is_set():
                         break
                     attrs = event.get("Actor", {}).get("Attributes") or {}
-                    if event.get("Type") == "network":
-                        # A connect to a sandbox network: reconcile checks who joined.
-                        if str(attrs.get("name", "")).startswith("airlock-"):
-                            self.reconcile()
+                    if event.get("Type") == "container" and attrs.get(LABEL_OWNER) != gid:
                         continue
-                    sid = attrs.get(LABEL)
-                    if sid:
-                        self._teardown(sid, f"container {event.get('status')}")
-                        self.say(f"sandbox {sid}: container {event.get('status')}; revoked")
+                    self._on_event(event)
             except (docker.errors.DockerException, OSError) as exc:
                 self.say(f"docker events interrupted ({exc}); retrying")
                 self._stop.wait(2)
 
-    def run(self, interval: float) -> None:
+    def _idle(self) -> bool:
+        """Nothing of this gateway's left to watch: no container running or starting."""
+        m = self.manager
+        for c in m.list(all=True):
+            if c.get("State") in ("running", "created", "restarting"):
+                return False
+        return not any(m.is_held(sid) for sid in m.all_sandbox_ids())
+
+    def run(self, interval: float, *, until_idle: bool = False) -> None:
         watcher = threading.Thread(target=self._watch_events, daemon=True)
         watcher.start()
+        signal_stop = None
+        if threading.current_thread() is threading.main_thread():
+            signal_stop = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         try:
             while not self._stop.is_set():
                 try:
                     self.reconcile()
+                    if until_idle and self._idle():
+                        self.say("no sandbox left to watch; the supervisor exits")
+                        return
                 except (docker.errors.DockerException, OSError) as exc:
                     self.say(f"reconcile failed ({exc}); retrying")
                 self._stop.wait(interval)
         finally:
             self._stop.set()
+            if signal_stop is not None:
+                signal.signal(signal.SIGTERM, signal_stop)
 
     def stop(self) -> None:
         self._stop.set()
 
 
 def _sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
-    import ipaddress
-
     labels = net.get("Labels") or {}
     subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
     return Sandbox(
@@ -154,5 +323,5 @@ def _sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
         bridge=net["Options"]["com.docker.network.bridge.name"],
         subnet=subnet,
         gateway_ip=ipaddress.IPv4Address(labels[LABEL_GATEWAY]),
-        sandbox_ip=ipaddress.IPv4Address(labels["airlock.sandbox_ip"]),
+        sandbox_ip=ipaddress.IPv4Address(labels[LABEL_SANDBOX_IP]),
     )

@@ -1,0 +1,282 @@
+"""The sandbox as a daily tool, through the real CLI: `airlock run` beside a running
+`airlock supervise`, the Docker-like lifecycle (exit keeps the container until `rm`), `ps`,
+`logs`, and two gateways with their own supervisors on one host that never touch each other's
+sandboxes.
+
+Every command here is the real `python -m airlock.cli ...` against a real gateway process
+and the real Docker engine and nftables; only loopback and this module's own networks are
+contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from airlock.config import load_config
+from airlock.host import firewall
+from airlock.host.sandbox import LABEL, LABEL_OWNER, SandboxManager
+from tests.e2e.conftest import E2E, GIT_TIMEOUT, Sandboxes, sandbox_config, wait_until
+from tests.world import HOST, World
+
+pytestmark = E2E
+POOL = "10.216.128.0/20"
+OTHER_POOL = "10.216.144.0/20"  # the second gateway's sandboxes
+REPO = "acme/daily"
+GRANTS = [f"{HOST}/{REPO}:write"]
+LS_REMOTE = f"timeout {GIT_TIMEOUT} git ls-remote https://github.com/{REPO}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repo(sbx_world: World) -> Path:
+    return sbx_world.make_repo(*REPO.split("/"))
+
+
+def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    command, rest = args[0], args[1:]
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.cli", command, "--config", str(config), *rest],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def supervising(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`airlock supervise` as an operator runs it, beside the test, for the block's length."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airlock.cli",
+                "supervise",
+                "--config",
+                str(config),
+                "--interval",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(1.5)  # its first reconcile is done and its events watcher listens
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def own_state(manager: SandboxManager) -> dict[str, Any]:
+    """What one gateway's sandboxes are on this host: containers, networks, rules, sessions."""
+    api = manager.client.api
+    flt = {"label": [f"{LABEL_OWNER}={manager.gateway_id}"]}
+    containers = sorted((c["Id"], c["State"]) for c in api.containers(all=True, filters=flt))
+    networks = sorted(n["Id"] for n in api.networks(filters=flt))
+    rules = {}
+    proc = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", firewall.TABLE], capture_output=True, text=True
+    )
+    items = json.loads(proc.stdout)["nftables"] if proc.returncode == 0 else []
+    for sid in firewall.list_sandbox_rule_names(owner=manager.gateway_id):
+        rules[sid] = sorted(
+            json.dumps(i["rule"]["expr"], sort_keys=True)
+            for i in items
+            if "rule" in i and f"airlock:{sid} " in (i["rule"].get("comment") or "")
+        )
+    sessions = sorted(
+        (s["id"], s["state"], s["last_used"]) for s in manager.control.list_sessions()
+    )
+    return {"containers": containers, "networks": networks, "rules": rules, "sessions": sessions}
+
+
+# --- exit codes pass through, with supervise running ---------------------------------------
+
+
+def test_fifty_foreground_runs_beside_supervise_pass_every_exit_code(
+    sbx_world: World, sandboxes: Sandboxes, tmp_path: Path
+) -> None:
+    codes = [i * 37 % 256 for i in range(50)]  # 0, 37, 74, ... every one different
+    got = []
+    with supervising(sbx_world.config, tmp_path / "supervise.log"):
+        for code in codes:
+            r = cli(
+                sbx_world.config, "run", "--rm", *[f"--grant={g}" for g in GRANTS],
+                sandboxes.image, "sh", "-c", f"echo run-{code}; exit {code}",
+            )  # fmt: skip
+            got.append(r.returncode)
+            assert f"run-{code}" in r.stdout, r
+            assert "Traceback" not in r.stderr, r.stderr
+    assert got == codes
+    manager = sandboxes.new_manager()
+    left = own_state(manager)
+    assert left["containers"] == [] and left["networks"] == [] and left["rules"] == {}, left
+    assert [s for s in left["sessions"] if s[1] != "revoked"] == []
+    assert manager.bundle_root.is_dir() and list(manager.bundle_root.iterdir()) == []
+    assert sbx_world.control.listeners() == []
+
+
+# --- the lifecycle: an exited sandbox stays until rm ----------------------------------------
+
+
+def test_an_exited_detached_sandbox_keeps_its_logs_and_exit_code_until_rm(
+    sbx_world: World, sandboxes: Sandboxes
+) -> None:
+    # No operator supervise here: `run -d` starts one that leaves when nothing is left.
+    name = "daily-exited"
+    r = cli(
+        sbx_world.config, "run", "-d", "--name", name, *[f"--grant={g}" for g in GRANTS],
+        sandboxes.image, "sh", "-c", f"{LS_REMOTE} && echo pushed-nothing; exit 7",
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == name, r
+    manager = sandboxes.new_manager()
+    sid = manager.sandbox_id_of(name)
+    assert sid is not None
+    sandboxes.ids.append(sid)
+    container = manager.container_of(name)
+    assert sandboxes.api.wait(container["Id"], timeout=60)["StatusCode"] == 7
+    session = str(container["Labels"]["airlock.session"])
+    # Revoked the moment it exited, by the supervisor `run -d` started.
+    assert wait_until(lambda: sbx_world.control.show(session)["state"] == "revoked", 10)
+    assert wait_until(lambda: not (manager.bundle_root / sid).exists(), 10)
+
+    running = json.loads(cli(sbx_world.config, "ps", "--format", "json").stdout)
+    assert name not in [row["name"] for row in running]
+    everything = json.loads(cli(sbx_world.config, "ps", "-a", "--format", "json").stdout)
+    (row,) = [row for row in everything if row["name"] == name]
+    assert row["state"] == "exited" and "(7)" in row["status"], row
+    assert row["session"] == session and row["container"] == container["Id"]  # full ids
+    logs = cli(sbx_world.config, "logs", name)
+    assert logs.returncode == 0 and "refs/heads/main" in logs.stdout, logs
+    assert "pushed-nothing" in logs.stdout
+
+    assert cli(sbx_world.config, "rm", name).returncode == 0
+    assert sandboxes.leftovers(sid) == []
+    gone = cli(sbx_world.config, "logs", name)
+    assert gone.returncode != 0 and "no sandbox named" in gone.stderr, gone
+    assert "Traceback" not in gone.stderr
+
+
+def test_rm_refuses_a_running_sandbox_without_force(sbx_world: World, sandboxes: Sandboxes) -> None:
+    sb = sandboxes.start("sleep 300", GRANTS, name="daily-running")
+    r = cli(sbx_world.config, "rm", sb.name)
+    assert r.returncode == 1 and "is running" in r.stderr, r
+    assert sandboxes.api.inspect_container(sb.container_id)["State"]["Running"]
+    t0 = time.monotonic()
+    assert cli(sbx_world.config, "rm", "-f", sb.name).returncode == 0
+    print(f"rm -f of a running sandbox: {time.monotonic() - t0:.2f} s")
+    assert sandboxes.leftovers(sb.id) == []
+
+
+def test_stop_keeps_the_container_and_revokes_at_once(
+    sbx_world: World, sandboxes: Sandboxes
+) -> None:
+    sb = sandboxes.start("sleep 300", GRANTS, name="daily-stop", remove=False)
+    t0 = time.monotonic()
+    r = cli(sbx_world.config, "stop", sb.name)
+    took = time.monotonic() - t0
+    print(f"airlock stop of `sleep 300` (PID 1 without init would ignore SIGTERM): {took:.2f} s")
+    assert r.returncode == 0, r
+    assert sbx_world.control.show(str(sb.session_id))["state"] == "revoked"
+    info = sandboxes.api.inspect_container(sb.container_id)
+    assert info["State"]["Status"] == "exited"
+    assert cli(sbx_world.config, "rm", sb.name).returncode == 0
+    assert sandboxes.leftovers(sb.id) == []
+
+
+# --- two gateways on one host ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A second gateway with its own config, state, socket and pool, on the same host and the
+    same bundle directory (so only ownership keeps the two apart)."""
+    w = World(tmp_path_factory.mktemp("other-world"), config_extra=sandbox_config(OTHER_POOL))
+    w.start()
+    w.make_repo(*REPO.split("/"))
+    yield w
+    w.stop()
+
+
+def test_two_gateways_and_two_supervisors_never_touch_each_other(
+    sbx_world: World,
+    other_world: World,
+    sandboxes: Sandboxes,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    mine = sandboxes.new_manager()
+    other = Sandboxes(other_world, docker_client, sandboxes.image)
+    theirs = other.manager
+    assert mine.gateway_id != theirs.gateway_id
+    a = sandboxes.start("sleep 300", GRANTS, name="daily-gw-a")
+    b = other.start("sleep 300", GRANTS, name="daily-gw-b")
+    try:
+        for s, sb in ((sandboxes, a), (other, b)):
+            code, out = s.exec(sb, LS_REMOTE)
+            assert code == 0 and "refs/heads/main" in out, out
+        before = (own_state(mine), own_state(theirs))
+        assert before[0]["containers"] and before[1]["containers"]
+        with (
+            supervising(sbx_world.config, tmp_path / "sup-a.log"),
+            supervising(other_world.config, tmp_path / "sup-b.log"),
+        ):
+            time.sleep(3)  # several reconciles of each, every 1 s
+            during = (own_state(mine), own_state(theirs))
+            # Each side's CLI sees only its own sandbox.
+            ps_a = json.loads(cli(sbx_world.config, "ps", "--format", "json").stdout)
+            ps_b = json.loads(cli(other_world.config, "ps", "--format", "json").stdout)
+            assert "daily-gw-b" not in [r["name"] for r in ps_a]
+            assert [r["name"] for r in ps_b] == ["daily-gw-b"]
+            wrong = cli(sbx_world.config, "stop", "daily-gw-b")
+            assert wrong.returncode != 0 and "no sandbox named" in wrong.stderr, wrong
+            # One gateway's sandbox dies: only its own supervisor acts.
+            sandboxes.api.kill(a.container_id, signal="KILL")
+            assert wait_until(lambda: sandboxes.leftovers(a.id) == [], 15), sandboxes.leftovers(
+                a.id
+            )
+            time.sleep(2)
+            after_b = own_state(theirs)
+        assert during == before, "a supervisor changed something while nothing happened"
+        assert after_b == before[1], "B's state changed when A's sandbox died"
+        code, out = other.exec(b, LS_REMOTE)
+        assert code == 0 and "refs/heads/main" in out, out
+        assert other_world.control.show(str(b.session_id))["state"] == "active"
+    finally:
+        other.cleanup()
+        sandboxes.teardown(a)
+    assert other.leftovers(b.id) == []
+
+
+def test_a_sandbox_without_the_owner_label_is_not_ours(
+    sandboxes: Sandboxes, sbx_world: World
+) -> None:
+    """The ownership filter is what keeps supervise off others' sandboxes: a sandbox-labelled
+    container of another owner is invisible to every command."""
+    sb = sandboxes.start("sleep 300", GRANTS, name="daily-owned")
+    try:
+        manager = sandboxes.new_manager()
+        assert sb.id in manager.all_sandbox_ids()
+        stranger = SandboxManager(load_config(sbx_world.config), client=sandboxes.client)
+        stranger._gateway_id = "0" * 16
+        assert sb.id not in stranger.all_sandbox_ids()
+        assert stranger.sandbox_id_of(sb.name) is None
+        labels = sandboxes.api.inspect_container(sb.container_id)["Config"]["Labels"]
+        assert labels[LABEL] == sb.id and labels[LABEL_OWNER] == manager.gateway_id
+    finally:
+        sandboxes.teardown(sb)
