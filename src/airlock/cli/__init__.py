@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from airlock.cli import gateway, run, sandboxes, session, tools
+from airlock.cli import doctor, gateway, run, sandboxes, session, tools
+from airlock.cli.common import AirlockGroup
 
 
-@click.group()
+@click.group(cls=AirlockGroup)
 def main() -> None:
     """airlock: sandboxes that reach exactly the GitHub repositories they were granted."""
 
@@ -16,4 +17,7 @@ main.add_command(gateway.gateway)
 main.add_command(session.session)
 main.add_command(run.run)
 for _command in (sandboxes.ps, sandboxes.stop, sandboxes.supervise, tools.image, tools.demo):
+    main.add_command(_command)
+main.add_command(doctor.doctor)
+for _command in (sandboxes.rm, sandboxes.logs, sandboxes.exec_):
     main.add_command(_command)

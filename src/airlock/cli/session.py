@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from airlock.cli.common import config_option, control_call, control_client, err, fail, load, out
+from airlock.cli.common import (
+    Column,
+    config_option,
+    control_call,
+    control_client,
+    err,
+    fail,
+    format_option,
+    load,
+    no_trunc_option,
+    print_rows,
+)
 from airlock.core.durations import parse_duration
 
 
@@ -49,7 +59,7 @@ def _write_host_bundle(out_dir: Path, issued: dict[str, Any], key: Any) -> Path:
     help="Directory to write the session bundle to (created 0700).",
 )
 def session_create(
-    config_path: Path,
+    config_path: Path | None,
     grants: tuple[str, ...],
     bind_ip: str | None,
     ttl: str | None,
@@ -87,43 +97,62 @@ def _ts(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+SESSION_COLUMNS = (
+    Column("session id", lambda s: s["id"], is_id=True),
+    Column("state", lambda s: s["state"]),
+    Column("grants", lambda s: s["grants"]),
+    Column("expires", lambda s: _ts(s["expires_at"])),
+    Column("requests", lambda s: s["requests"]),
+    Column("bytes", lambda s: s["bytes"]),
+)
+
+
 @session.command("list")
 @config_option
-def session_list(config_path: Path) -> None:
-    """List sessions."""
+@format_option
+@no_trunc_option
+def session_list(config_path: Path | None, fmt: str, no_trunc: bool) -> None:
+    """List sessions: a table (ids cut to 12 characters unless --no-trunc), or JSON."""
     sessions = control_call(control_client(load(config_path)).list_sessions)
-    table = Table("id", "state", "grants", "expires", "requests", "bytes")
-    for s in sessions:
-        table.add_row(
-            s["id"],
-            s["state"],
-            "\n".join(s["grants"]),
-            _ts(s["expires_at"]),
-            str(s["requests"]),
-            str(s["bytes"]),
-        )
-    out.print(table)
+    print_rows(sessions, SESSION_COLUMNS, fmt, no_trunc)
+
+
+def resolve_session_id(client: Any, given: str) -> str:
+    """A whole session id from an id or a unique prefix of one (as the table shows them)."""
+    if len(given) >= 34:  # "s-" and 32 hex digits: a whole id, asked for as it is
+        return given
+    ids = [s["id"] for s in control_call(client.list_sessions)]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)]
+    if not matches:
+        fail(f"no session {given!r}; `airlock session list` shows them")
+    if len(matches) > 1:
+        fail(f"{given!r} matches {len(matches)} sessions; give more of the id")
+    return str(matches[0])
 
 
 @session.command("show")
 @config_option
 @click.argument("session_id")
-def session_show(config_path: Path, session_id: str) -> None:
+def session_show(config_path: Path | None, session_id: str) -> None:
     """Show one session as JSON."""
     import json
 
-    click.echo(
-        json.dumps(control_call(control_client(load(config_path)).show, session_id), indent=2)
-    )
+    client = control_client(load(config_path))
+    session_id = resolve_session_id(client, session_id)
+    click.echo(json.dumps(control_call(client.show, session_id), indent=2))
 
 
 @session.command("revoke")
 @config_option
 @click.argument("session_id")
 @click.option("--reason", default="revoked by operator")
-def session_revoke(config_path: Path, session_id: str, reason: str) -> None:
+def session_revoke(config_path: Path | None, session_id: str, reason: str) -> None:
     """Revoke a session: its next request is refused, even on an open connection."""
-    control_call(control_client(load(config_path)).revoke, session_id, reason)
+    client = control_client(load(config_path))
+    session_id = resolve_session_id(client, session_id)
+    control_call(client.revoke, session_id, reason)
     err.print(f"revoked {session_id}", highlight=False)
 
 
@@ -131,12 +160,13 @@ def session_revoke(config_path: Path, session_id: str, reason: str) -> None:
 @config_option
 @click.argument("session_id")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
-def session_renew(config_path: Path, session_id: str, out_dir: Path) -> None:
+def session_renew(config_path: Path | None, session_id: str, out_dir: Path) -> None:
     """Issue a new client key and certificate for a session; the old certificate stops working."""
     from airlock.gateway.pki import make_csr, new_private_key
 
-    config = load(config_path)
+    client = control_client(load(config_path))
+    session_id = resolve_session_id(client, session_id)
     key = new_private_key()
-    issued = control_call(control_client(config).renew, session_id, make_csr(key).decode())
+    issued = control_call(client.renew, session_id, make_csr(key).decode())
     _write_host_bundle(out_dir, issued, key)
     err.print(f"renewed {session_id}; new bundle in {out_dir}", highlight=False)

@@ -10,14 +10,25 @@ from airlock.cli.common import err, fail, out
 
 
 @click.command()
-def image() -> None:
+@click.option(
+    "--mirror",
+    metavar="URL",
+    help=(
+        "The Debian mirror to build from (default: $AIRLOCK_DEBIAN_MIRROR, else this "
+        "machine's own mirror from its apt sources). Used only when the image is built."
+    ),
+)
+def image(mirror: str | None) -> None:
     """Build (once, offline, from Debian packages) and import the default sandbox image."""
-    from airlock.host.images import ImageBuildError, ensure_sandbox_image
-    from airlock.host.sandbox import SandboxError, docker_client
+    from airlock.host.dockerclient import DockerUnavailable, docker_client
+    from airlock.host.images import ImageBuildError, check_mirror, ensure_sandbox_image
 
     try:
-        tag = ensure_sandbox_image(docker_client(), progress=lambda m: err.print(m))
-    except (SandboxError, ImageBuildError) as exc:
+        if mirror is not None:
+            check_mirror(mirror)
+        client = docker_client()
+        tag = ensure_sandbox_image(client, progress=lambda m: err.print(m), mirror=mirror)
+    except (DockerUnavailable, ImageBuildError) as exc:
         fail(str(exc))
     click.echo(tag)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
+import re
 import socket
 import stat
 from pathlib import Path
@@ -14,9 +16,36 @@ from typing import Any
 class ControlError(Exception):
     """The control socket could not be reached or refused the call."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, kind: str = "error") -> None:
         super().__init__(message)
         self.status = status
+        # "missing" (no socket), "not_running" (nothing listens), "permission" (the
+        # filesystem refuses this uid), "refused" (not in gateway.control_uids), "error".
+        self.kind = kind
+
+
+# The gateway's refusal of a uid not in gateway.control_uids (gateway/control.py).
+_REFUSED_UID = re.compile(r"^uid (-?\d+) may not use the control socket")
+
+
+def _permission_denied(path: Path) -> ControlError:
+    return ControlError(
+        f"permission denied on the control socket {path} for uid {os.geteuid()}: only the "
+        "gateway's user and root can open it; run as root (or as a uid in "
+        "gateway.control_uids that can reach the socket)",
+        kind="permission",
+    )
+
+
+def _refused(path: Path, message: str | None) -> ControlError:
+    m = _REFUSED_UID.match(message or "")
+    uid = int(m.group(1)) if m else os.geteuid()
+    return ControlError(
+        f"uid {uid} is not in gateway.control_uids of the gateway at {path}; run as root, or "
+        f"add {uid} to gateway.control_uids and restart the gateway",
+        403,
+        kind="refused",
+    )
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -41,9 +70,14 @@ class ControlClient:
             st = os.lstat(self.path)
         except FileNotFoundError:
             raise ControlError(
-                f"no gateway control socket at {self.path}; start it with "
-                "`airlock gateway --config FILE`"
+                f"no gateway control socket at {self.path}: the gateway is not running; start "
+                "it with `airlock gateway --config FILE` (or check gateway.control_socket)",
+                kind="missing",
             ) from None
+        except PermissionError:
+            raise _permission_denied(self.path) from None
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc.strerror}") from None
         if not stat.S_ISSOCK(st.st_mode):
             raise ControlError(f"{self.path} is not a socket; refusing to connect")
         conn = _UnixConnection(self.path, self.timeout)
@@ -55,9 +89,26 @@ class ControlClient:
             data = resp.read()
         except ConnectionRefusedError:
             raise ControlError(
-                f"the gateway is not running (nothing listens on {self.path})"
+                f"the gateway is not running: nothing listens on {self.path}; start it with "
+                "`airlock gateway --config FILE`",
+                kind="not_running",
             ) from None
-        except OSError as exc:
+        except PermissionError:
+            raise _permission_denied(self.path) from None
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            raise ControlError(
+                f"the gateway at {self.path} closed the connection without an answer; see its log",
+            ) from None
+        except TimeoutError:
+            raise ControlError(
+                f"the gateway at {self.path} did not answer within {self.timeout:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                raise ControlError(
+                    f"no gateway control socket at {self.path}: the gateway is not running",
+                    kind="missing",
+                ) from None
             raise ControlError(f"control socket {self.path}: {exc}") from None
         finally:
             conn.close()
@@ -67,6 +118,8 @@ class ControlClient:
             raise ControlError(f"control socket answered {resp.status} with non-JSON") from None
         if resp.status >= 400:
             msg = decoded.get("error") if isinstance(decoded, dict) else None
+            if resp.status == 403 and _REFUSED_UID.match(msg or ""):
+                raise _refused(self.path, msg)
             raise ControlError(msg or f"HTTP {resp.status}", resp.status)
         return decoded
 

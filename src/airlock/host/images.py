@@ -5,8 +5,16 @@ directory, a non-root user is added with ``chroot useradd``, the tree is tarred 
 ``docker import``. The tarball is cached, so after ``docker image rm`` only the import runs again.
 
 The tag is ``airlock/sandbox:<key>`` where ``<key>`` hashes everything that shapes the image
-(suite, mirror, variant, package list, user, this recipe's version): change any of them and a
-new image is built instead of silently reusing an old one.
+(suite, variant, package list, user, this recipe's version): change any of them and a new
+image is built instead of silently reusing an old one. The mirror is only where the packages
+come from (each is verified against Debian's keyring), so it is not part of the key.
+
+The image names no host of its own: its apt sources are emptied, debootstrap's log (which
+names the mirror and the build directory) is removed, and so are apt's caches, the host's
+resolv.conf and hostname. Python users get a working pip: a virtual environment at
+``/opt/venv`` (Debian's python3-venv, offline), owned by the sandbox user and first on PATH,
+so ``pip install`` works without ``--break-system-packages`` (PEP 668 protects Debian's own
+Python). A read-only root file system makes it read-only too.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -33,13 +42,17 @@ __all__ = [
     "SANDBOX_HOME",
     "SANDBOX_UID",
     "SANDBOX_USER",
+    "VENV",
     "ImageBuildError",
+    "check_mirror",
+    "debian_mirror",
     "ensure_sandbox_image",
     "sandbox_image_tag",
 ]
 
 # Bump when the recipe below changes in a way the other inputs do not capture.
-RECIPE_VERSION = 1
+# 2: /opt/venv for the sandbox user on PATH; no mirror named in the image; mirror not in the key.
+RECIPE_VERSION = 2
 
 SUITE = "bookworm"
 APT_SOURCES = Path("/etc/apt")
@@ -83,7 +96,6 @@ def debian_mirror(apt_dir: Path = APT_SOURCES, suite: str = "bookworm") -> str:
     return ""
 
 
-MIRROR = debian_mirror()
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = (
@@ -92,6 +104,7 @@ PACKAGES: tuple[str, ...] = (
     "ca-certificates",
     "python3",
     "python3-pip",
+    "python3-venv",
     "iproute2",
     "dnsutils",
     "netcat-openbsd",
@@ -100,6 +113,7 @@ SANDBOX_USER = "sandbox"
 SANDBOX_UID = 10000
 SANDBOX_GID = 10000
 SANDBOX_HOME = "/home/sandbox"
+VENV = "/opt/venv"  # the sandbox user's Python environment, first on PATH
 IMAGE_REPOSITORY = "airlock/sandbox"
 
 
@@ -107,10 +121,10 @@ def _image_key() -> str:
     recipe = {
         "recipe": RECIPE_VERSION,
         "suite": SUITE,
-        "mirror": MIRROR,
         "variant": VARIANT,
         "packages": sorted(PACKAGES),
         "user": [SANDBOX_USER, SANDBOX_UID, SANDBOX_GID, SANDBOX_HOME],
+        "venv": VENV,
     }
     blob = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -120,7 +134,10 @@ IMAGE_KEY = _image_key()
 
 # Applied by `docker import`: an imported rootfs has no config at all.
 _CHANGES = [
-    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    f"ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    f"ENV VIRTUAL_ENV={VENV}",
+    # pip would otherwise ask PyPI for a newer pip on every run.
+    "ENV PIP_DISABLE_PIP_VERSION_CHECK=1",
     "ENV LANG=C.UTF-8",
     f"ENV HOME={SANDBOX_HOME}",
     f"USER {SANDBOX_UID}:{SANDBOX_GID}",
@@ -140,14 +157,34 @@ def sandbox_image_tag() -> str:
     return f"{IMAGE_REPOSITORY}:{IMAGE_KEY}"
 
 
+def check_mirror(url: str) -> str:
+    """A mirror URL debootstrap can use (http, https or file, no credentials); ImageBuildError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "file") or (
+        parts.scheme != "file" and not parts.hostname
+    ):
+        raise ImageBuildError(
+            f"mirror {url!r}: use http://HOST/PATH, https://HOST/PATH or file:///PATH"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ImageBuildError(f"mirror {url!r}: no credentials, query or fragment")
+    return url.rstrip("/")
+
+
 def ensure_sandbox_image(
     client: docker.DockerClient,
     *,
     cache_dir: Path = Path("/var/cache/airlock"),
     progress: Progress | None = None,
+    mirror: str | None = None,
 ) -> str:
-    """Return the tag of the sandbox image, building and/or importing it first if needed."""
+    """Return the tag of the sandbox image, building and/or importing it first if needed.
+
+    ``mirror`` is where debootstrap fetches from when it has to build (default: this
+    machine's own Debian mirror, :func:`debian_mirror`)."""
     say: Progress = progress or (lambda _msg: None)
+    if mirror is not None:
+        mirror = check_mirror(mirror)
     tag = sandbox_image_tag()
     if _image_exists(client, tag):
         return tag
@@ -161,8 +198,12 @@ def ensure_sandbox_image(
         tarball = cache_dir / f"sandbox-rootfs-{IMAGE_KEY}.tar"
         digest_file = tarball.with_suffix(".tar.sha256")
         if not (tarball.is_file() and digest_file.is_file()):
-            say(f"building sandbox rootfs with debootstrap ({SUITE}, {len(PACKAGES)} packages)")
-            _build_rootfs_tarball(cache_dir, tarball, digest_file, say)
+            source = mirror or debian_mirror()
+            say(
+                f"building sandbox rootfs with debootstrap ({SUITE}, {len(PACKAGES)} packages, "
+                f"from {source or 'no mirror'})"
+            )
+            _build_rootfs_tarball(cache_dir, tarball, digest_file, say, source)
         say(f"importing {tarball.name} as {tag}")
         _import(client, tarball, digest_file, tag)
     return tag
@@ -186,14 +227,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say: Progress) -> None:
+def _build_rootfs_tarball(
+    cache_dir: Path, tarball: Path, digest_file: Path, say: Progress, mirror: str
+) -> None:
     if not KEYRING.is_file():
         # debootstrap would otherwise carry on without checking signatures.
         raise ImageBuildError(f"{KEYRING} missing: install debian-archive-keyring")
-    if not MIRROR:
+    if not mirror:
         raise ImageBuildError(
             f"no Debian mirror for {SUITE} in {APT_SOURCES}'s sources: "
-            "set AIRLOCK_DEBIAN_MIRROR to one"
+            "pass --mirror URL or set AIRLOCK_DEBIAN_MIRROR"
         )
     # Work inside cache_dir so the final rename is on one filesystem (atomic).
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir))
@@ -208,7 +251,7 @@ def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say
                 f"--include={','.join(PACKAGES)}",
                 SUITE,
                 str(root),
-                MIRROR,
+                mirror,
             ],
             log,
         )
@@ -232,6 +275,9 @@ def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say
             ],
             log,
         )
+        say(f"creating {VENV} for the sandbox user")
+        _run(["chroot", str(root), "python3", "-m", "venv", VENV], log)
+        _run(["chroot", str(root), "chown", "-R", f"{SANDBOX_UID}:{SANDBOX_GID}", VENV], log)
         _trim_rootfs(root)
         say("writing rootfs tarball")
         partial = work / "rootfs.tar"
@@ -260,19 +306,28 @@ def _build_rootfs_tarball(cache_dir: Path, tarball: Path, digest_file: Path, say
         _remove_tree(work)
 
 
+NO_SOURCES = (
+    "# airlock: no apt sources; the image names no host of its own.\n"
+    "# Add your own (and allow its host with --allow-host) to use apt in a sandbox.\n"
+)
+
+
 def _trim_rootfs(root: Path) -> None:
-    # Downloaded .debs and apt lists are dead weight in the image (~100 MB).
-    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+    # Downloaded .debs, apt lists and caches are dead weight in the image (~100 MB), and the
+    # lists and caches name the mirror.
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "var/cache/apt"):
         d = root / sub
         if d.is_dir():
             for entry in d.iterdir():
                 if entry.is_file() and not entry.is_symlink():
                     entry.unlink()
-    # The host's resolver and name must not leak into the image; Docker mounts its own.
-    for name in ("etc/resolv.conf", "etc/hostname"):
+    # The host's resolver and name, the mirror (debootstrap's log also names the build
+    # directory) must not leak into the image; Docker mounts its own resolv.conf and hostname.
+    for name in ("etc/resolv.conf", "etc/hostname", "var/log/bootstrap.log"):
         p = root / name
         if p.is_file() or p.is_symlink():
             p.unlink()
+    (root / "etc/apt/sources.list").write_text(NO_SOURCES)
 
 
 def _import(client: docker.DockerClient, tarball: Path, digest_file: Path, tag: str) -> None:
