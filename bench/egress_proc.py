@@ -26,7 +26,7 @@ from airlock.core.session import (
     proxy_token_matches,
     with_proxy_token,
 )
-from airlock.gateway.egress import EgressPolicy, EgressProxy
+from airlock.gateway.egress import AuthRefused, EgressPolicy, EgressProxy
 from airlock.gateway.resolver import StaticEntry, StaticResolver
 
 
@@ -37,13 +37,13 @@ async def _main(args: argparse.Namespace) -> None:
         args.token,
     )
 
-    def authenticate(header: str | None, source: str, local: str) -> tuple[Session | None, str]:
+    def authenticate(header: str | None, source: str, local: str) -> Session | AuthRefused:
         token = parse_proxy_authorization(header)
         if token is None:
-            return None, "no_proxy_credentials"
+            return AuthRefused("no_proxy_credentials")
         if proxy_token_matches(session, token):
-            return session, ""
-        return None, "wrong_token"
+            return session
+        return AuthRefused("wrong_token")
 
     log_file = open(args.log, "a", buffering=1)
 

@@ -110,6 +110,9 @@ def test_other_local_users_cannot_even_connect(world: World) -> None:
 def test_api_validates_input(world: World) -> None:
     c = world.control
     with pytest.raises(ControlError, match="grants"):
+        c.call("POST", "/v1/sessions", {"grants": "github.com/a/b:read", "csr": "x"})
+    # No grants at all is an egress-only session: refused here only for its bad CSR.
+    with pytest.raises(ControlError, match="csr"):
         c.call("POST", "/v1/sessions", {"grants": [], "csr": "x"})
     with pytest.raises(ControlError, match=r"evil: Extra inputs"):
         c.call("POST", "/v1/sessions", {"grants": [f"{HOST}/a/b:read"], "csr": "x", "evil": 1})

@@ -33,7 +33,7 @@ from airlock.core.session import (
     proxy_token_matches,
     with_proxy_token,
 )
-from airlock.gateway.egress import EgressPolicy, EgressProxy, _Record, _Refuse
+from airlock.gateway.egress import AuthRefused, EgressPolicy, EgressProxy, _Record, _Refuse
 from airlock.gateway.resolver import (
     DnsResolver,
     ResolveError,
@@ -156,17 +156,17 @@ class FakeGateway:
 
     def authenticate(
         self, header: str | None, source_ip: str, local_ip: str
-    ) -> tuple[Session | None, str]:
+    ) -> Session | AuthRefused:
         self.calls += 1
         token = parse_proxy_authorization(header)
         if token is None:
-            return None, "no_credentials"
+            return AuthRefused("no_credentials")
         for s in self.sessions:
             if proxy_token_matches(s, token):
                 if s.id in self.revoked:
-                    return None, "revoked"
-                return s, ""
-        return None, "unknown_token"
+                    return AuthRefused("revoked", s.id, "revoked")
+                return s
+        return AuthRefused("unknown_token")
 
 
 @dataclasses.dataclass
@@ -637,7 +637,7 @@ async def test_duplicate_proxy_authorization_is_407(env: Env) -> None:
 
 
 async def test_authenticate_errors_fail_closed(env: Env) -> None:
-    def broken(h: str | None, source: str, local: str) -> tuple[Session | None, str]:
+    def broken(h: str | None, source: str, local: str) -> Session | AuthRefused:
         raise RuntimeError("store unavailable")
 
     p = EgressProxy(broken, env.resolver, env.policy(), env.log)

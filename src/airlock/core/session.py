@@ -2,8 +2,10 @@
 
 A session is created by the host side, optionally waits for activation (the host has
 verified the container that will use it), serves authenticated requests, and ends when it
-is revoked, expires (idle or absolute), or reaches a usage cap. Only a successful,
-authenticated git request extends the idle deadline; nothing extends the absolute one.
+is revoked, expires (idle or absolute), or reaches a usage cap. Use extends the idle
+deadline (:func:`counts_as_use` is the one rule: a git request, a CONNECT tunnel's traffic or a
+plain-HTTP proxy request, each only when it was let through every check and did what it was
+let through for); nothing extends the absolute one, and nothing revives an ended session.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ class Refusal(StrEnum):
     BYTE_CAP = "byte_cap"
     WRONG_SOURCE = "wrong_source"
     WRONG_NETWORK = "wrong_network"
+    # The client certificate is outside its validity period (the TLS layer lets such a
+    # certificate through so that its session's end can be told; see gateway/server.py).
+    CERTIFICATE_NOT_CURRENT = "certificate_not_current"
+
+
+def ended_as(refusal: str | None) -> str | None:
+    """``"revoked"`` or ``"expired"`` when ``refusal`` says the session has ended for good
+    (what the client is told: git's message, the proxy's 407), else None."""
+    if refusal == Refusal.REVOKED:
+        return "revoked"
+    if refusal in (Refusal.EXPIRED, Refusal.IDLE_TIMEOUT):
+        return "expired"
+    return None
 
 
 @dataclass(frozen=True)
@@ -183,18 +198,66 @@ def check_usable(
     return None
 
 
+@dataclass(frozen=True)
+class Use:
+    """One request, or one stretch of an open tunnel, as the idle timeout sees it.
+
+    ``admitted``: authenticated as this session and let through every check (certificate or
+    token, binding, grants or allowlist, caps and rate limits). ``succeeded``: it did what it
+    was let through for: a git request answered whole with the upstream's 200; a CONNECT
+    tunnel's stretch that moved bytes and was not stopped by a check (a second ClientHello,
+    the byte budget); a plain-HTTP request whose answer was relayed whole. ``began`` is when
+    it was admitted (a tunnel stretch: its first byte since the last look), ``ended`` when
+    it finished (a tunnel stretch: its last byte); wall-clock seconds.
+    """
+
+    admitted: bool
+    succeeded: bool
+    began: float
+    ended: float
+
+
+def counts_as_use(s: Session, use: Use) -> bool:
+    """Whether ``use`` extends ``s``'s idle deadline: the one rule for every way in.
+
+    Only something admitted that succeeded counts; a refusal of any kind never does. It
+    counts only for an active session that was still live when the use began: a use never
+    revives a session that had ended (revoked, idle deadline or lifetime passed), however
+    late it is reported. A request or tunnel in flight from a live moment is use up to its
+    end (a clone longer than the idle timeout keeps its session), capped by the lifetime.
+    """
+    return (
+        use.admitted
+        and use.succeeded
+        and s.state is SessionState.ACTIVE
+        and use.began <= use.ended
+        and use.began < s.idle_deadline
+    )
+
+
+def record_use(s: Session, use: Use) -> Session:
+    """``s`` with its idle deadline moved by ``use`` when it counts (never moved back)."""
+    if not counts_as_use(s, use):
+        return s
+    at = min(use.ended, s.expires_at)
+    if at <= s.last_used:
+        return s
+    return dataclasses.replace(s, last_used=at)
+
+
 def begin_request(s: Session) -> Session:
     """Count a request against the cap; callers check :func:`check_usable` first."""
     return dataclasses.replace(s, requests=s.requests + 1)
 
 
-def finish_request(s: Session, *, now: float, nbytes: int, success: bool) -> Session:
-    """Account bytes; only a successful request extends the idle deadline."""
-    return dataclasses.replace(
-        s,
-        bytes=s.bytes + nbytes,
-        last_used=now if success else s.last_used,
-    )
+def finish_request(
+    s: Session, *, now: float, nbytes: int, success: bool, began: float | None = None
+) -> Session:
+    """Account a git request's bytes; it extends the idle deadline as :func:`counts_as_use`
+    says (``began``: when it was admitted; None: ``now``)."""
+    s = dataclasses.replace(s, bytes=s.bytes + nbytes)
+    use = Use(admitted=True, succeeded=success, began=now if began is None else began, ended=now)
+    return record_use(s, use)
 
 
 def owned_refs(s: Session, repo_key: str) -> frozenset[str]:

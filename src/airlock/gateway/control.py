@@ -1,7 +1,9 @@
 """The control API: JSON over the hardened Unix socket, for the host side only.
 
 Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
-  GET  /v1/health                      -> {"status": "ok", "sessions": N}
+  GET  /v1/health                      -> {"status": "ok", "sessions": N, "gateway_id": ID}
+                                          (ID: 16 lowercase hex, this state directory's,
+                                          kept across restarts; gateway/identity.py)
   POST /v1/sessions                    CreateSession -> SessionIssued
   GET  /v1/sessions                    -> {"sessions": [Session, ...]}
   GET  /v1/sessions/{id}               -> Session
@@ -34,7 +36,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from airlock.config import Config
@@ -67,17 +68,14 @@ class CreateSession(_Body):
     allow_hosts: list[str] = Field(default_factory=list, max_length=200)
     labels: dict[str, str] = Field(default_factory=dict, max_length=20)
 
+    # No grants at all is allowed: a sandbox that only uses egress (its allow_hosts, or the
+    # gateway's sandbox.allow_hosts). Such a session reaches no repository: every git
+    # request is refused as for an ungranted one.
+
     @field_validator("bind_ip")
     @classmethod
     def _ip(cls, v: str | None) -> str | None:
         return None if v is None else str(ipaddress.ip_address(v))
-
-    @model_validator(mode="after")
-    def _something_granted(self) -> CreateSession:
-        # An egress-only sandbox is fine; a session that may reach nothing is a mistake.
-        if not self.grants and not self.allow_hosts:
-            raise ValueError("grants: give at least one grant (or an allow_host)")
-        return self
 
 
 class Renew(_Body):
@@ -112,8 +110,11 @@ class ControlAPI:
         identity: GatewayIdentity,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
+        *,
+        gateway_id: str,
     ) -> None:
         self.config = config
+        self.gateway_id = gateway_id
         self.store = store
         self.identity = identity
         self.audit = audit
@@ -210,7 +211,13 @@ class ControlAPI:
         return app
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "sessions": sum(1 for _ in self.store)})
+        return web.json_response(
+            {
+                "status": "ok",
+                "sessions": sum(1 for _ in self.store),
+                "gateway_id": self.gateway_id,
+            }
+        )
 
     async def create(self, request: web.Request) -> web.Response:
         try:

@@ -4,7 +4,9 @@ One :class:`EgressProxy` serves every sandbox network: the gateway calls :meth:`
 each network's gateway address. Per connection, in order (the first failure answers):
 
 1. the request head is read with h11 (size, header-count and time caps);
-2. the session is found by ``authenticate`` (proxy token + network binding) -> else 407;
+2. the session is found by ``authenticate`` (proxy token + network binding) -> else 407
+   (an ended session's token: 407 with ``X-Airlock-Refused: session_expired`` or
+   ``session_revoked``, and an audit line naming the session);
 3. the target: no IP literals, allowed port, allowlisted name, not a DoH endpoint -> else 403;
 4. the per-session tunnel cap -> else 429;
 5. the name is resolved ONCE; every answer must be a public unicast address -> else 403;
@@ -18,6 +20,11 @@ each network's gateway address. Per connection, in order (the first failure answ
 
 Unauthenticated and malformed connections are counted and logged in aggregate, once per
 ``summary_interval``: a flood of garbage must not become a flood of log lines.
+
+Use extends the session's idle timeout (``on_use``, decided by
+:func:`airlock.core.session.counts_as_use`): a tunnel's traffic, reported at every recheck
+(at most half the session's idle timeout apart) and at its end, and a plain-HTTP request
+answered whole. Nothing refused is reported as use.
 """
 
 from __future__ import annotations
@@ -57,17 +64,33 @@ from airlock.core.egress import (
     parse_connect_target,
     same_host,
 )
-from airlock.core.session import Session
+from airlock.core.session import Session, Use
 from airlock.core.tlshello import HelloGuard
 from airlock.gateway.dns_stats import DenialCounter, QueryRateLimiter
 from airlock.gateway.resolver import MAX_ANSWERS, ResolveError, Resolver
 from airlock.gateway.splice import DetachableReader, Splice
 
-__all__ = ["Authenticate", "EgressPolicy", "EgressProxy", "EgressStats"]
+__all__ = ["AuthRefused", "Authenticate", "EgressPolicy", "EgressProxy", "EgressStats", "OnUse"]
 
-#: (raw Proxy-Authorization value or None, source ip, local ip) -> (session, "") or
-#: (None, refusal reason for the audit log).
-Authenticate = Callable[[str | None, str, str], tuple[Session | None, str]]
+
+@dataclass(frozen=True)
+class AuthRefused:
+    """Why a proxy request has no session.
+
+    ``session_id`` is set when the token is a session's own (from its sandbox's address) and
+    that session may not be used; ``ended`` (``"expired"`` or ``"revoked"``) when it has
+    ended for good, which the client is told (``X-Airlock-Refused: session_expired``).
+    """
+
+    reason: str  # for the audit log
+    session_id: str | None = None
+    ended: str | None = None
+
+
+#: (raw Proxy-Authorization value or None, source ip, local ip) -> the session, or why none.
+Authenticate = Callable[[str | None, str, str], Session | AuthRefused]
+#: (session id, what it did): a request or a tunnel's stretch for the idle timeout to judge.
+OnUse = Callable[[str, Use], None]
 
 _T = TypeVar("_T")
 
@@ -232,8 +255,10 @@ class EgressProxy:
         policy: EgressPolicy,
         log: Callable[..., None],
         clock: Callable[[], float] = time.time,
+        on_use: OnUse | None = None,
     ) -> None:
         self.authenticate = authenticate
+        self.on_use = on_use
         self.resolver = resolver
         self.policy = policy
         self.log = log
@@ -419,29 +444,39 @@ class EgressProxy:
             return
         rec.method = request.method.decode("ascii", "replace")
         auth_values = [v for k, v in request.headers if k == b"proxy-authorization"]
-        session: Session | None
+        found: Session | AuthRefused
         raw_auth: str | None = None
         if len(auth_values) > 1:
-            session, why = None, "duplicate_proxy_authorization"
+            found = AuthRefused("duplicate_proxy_authorization")
         else:
             raw_auth = auth_values[0].decode("latin-1") if auth_values else None
             try:
-                session, why = self.authenticate(raw_auth, rec.source, rec.local)
+                found = self.authenticate(raw_auth, rec.source, rec.local)
             except Exception as exc:  # the gateway's lookup failing must not open the door
-                session, why = None, f"auth_error:{type(exc).__name__}"
-        if session is None:
-            self._denials.add(rec.source, f"auth:{why or 'refused'}")
+                found = AuthRefused(f"auth_error:{type(exc).__name__}")
+        if not isinstance(found, Session):
             self.stats.refused += 1
+            rule = "proxy_auth"
+            if found.session_id is None:
+                self._denials.add(rec.source, f"auth:{found.reason or 'refused'}")
+            else:
+                # The token is this session's: the audit line names it (and says why).
+                rec.session = found.session_id
+                rec.detail = found.reason
+                if found.ended is not None:
+                    rule = f"session_{found.ended}"
+                rec.rule, rec.status = rule, 407
             writer.write(
                 _response(
                     407,
-                    "proxy_auth",
+                    rule,
                     rec.request_id,
                     (("Proxy-Authenticate", 'Basic realm="airlock"'),),
                 )
             )
             await self._drain(writer)
             return
+        session = found
         rec.session = sid = session.id
         if session.binding is not None:
             rec.container = session.binding.container_id
@@ -449,10 +484,10 @@ class EgressProxy:
         def still_valid() -> bool:
             # Re-asked while a tunnel is open, so revocation or expiry ends it promptly.
             try:
-                again, _ = self.authenticate(raw_auth, rec.source, rec.local)
+                again = self.authenticate(raw_auth, rec.source, rec.local)
             except Exception:
                 return False
-            return again is not None and again.id == sid
+            return isinstance(again, Session) and again.id == sid
 
         try:
             if request.method == b"CONNECT":
@@ -684,15 +719,24 @@ class EgressProxy:
                 raise
             self.stats.tunnels += 1
             rec.decision = "allowed"
+            # Often enough that a busy tunnel is seen as use before its session idles out.
+            recheck = min(self.policy.session_recheck_interval, session.idle_timeout / 2)
             try:
                 await splice.attach_client(reader, hello)
-                rec.end = await self._relay(splice, rec.started, still_valid)
+                rec.end = await self._relay(
+                    splice,
+                    rec.started,
+                    still_valid,
+                    recheck,
+                    lambda: self._tunnel_use(rec, splice),
+                )
                 if splice.stopped_detail:
                     rec.detail = splice.stopped_detail
             finally:
                 splice.close_upstream()
                 splice.settle()  # the last bytes count too
                 rec.bytes_up, rec.bytes_down = splice.bytes_up, splice.bytes_down
+                self._tunnel_use(rec, splice)  # and the last stretch is use too
         finally:
             self._release_slot(session)
 
@@ -715,13 +759,39 @@ class EgressProxy:
             buf += data
         return bytes(buf)
 
-    async def _relay(self, splice: Splice, started: float, still_valid: Callable[[], bool]) -> str:
+    def _use(self, session_id: str | None, use: Use) -> None:
+        if self.on_use is not None and session_id is not None:
+            self.on_use(session_id, use)
+
+    def _tunnel_use(self, rec: _Record, splice: Splice) -> None:
+        """Report the tunnel's stretch since the last report (counts_as_use judges it)."""
+        span = splice.take_activity()
+        now = asyncio.get_running_loop().time()
+        first, last = span if span is not None else (now, now)
+        to_wall = time.time() - now  # the splice keeps loop time; sessions keep wall time
+        use = Use(
+            admitted=rec.decision == "allowed",
+            succeeded=span is not None and splice.stopped is None,
+            began=first + to_wall,
+            ended=last + to_wall,
+        )
+        self._use(rec.session, use)
+
+    async def _relay(
+        self,
+        splice: Splice,
+        started: float,
+        still_valid: Callable[[], bool],
+        recheck: float,
+        report_use: Callable[[], None],
+    ) -> str:
         """Wait while the splice moves bytes, until both sides finish, or idle/lifetime/session
-        end; why it ended."""
+        end; why it ended. Every ``recheck`` seconds the traffic since the last one is
+        reported as use (first, so a busy stretch counts), then the session is asked again."""
         loop = asyncio.get_running_loop()
         # `started` is monotonic; translate the lifetime to the loop's clock.
         deadline = loop.time() + self.policy.max_tunnel_lifetime - (time.monotonic() - started)
-        next_check = loop.time() + self.policy.session_recheck_interval
+        next_check = loop.time() + recheck
         while not splice.done.done():
             now = loop.time()
             if now >= deadline:
@@ -729,9 +799,10 @@ class EgressProxy:
             if now - splice.last_activity >= self.policy.idle_timeout:
                 return "idle_timeout"
             if now >= next_check:
+                report_use()
                 if not still_valid():
                     return "session_ended"
-                next_check = now + self.policy.session_recheck_interval
+                next_check = now + recheck
             wake = min(deadline, splice.last_activity + self.policy.idle_timeout, next_check)
             await asyncio.wait((splice.done,), timeout=max(0.0, wake - now))
         if splice.stopped is not None:
@@ -766,6 +837,7 @@ class EgressProxy:
         if doh is not None:
             raise _Refuse(403, "doh", doh)
         self._take_slot(session)
+        admitted_at = time.time()
         try:
             addresses = await self._vet(rec, target.host)
             sock = await self._dial(rec, addresses, target.port)
@@ -784,6 +856,13 @@ class EgressProxy:
                 up_writer.transport.abort()
         finally:
             self._release_slot(session)
+            use = Use(
+                admitted=rec.decision == "allowed",
+                succeeded=rec.end == "complete",  # the upstream's answer relayed whole
+                began=admitted_at,
+                ended=time.time(),
+            )
+            self._use(rec.session, use)
 
     async def _io(self, aw: Awaitable[_T], deadline: float) -> _T:
         loop = asyncio.get_running_loop()

@@ -32,7 +32,7 @@ from enum import StrEnum
 from airlock.core import session as lifecycle
 from airlock.core.backoff import AuthBackoff
 from airlock.core.session import Refusal, Session
-from airlock.gateway.pki import cert_fingerprint, session_id_from_cert
+from airlock.gateway.pki import cert_fingerprint, certificate_current, session_id_from_cert
 
 CHALLENGE = 'Basic realm="airlock"'
 _SESSION_ID = re.compile(r"^s-[0-9a-f]{32}$")
@@ -153,6 +153,9 @@ def usable(
 
     ``cert_der`` None means the session was named by Basic: its certificate is not asked
     for, and it must (still) be a sandbox session used from its own address and network.
+    A certificate outside its validity period is refused here (the TLS layer does not check
+    the time, so that an ended session can be told so): a session's certificate ends with
+    the session, so that is normally the session's own ``expired``.
     """
     if cert_der is None:
         binding = s.binding
@@ -163,6 +166,9 @@ def usable(
         fingerprint = s.cert_fingerprint
     else:
         fingerprint = cert_fingerprint(cert_der)
-    return lifecycle.check_usable(
+    refusal = lifecycle.check_usable(
         s, now=now, source_ip=source_ip, cert_fingerprint=fingerprint, local_ip=local_ip
     )
+    if refusal is None and cert_der is not None and not certificate_current(cert_der, now):
+        return Refusal.CERTIFICATE_NOT_CURRENT
+    return refusal

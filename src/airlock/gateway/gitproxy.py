@@ -237,7 +237,10 @@ class GitProxy:
         )
         if refusal is not None:
             status = 429 if refusal in (Refusal.REQUEST_CAP, Refusal.BYTE_CAP) else 403
-            return self._refuse(out, refusal, _text(status, "session not usable", rid))
+            # An ended session is told so ("airlock: session expired"); the rest stays vague.
+            ended = lifecycle.ended_as(refusal)
+            message = f"session {ended}" if ended else "session not usable"
+            return self._refuse(out, refusal, _text(status, message, rid))
         if s.binding is not None:
             out.record.container = s.binding.container_id
         return s
@@ -313,6 +316,7 @@ class GitProxy:
             return self._refuse(out, "unknown_upstream", not_found(rid))
         # Count the request before the first await so concurrent requests cannot overshoot.
         self.store.put(lifecycle.begin_request(s), durable=False)
+        admitted_at = self.clock()
         success = False
         try:
             response, success = await self._forward(
@@ -328,6 +332,7 @@ class GitProxy:
                         now=self.clock(),
                         nbytes=out.bytes_in + out.bytes_out,
                         success=success,
+                        began=admitted_at,
                     ),
                     durable=False,
                 )

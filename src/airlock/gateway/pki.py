@@ -195,6 +195,26 @@ def session_id_from_cert(der: bytes) -> str | None:
     return uris[0][len(SESSION_URI_PREFIX) :]
 
 
+@functools.lru_cache(maxsize=4096)
+def _validity(der: bytes) -> tuple[float, float] | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
+def certificate_current(der: bytes, now: float) -> bool:
+    """Is ``now`` (wall clock) within the certificate's validity period?
+
+    The client-certificate contexts skip OpenSSL's time check (gateway/server.py), so an
+    expired session certificate completes its handshake and its request is told why it is
+    refused; this is the time check they skip, made on every request instead.
+    """
+    validity = _validity(der)
+    return validity is not None and validity[0] <= now <= validity[1]
+
+
 @dataclass
 class GatewayIdentity:
     ca: CertificateAuthority

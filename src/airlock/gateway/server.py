@@ -28,10 +28,11 @@ from airlock.gateway.credentials import (
     credential_variables,
 )
 from airlock.gateway.dns import DNSServer
-from airlock.gateway.egress import EgressPolicy, EgressProxy
+from airlock.gateway.egress import AuthRefused, EgressPolicy, EgressProxy
 from airlock.gateway.github_app import AppCredential
 from airlock.gateway.gitproxy import GitProxy
 from airlock.gateway.httpserver import GatewayHTTPServer
+from airlock.gateway.identity import GatewayIdError, load_or_create_gateway_id
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
 from airlock.gateway.ratelimits import RateLimits
@@ -85,12 +86,22 @@ def preflight(
     return creds
 
 
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (not named by Python's ssl module).
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+
+
 def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(identity.server_cert_path, identity.server_key_path)
     ctx.load_verify_locations(cadata=identity.ca.cert_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no TLS session
+    # A session certificate ends with its session (notAfter = the session's lifetime). Were
+    # OpenSSL to check the time, the handshake of an expired session's certificate would
+    # fail and git would see only "Connection reset by peer"; instead the chain (our CA, the
+    # client's proof of its key) is verified here and the time on every request
+    # (gitauth.usable, pki.certificate_current), which answers "airlock: session expired".
+    ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     return ctx
 
 
@@ -203,6 +214,10 @@ class Gateway:
             raise StartupError(str(exc)) from None
         gw.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(gw.state_dir, 0o700)
+        try:
+            self.gateway_id = load_or_create_gateway_id(gw.state_dir)
+        except (GatewayIdError, OSError) as exc:
+            raise StartupError(str(exc)) from None
         ips = [] if gw.git_host in ("0.0.0.0", "::") else [gw.git_host]
         self.identity = load_or_create_identity(
             gw.state_dir, [gw.public_name], ips, dt.datetime.now(dt.UTC)
@@ -245,7 +260,9 @@ class Gateway:
             guard=self.guard,
             limits=self.limits,
         )
-        self.control = ControlAPI(config, self.store, self.identity, self.audit, time.time)
+        self.control = ControlAPI(
+            config, self.store, self.identity, self.audit, time.time, gateway_id=self.gateway_id
+        )
         self.control.metrics = self.metrics
         self._runners: list[web.BaseRunner] = []
         self.ssl = server_ssl_context(self.identity)
@@ -291,24 +308,31 @@ class Gateway:
             session_tunnel_rate=eg.session_tunnels,
             session_byte_rate=eg.session_bytes,
         )
-        return EgressProxy(self._authenticate_proxy, resolver, policy, self.audit.event)
+        return EgressProxy(
+            self._authenticate_proxy,
+            resolver,
+            policy,
+            self.audit.event,
+            on_use=self._egress_use,
+        )
 
     def _authenticate_proxy(
         self, header: str | None, source_ip: str, local_ip: str
-    ) -> tuple[lifecycle.Session | None, str]:
-        """The session behind a proxy request: token, source and arrival address must agree."""
+    ) -> lifecycle.Session | AuthRefused:
+        """The session behind a proxy request: token, source and arrival address must agree.
+
+        Ended (revoked, expired) sessions bound to the source are looked at too, so that
+        their own token is answered "session ended" (and logged under the session) rather
+        than as a wrong token; it gets no more through than before.
+        """
         now = time.monotonic()
         if self.proxy_backoff.blocked(source_ip, now) is not None:
-            return None, "auth_backoff"
+            return AuthRefused("auth_backoff")
         token = parse_proxy_authorization(header)
         if token is None:
-            return None, "no_proxy_credentials"
+            return AuthRefused("no_proxy_credentials")
         candidates = [
-            s
-            for s in self.store
-            if s.binding is not None
-            and s.binding.address == source_ip
-            and s.state is not lifecycle.SessionState.REVOKED
+            s for s in self.store if s.binding is not None and s.binding.address == source_ip
         ]
         for s in candidates:
             if not lifecycle.proxy_token_matches(s, token):
@@ -321,14 +345,23 @@ class Gateway:
                 local_ip=local_ip,
             )
             if refusal is not None:
-                return None, refusal.value
+                return AuthRefused(refusal.value, s.id, lifecycle.ended_as(refusal))
             self.proxy_backoff.success(source_ip)
-            return s, ""
+            return s
         # A wrong token counts against this source only (each sandbox has its own address).
         self.proxy_backoff.failure(source_ip, now)
-        if candidates:
-            return None, "wrong_token"
-        return None, "unknown_source"
+        if any(s.state is not lifecycle.SessionState.REVOKED for s in candidates):
+            return AuthRefused("wrong_token")
+        return AuthRefused("unknown_source")
+
+    def _egress_use(self, session_id: str, use: lifecycle.Use) -> None:
+        """An egress request or tunnel stretch: the idle deadline moves if it counts."""
+        current = self.store.get(session_id)
+        if current is None:
+            return
+        updated = lifecycle.record_use(current, use)
+        if updated is not current:
+            self.store.put(updated, durable=False)
 
     def _register_gauges(self) -> None:
         def sessions() -> dict[tuple[tuple[str, str], ...], float]:

@@ -8,9 +8,9 @@ side's write buffer passes its high-water mark, reading from the other side paus
 buffer drains, so a slow reader never makes the gateway hold more than ``WRITE_BUFFER_HIGH``
 per direction.
 
-:class:`Splice` only moves bytes and records when it last did; how long a tunnel may live or
-idle is the caller's decision (it polls :attr:`Splice.last_activity` and waits on
-:attr:`Splice.done`).
+:class:`Splice` only moves bytes and records when it did; how long a tunnel may live or
+idle is the caller's decision (it polls :attr:`Splice.last_activity` and
+:meth:`Splice.take_activity`, and waits on :attr:`Splice.done`).
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class Splice:
         self.bytes_up = 0
         self.bytes_down = 0
         self.last_activity = self._loop.time()
+        self._first_since_look: float | None = None  # first byte since take_activity()
         self.error: BaseException | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._ended = {True: False, False: False}  # direction (upstream?) -> EOF passed on
@@ -185,9 +186,16 @@ class Splice:
         else:
             self.bytes_down += n
         self.last_activity = self._loop.time()
+        if self._first_since_look is None:
+            self._first_since_look = self.last_activity
         self._uncharged += n
         if self._uncharged >= CHARGE_BYTES:
             self.settle()
+
+    def take_activity(self) -> tuple[float, float] | None:
+        """(first, last) byte moved since the previous call, in loop time; None if none."""
+        first, self._first_since_look = self._first_since_look, None
+        return None if first is None else (first, self.last_activity)
 
     def inspect(self, upstream: bool, data: bytes) -> bool:
         """Show ``data`` to the guard; False (and the splice stopped) if it is refused."""

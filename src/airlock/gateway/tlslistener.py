@@ -21,6 +21,7 @@ from typing import Any
 from airlock.core.aggregate import DenialAggregator
 from airlock.core.backoff import AuthBackoff
 from airlock.gateway.metrics import Metrics
+from airlock.gateway.pki import certificate_current
 
 
 @dataclass(frozen=True)
@@ -209,10 +210,13 @@ class TLSListener:
             app.release()
             return
         ssl_obj = tls.get_extra_info("ssl_object")
-        if ssl_obj is not None and ssl_obj.getpeercert(binary_form=True):
-            # Only a verified client certificate clears the back-off: a certificate-less
-            # handshake (allowed on sandbox listeners, for HTTP Basic) proves nothing, and
-            # must not wipe the count of failed Basic attempts (gateway/gitauth.py).
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        if der and certificate_current(der, time.time()):
+            # Only a verified, current client certificate clears the back-off: a
+            # certificate-less handshake (allowed on sandbox listeners, for HTTP Basic) proves
+            # nothing, and must not wipe the count of failed Basic attempts
+            # (gateway/gitauth.py); nor may an expired one (its handshake completes only so
+            # that its requests can be told the session has ended).
             self.guard.handshake_ok(source)
         app.connection_made(tls)
 
