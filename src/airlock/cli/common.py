@@ -117,7 +117,8 @@ def load(path: Path | None) -> Config:
 config_option = click.option(
     "--config",
     "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    # No checks by click (its usage errors take four lines): load() says what is wrong.
+    type=click.Path(path_type=Path, readable=False),
     default=None,
     help=(
         f"The airlock configuration file (TOML). Default: ${CONFIG_ENV}, else (not for root) "

@@ -70,7 +70,7 @@ def check_root(euid: int) -> Finding:
         return _ok("root", "running as root")
     return _bad(
         "root",
-        f"running as uid {euid}: airlock run, stop, supervise and image need root (Docker, "
+        f"running as uid {euid}: airlock run, stop, rm, supervise and image need root (Docker, "
         "nftables, the bundle tmpfs); run `sudo airlock doctor` to check as they will run",
     )
 
@@ -215,7 +215,7 @@ def secret_finding(
     user (mode 0600 leaves no one else able to read it). Pure."""
     name = str(path) if resolved in (None, str(path)) else f"{path} (a symlink to {resolved})"
     target = resolved or str(path)
-    check = what.replace(" ", "-")
+    check = "token-file" if what == "token file" else "app-key"
     if isinstance(st, OSError):
         if isinstance(st, PermissionError):
             return _bad(check, f"{what} {name}: cannot check it as uid {os.geteuid()}; run as root")
