@@ -251,6 +251,9 @@ class SandboxConfig(_Strict):
     # session is active (host/gate.py); any image works, with or without /bin/sh.
     gate_binary: Path = Path("/bin/busybox")
     allow_hosts: list[str] = Field(default_factory=list)  # egress defaults for every sandbox
+    # Networks with verified rules that `supervise` keeps ready, so `airlock run` skips
+    # creating them (host/sandbox.py, "spare networks").
+    spare_networks: int = Field(default=2, ge=0, le=64)
 
     @field_validator("allow_hosts")
     @classmethod

@@ -24,7 +24,7 @@ import pytest
 
 from airlock.config import load_config
 from airlock.host import firewall
-from airlock.host.sandbox import LABEL, LABEL_OWNER, SandboxManager
+from airlock.host.sandbox import LABEL, LABEL_OWNER, SandboxError, SandboxManager
 from tests.e2e.conftest import E2E, GIT_TIMEOUT, Sandboxes, sandbox_config, wait_until
 from tests.world import HOST, World
 
@@ -87,13 +87,17 @@ def own_state(manager: SandboxManager) -> dict[str, Any]:
     api = manager.client.api
     flt = {"label": [f"{LABEL_OWNER}={manager.gateway_id}"]}
     containers = sorted((c["Id"], c["State"]) for c in api.containers(all=True, filters=flt))
-    networks = sorted(n["Id"] for n in api.networks(filters=flt))
+    # Spare networks (made ahead of need by supervise, claimed by starts) are not sandboxes.
+    spares = manager.spare_ids()
+    networks = sorted(
+        n["Id"] for n in api.networks(filters=flt) if n["Labels"][LABEL] not in spares
+    )
     rules = {}
     proc = subprocess.run(
         ["nft", "-j", "list", "table", "inet", firewall.TABLE], capture_output=True, text=True
     )
     items = json.loads(proc.stdout)["nftables"] if proc.returncode == 0 else []
-    for sid in firewall.list_sandbox_rule_names(owner=manager.gateway_id):
+    for sid in firewall.list_sandbox_rule_names(owner=manager.gateway_id) - spares:
         rules[sid] = sorted(
             json.dumps(i["rule"]["expr"], sort_keys=True)
             for i in items
@@ -129,6 +133,34 @@ def test_fifty_foreground_runs_beside_supervise_pass_every_exit_code(
     assert [s for s in left["sessions"] if s[1] != "revoked"] == []
     assert manager.bundle_root.is_dir() and list(manager.bundle_root.iterdir()) == []
     assert sbx_world.control.listeners() == []
+    # Most of the runs started on a spare network the supervisor had ready.
+    assert len(manager.spare_ids()) == load_config(sbx_world.config).sandbox.spare_networks
+
+
+def test_a_start_claims_a_spare_network_and_its_rules_are_checked(
+    sandboxes: Sandboxes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = sandboxes.new_manager()
+    manager.prepare_spares(1)
+    spare = sorted(manager.spare_ids())[0]
+    # Whoever flushed the spare's rules meanwhile: the start must notice before activation.
+    firewall.remove_rules(spare)
+    monkeypatch.setattr(manager, "spare_ids", lambda: {spare})
+    with pytest.raises(SandboxError, match="firewall rules are missing"):
+        manager.start(sandboxes.spec("true", GRANTS))
+    assert sandboxes.leftovers(spare) == []
+    monkeypatch.undo()
+    before = manager.spare_ids()
+    manager.prepare_spares(len(before) + 1)
+    (spare,) = manager.spare_ids() - before
+    monkeypatch.setattr(manager, "spare_ids", lambda: {spare})
+    sb = manager.start(sandboxes.spec("echo on-a-spare", GRANTS))
+    sandboxes.ids.append(sb.id)
+    assert sb.id == spare and "firewall" not in sb.timings and sb.claimed is not None
+    assert not sb.claimed.exists() and not (manager.spare_dir / spare).exists()
+    assert sandboxes.wait(sb) == 0 and "on-a-spare" in sandboxes.logs(sb)
+    sandboxes.teardown(sb)
+    assert sandboxes.leftovers(sb.id) == []
 
 
 # --- the lifecycle: an exited sandbox stays until rm ----------------------------------------

@@ -98,6 +98,7 @@ class Sandbox:
     issued: dict[str, Any] = field(default_factory=dict, repr=False)
     # Seconds per start step (preflight, network, firewall, ...), for the start-time benchmark.
     timings: dict[str, float] = field(default_factory=dict, repr=False)
+    claimed: Path | None = None  # the claim marker of the spare network this one uses
 
 
 def _push_branches(grants: list[str]) -> str:
@@ -287,23 +288,27 @@ class SandboxManager:
         preflight = time.perf_counter() - t0
         undo: list[Callable[[], object]] = []
         try:
-            sb = self._create_network(sid, name, undo)
+            spare = self._claim_spare(name, undo)
+            sb = spare or self._create_network(sid, name, undo)
             sb.timings["preflight"] = preflight
             sb.timings["network"] = time.perf_counter() - t0 - preflight
-            steps: list[tuple[str, Callable[[], object]]] = [
-                ("firewall", lambda: self._apply_firewall(sb, undo)),
+            steps: list[tuple[str, Callable[[], object]]] = []
+            if spare is None:
+                steps.append(("firewall", lambda: self._apply_firewall(sb, undo)))
+            steps += [
                 ("listener", lambda: self._listen(sb, undo)),
                 ("session", lambda: self._create_session(sb, spec, undo)),
                 ("bundle", lambda: self._write_bundle(sb, undo)),
                 ("create", lambda: self._create_container(sb, spec, undo)),
+                ("claimed", lambda: _unlink(sb.claimed)),
                 ("start+activate", lambda: self._start_and_activate(sb)),
             ]
             if open_gate:
                 steps.append(("gate", lambda: self.open_gate(sb)))
-            for step, run in steps:
+            for label, run in steps:
                 t = time.perf_counter()
                 run()
-                sb.timings[step] = time.perf_counter() - t
+                sb.timings[label] = time.perf_counter() - t
             return sb
         except BaseException:
             for step in reversed(undo):
@@ -351,6 +356,74 @@ class SandboxManager:
                 ) from None
         undo.append(lambda: self._remove_network(network))
         return Sandbox(sid, name, network, bridge, subnet, gateway_ip, sandbox_ip)
+
+    # --- spare networks: made ahead of need (by supervise), so a start skips two steps ----
+
+    @property
+    def spare_dir(self) -> Path:
+        return self.config.sandbox.bundle_dir.parent / "spares" / self.gateway_id
+
+    def spare_ids(self) -> set[str]:
+        d = self.spare_dir
+        return {p.name for p in d.iterdir() if "." not in p.name} if d.is_dir() else set()
+
+    def claimed_recently(self, sandbox_id: str, within: float) -> bool:
+        """A spare network a start has claimed but not yet given a container."""
+        try:
+            st = (self.spare_dir / f"{sandbox_id}.claimed").stat()
+        except FileNotFoundError:
+            return False
+        return time.time() - st.st_mtime < within
+
+    def prepare_spares(self, count: int) -> int:
+        """Make networks with verified rules until ``count`` are ready; how many were made.
+
+        A spare is a sandbox network of a new id with its rules installed and verified, and a
+        marker file; a start claims one by unlinking its marker (exactly one process wins).
+        The rules are verified once more after the container starts, before activation."""
+        have = self.spare_ids() & {
+            str((n.get("Labels") or {}).get(LABEL)) for n in self.own_networks()
+        }
+        made = 0
+        self.spare_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for _ in range(max(0, count - len(have))):
+            undo: list[Callable[[], object]] = []
+            try:
+                sb = self._create_network(secrets.token_hex(5), "", undo)
+                self._apply_firewall(sb, undo)
+                (self.spare_dir / sb.id).write_text("")
+                made += 1
+            except BaseException:
+                for step in reversed(undo):
+                    with contextlib.suppress(Exception):
+                        step()
+                raise
+        return made
+
+    def _claim_spare(self, name: str, undo: list[Callable[[], object]]) -> Sandbox | None:
+        for sid in sorted(self.spare_ids()):
+            claimed = self.spare_dir / f"{sid}.claimed"
+            try:
+                # One winner; the ".claimed" name tells `supervise` a start is using it.
+                os.rename(self.spare_dir / sid, claimed)
+                os.utime(claimed)
+            except FileNotFoundError:
+                continue  # another start took it
+            nets = self.own_networks(sid)
+            if not nets:
+                continue
+            try:
+                detail = self.client.api.inspect_network(nets[0]["Id"])
+                sb = sandbox_from_network(sid, detail)
+            except (docker.errors.APIError, KeyError, ValueError):
+                self.teardown(sid, "spare network unusable")
+                continue
+            sb.name = name
+            sb.claimed = claimed
+            undo.append(partial(firewall.remove_rules, sid))
+            undo.append(partial(self._remove_network, sb.network))
+            return sb
+        return None
 
     def _apply_firewall(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
         rules = self.rules_for(sb)
@@ -683,6 +756,8 @@ class SandboxManager:
         attempt("remove firewall rules", lambda: firewall.remove_rules(sandbox_id))
         for n in nets:
             attempt(f"remove network {n['Name']}", partial(self._remove_network, n["Id"]))
+        attempt("remove spare marker", (self.spare_dir / sandbox_id).unlink)
+        attempt("remove claim marker", (self.spare_dir / f"{sandbox_id}.claimed").unlink)
         if errors:
             raise SandboxError(f"sandbox {sandbox_id} not fully removed: " + "; ".join(errors))
 
@@ -765,6 +840,26 @@ class SandboxManager:
         return int(result.get("StatusCode", 1))
 
 
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
+    """A sandbox's addresses as its network (inspected) records them in its labels."""
+    labels = net.get("Labels") or {}
+    subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+    return Sandbox(
+        id=sid,
+        name=labels.get(LABEL_NAME) or sid,
+        network=net["Name"],
+        bridge=net["Options"]["com.docker.network.bridge.name"],
+        subnet=subnet,
+        gateway_ip=ipaddress.IPv4Address(labels[LABEL_GATEWAY]),
+        sandbox_ip=ipaddress.IPv4Address(labels[LABEL_SANDBOX_IP]),
+    )
+
+
 def _already_going(exc: docker.errors.APIError) -> bool:
     """Docker's answers that mean someone else is already removing it, or has."""
     if isinstance(exc, docker.errors.NotFound):
@@ -775,10 +870,7 @@ def _already_going(exc: docker.errors.APIError) -> bool:
     )
 
 
-def _pump(manager: SandboxManager, sb: Sandbox) -> None:
-    stream = manager.client.api.attach(
-        sb.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-    )
+def _pump(stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
     for out, err in stream:
         if out:
             sys.stdout.buffer.write(out)
@@ -806,8 +898,12 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
                 )
                 time.sleep(0.5)  # the gate holds the command until the attach is in place
             else:
-                # logs=True replays what was written before the attach, so nothing is lost.
-                pump = threading.Thread(target=_pump, args=(manager, sb), daemon=True)
+                # Attached here, before the gate opens (the request is made by attach()
+                # itself), so the first byte of output is already on this stream.
+                stream = manager.client.api.attach(
+                    sb.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+                )
+                pump = threading.Thread(target=_pump, args=(stream,), daemon=True)
                 pump.start()
             manager.open_gate(sb)
             try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import ipaddress
 import os
 import signal
 import subprocess
@@ -37,13 +36,11 @@ from airlock.host import firewall
 from airlock.host.control_client import ControlError
 from airlock.host.sandbox import (
     LABEL,
-    LABEL_GATEWAY,
     LABEL_OWNER,
     LABEL_REMOVE,
-    LABEL_SANDBOX_IP,
-    Sandbox,
     SandboxError,
     SandboxManager,
+    sandbox_from_network,
 )
 
 # A sandbox younger than this may still be starting: its container may not exist yet.
@@ -175,8 +172,12 @@ class Supervisor:
             sessions: list[dict[str, Any]] | None = m.control.list_sessions()
         except ControlError:
             sessions = None
+        spares = m.spare_ids()
         for sid in sorted(m.all_sandbox_ids()):
             containers = m._find_containers(sandbox=sid)
+            if sid in spares and not containers and nets.get(sid) is not None:
+                self._check_spare(sid, nets[sid], counts)
+                continue
             running = [c for c in containers if c.get("State") == "running"]
             net = nets.get(sid)
             if running and net is not None:
@@ -190,7 +191,7 @@ class Supervisor:
                     self._teardown(sid, "foreign container on the sandbox network")
                     counts["removed"] += 1
                     continue
-                sb = _sandbox_from_network(sid, detail)
+                sb = sandbox_from_network(sid, detail)
                 rules = m.rules_for(sb)
                 if not firewall.verify_rules(rules):
                     firewall.apply_rules(rules)
@@ -208,11 +209,31 @@ class Supervisor:
                 else:
                     counts["released"] += 1
                 continue
+            if m.claimed_recently(sid, START_GRACE_SECONDS):
+                continue  # a start claimed this spare network and is creating its container
             if not m.is_held(sid) and not self._young(net):
                 self._teardown(sid, "sandbox stopped (supervisor)")
                 self.say(f"cleaned up sandbox {sid}")
                 counts["removed"] += 1
         return counts
+
+    def _check_spare(self, sid: str, net: dict[str, Any], counts: dict[str, int]) -> None:
+        """A spare network's rules are kept as a running sandbox's are."""
+        m = self.manager
+        rules = m.rules_for(sandbox_from_network(sid, m.client.api.inspect_network(net["Id"])))
+        if not firewall.verify_rules(rules):
+            firewall.apply_rules(rules)
+            self.say(f"restored firewall rules of spare network {sid}")
+            counts["restored"] += 1
+
+    def prepare_spares(self) -> None:
+        try:
+            made = self.manager.prepare_spares(self.manager.config.sandbox.spare_networks)
+        except SandboxError as exc:
+            self.say(f"cannot prepare a spare network: {exc}")
+            return
+        if made:
+            self.say(f"prepared {made} spare network(s)")
 
     def _exited(
         self,
@@ -298,6 +319,7 @@ class Supervisor:
             while not self._stop.is_set():
                 try:
                     self.reconcile()
+                    self.prepare_spares()
                     if until_idle and self._idle():
                         self.say("no sandbox left to watch; the supervisor exits")
                         return
@@ -311,17 +333,3 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
-    labels = net.get("Labels") or {}
-    subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
-    return Sandbox(
-        id=sid,
-        name=labels.get("airlock.name", sid),
-        network=net["Name"],
-        bridge=net["Options"]["com.docker.network.bridge.name"],
-        subnet=subnet,
-        gateway_ip=ipaddress.IPv4Address(labels[LABEL_GATEWAY]),
-        sandbox_ip=ipaddress.IPv4Address(labels[LABEL_SANDBOX_IP]),
-    )
