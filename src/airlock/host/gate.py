@@ -18,10 +18,13 @@ __all__ = ["GATE_PATH", "GATE_SCRIPT", "GateError", "check_gate_binary", "gate_c
 
 #: Where the gate binary appears inside the sandbox.
 GATE_PATH = "/.airlock-gate/busybox"
+# Polled every 10 ms (busybox's own sleep, one fork each): the host opens the gate
+# milliseconds after the container starts, and a 50 ms poll was a visible part of a short
+# `airlock run`. Gives up after 30 s.
 GATE_SCRIPT = (
     "i=0; while [ ! -e /run/airlock/ready ]; do i=$((i+1)); "
-    'if [ "$i" -gt 600 ]; then echo "airlock: sandbox was not activated" >&2; exit 125; fi; '
-    'sleep 0.05; done; exec "$@"'
+    'if [ "$i" -gt 3000 ]; then echo "airlock: sandbox was not activated" >&2; exit 125; fi; '
+    'sleep 0.01; done; exec "$@"'
 )
 _PT_INTERP = 3
 
