@@ -40,9 +40,10 @@ def _permission_denied(path: Path) -> ControlError:
 def _refused(path: Path, message: str | None) -> ControlError:
     m = _REFUSED_UID.match(message or "")
     uid = int(m.group(1)) if m else os.geteuid()
+    instead = "a uid that is listed" if uid == 0 else "root"
     return ControlError(
-        f"uid {uid} is not in gateway.control_uids of the gateway at {path}; run as root, or "
-        f"add {uid} to gateway.control_uids and restart the gateway",
+        f"uid {uid} may not use the control socket {path}: uid {uid} is not in "
+        f"gateway.control_uids; add it there and restart the gateway, or run as {instead}",
         403,
         kind="refused",
     )
