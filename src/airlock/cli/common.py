@@ -299,4 +299,4 @@ def control_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def sandbox_manager(config: Config) -> Any:
     from airlock.host.sandbox import SandboxManager
 
-    return SandboxManager(config, say=lambda m: err.print(m, highlight=False))
+    return SandboxManager(config, say=lambda m: err.print(m, highlight=False, soft_wrap=True))

@@ -88,8 +88,12 @@ def session_create(
     )
     gitconfig = _write_host_bundle(out_dir, issued, key)
     sid = issued["session"]["id"]
-    err.print(f"session bundle written to {out_dir}; use it with:", highlight=False)
-    err.print(f"  GIT_CONFIG_GLOBAL={gitconfig} git clone https://HOST/OWNER/REPO", highlight=False)
+    err.print(f"session bundle written to {out_dir}; use it with:", highlight=False, soft_wrap=True)
+    err.print(
+        f"  GIT_CONFIG_GLOBAL={gitconfig} git clone https://HOST/OWNER/REPO",
+        highlight=False,
+        soft_wrap=True,
+    )
     click.echo(sid)
 
 
@@ -153,7 +157,7 @@ def session_revoke(config_path: Path | None, session_id: str, reason: str) -> No
     client = control_client(load(config_path))
     session_id = resolve_session_id(client, session_id)
     control_call(client.revoke, session_id, reason)
-    err.print(f"revoked {session_id}", highlight=False)
+    err.print(f"revoked {session_id}", highlight=False, soft_wrap=True)
 
 
 @session.command("renew")
@@ -169,4 +173,4 @@ def session_renew(config_path: Path | None, session_id: str, out_dir: Path) -> N
     key = new_private_key()
     issued = control_call(client.renew, session_id, make_csr(key).decode())
     _write_host_bundle(out_dir, issued, key)
-    err.print(f"renewed {session_id}; new bundle in {out_dir}", highlight=False)
+    err.print(f"renewed {session_id}; new bundle in {out_dir}", highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -21,16 +22,40 @@ from airlock.cli.common import err, fail, out
 def image(mirror: str | None) -> None:
     """Build (once, offline, from Debian packages) and import the default sandbox image."""
     from airlock.host.dockerclient import DockerUnavailable, docker_client
-    from airlock.host.images import ImageBuildError, check_mirror, ensure_sandbox_image
+    from airlock.host.images import (
+        ImageBuildError,
+        check_mirror,
+        ensure_sandbox_image,
+        sandbox_image_tag,
+    )
 
     try:
         if mirror is not None:
             check_mirror(mirror)
         client = docker_client()
-        tag = ensure_sandbox_image(client, progress=lambda m: err.print(m), mirror=mirror)
+        if mirror is not None and _has_image(client, sandbox_image_tag()):
+            err.print(
+                f"{sandbox_image_tag()} exists; --mirror is used only when building "
+                f"(docker image rm {sandbox_image_tag()} to build it again)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        tag = ensure_sandbox_image(
+            client, progress=lambda m: err.print(m, highlight=False, soft_wrap=True), mirror=mirror
+        )
     except (DockerUnavailable, ImageBuildError) as exc:
         fail(str(exc))
     click.echo(tag)
+
+
+def _has_image(client: Any, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 @click.command()
