@@ -5,18 +5,24 @@ Each acts only on sandboxes labelled with this gateway's id (see host/sandbox.py
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from airlock.cli.common import config_option, err, fail, load, out, sandbox_manager
-
-_FORMATS = click.Choice(["table", "json"])
+from airlock.cli.common import (
+    Column,
+    config_option,
+    err,
+    fail,
+    format_option,
+    load,
+    no_trunc_option,
+    print_rows,
+    sandbox_manager,
+)
 
 
 def _manager_or_fail(config_path: Path | None) -> Any:
@@ -31,19 +37,15 @@ def _manager_or_fail(config_path: Path | None) -> Any:
     return manager
 
 
-def _row(c: dict[str, Any], no_trunc: bool) -> dict[str, Any]:
+def _row(c: dict[str, Any]) -> dict[str, Any]:
     from airlock.host.sandbox import LABEL, LABEL_NAME, LABEL_SESSION
 
     labels = c.get("Labels") or {}
-
-    def cut(value: str) -> str:
-        return value if no_trunc else value[:12]
-
     return {
         "name": labels.get(LABEL_NAME, ""),
         "sandbox": labels.get(LABEL, ""),
-        "session": cut(labels.get(LABEL_SESSION, "")),
-        "container": cut(c.get("Id", "")),
+        "session": labels.get(LABEL_SESSION, ""),
+        "container": c.get("Id", ""),
         "state": c.get("State", ""),
         "status": c.get("Status", ""),
         "image": c.get("Image", ""),
@@ -51,30 +53,31 @@ def _row(c: dict[str, Any], no_trunc: bool) -> dict[str, Any]:
     }
 
 
+_PS_COLUMNS = [
+    Column("NAME", lambda r: r["name"]),
+    Column("SANDBOX", lambda r: r["sandbox"]),
+    Column("SESSION", lambda r: r["session"], is_id=True),
+    Column("CONTAINER", lambda r: r["container"], is_id=True),
+    Column("STATUS", lambda r: r["status"]),
+    Column("IMAGE", lambda r: r["image"]),
+]
+
+
 @click.command()
 @config_option
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also stopped sandboxes.")
-@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
-@click.option("--no-trunc", is_flag=True, help="Full ids.")
+@format_option
+@no_trunc_option
 def ps(config_path: Path | None, show_all: bool, fmt: str, no_trunc: bool) -> None:
     """List running sandboxes (all with -a)."""
     from airlock.host.sandbox import SandboxError
 
     manager = _manager_or_fail(config_path)
     try:
-        rows = [_row(c, no_trunc or fmt == "json") for c in manager.list(all=show_all)]
+        rows = [_row(c) for c in manager.list(all=show_all)]
     except SandboxError as exc:
         fail(str(exc))
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table("name", "sandbox", "session", "status", "image")
-    for r in rows:
-        table.add_row(r["name"], r["sandbox"], r["session"], r["status"], r["image"])
-    if no_trunc:
-        out.print(table, width=10_000, crop=False, soft_wrap=True)
-    else:
-        out.print(table)
+    print_rows(rows, _PS_COLUMNS, fmt, no_trunc)
 
 
 @click.command()

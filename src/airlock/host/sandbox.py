@@ -50,7 +50,7 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 
 from airlock.config import Config
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
-from airlock.host import firewall
+from airlock.host import dockerclient, firewall
 from airlock.host.bundle import GatewayEndpoint, write_bundle
 from airlock.host.containerspec import ContainerPlan, RunSpec, SpecError, plan_container
 from airlock.host.control_client import ControlClient, ControlError
@@ -114,15 +114,9 @@ def _push_branches(grants: list[str]) -> str:
 
 def docker_client() -> docker.DockerClient:
     try:
-        client = docker.from_env(timeout=60)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise SandboxError(
-            "cannot reach the Docker daemon "
-            f"({os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}): start it "
-            "(for example `systemctl start docker`, or run ./dev setup as root)"
-        ) from exc
-    return client
+        return dockerclient.docker_client(timeout=60)
+    except dockerclient.DockerUnavailable as exc:
+        raise SandboxError(str(exc)) from None
 
 
 def _ensure_tmpfs(directory: Path) -> None:
