@@ -3,6 +3,7 @@ the command line around them (cli/run.py) with a stand-in manager: no Docker her
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from airlock.host.containerspec import (
     parse_user,
     parse_volume,
     plan_container,
+    resolve_user,
 )
 
 CFG = SandboxConfig()
@@ -124,6 +126,48 @@ def test_root_detection_is_about_the_uid_only(name: str, group: str | None) -> N
 def test_any_positive_uid_is_not_root(uid: int, gid: int) -> None:
     assert not is_root_user(f"{uid}:{gid}")
     assert parse_user(f"{uid}:{gid}") == f"{uid}:{gid}"
+
+
+PASSWD = """root:x:0:0:root:/root:/bin/bash
+# a comment
+toor:x:0:0:root again:/root:/bin/sh
+node:x:1000:1000::/home/node:/bin/sh
+nohome:x:1001:1001:::/bin/sh
+"""
+GROUP = "root:x:0:\nnode:x:1000:\nstaff:x:50:node\n"
+
+
+@pytest.mark.parametrize(
+    ("user", "uid", "gid", "home"),
+    [
+        ("node", 1000, 1000, "/home/node"),  # a name: its passwd entry
+        ("node:staff", 1000, 50, "/home/node"),
+        ("node:0", 1000, 0, "/home/node"),
+        ("1000", 1000, 1000, "/home/node"),  # a uid in passwd: its entry's group and home
+        ("01000:7", 1000, 7, "/home/node"),
+        ("4242", 4242, 0, "/"),  # a uid not in passwd: gid 0 and HOME=/, as Docker does
+        ("4242:4243", 4242, 4243, "/"),
+        ("nohome", 1001, 1001, "/"),
+    ],
+)
+def test_resolve_user_like_docker(user: str, uid: int, gid: int, home: str) -> None:
+    r = resolve_user(user, PASSWD, GROUP)
+    assert (r.uid, r.gid, r.home) == (uid, gid, home)
+
+
+@pytest.mark.parametrize(
+    ("user", "passwd", "needle"),
+    [
+        ("ghost", PASSWD, "not in the image's /etc/passwd"),
+        ("node:ghosts", PASSWD, "not in the image's /etc/group"),
+        ("toor", PASSWD, "uid 0 (root)"),  # a name that is root is still root
+        ("root", PASSWD, "uid 0 (root)"),
+        ("node", None, "not in the image's /etc/passwd"),  # no passwd file
+    ],
+)
+def test_resolve_user_refusals(user: str, passwd: str | None, needle: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        resolve_user(user, passwd, GROUP)
 
 
 # --- working directory -------------------------------------------------------------------------

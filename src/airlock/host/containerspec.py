@@ -46,6 +46,7 @@ __all__ = [
     "ROOT_HOME",
     "ContainerPlan",
     "RefusedOption",
+    "ResolvedUser",
     "RunSpec",
     "SpecError",
     "check_bind_source",
@@ -65,6 +66,7 @@ __all__ = [
     "parse_volume",
     "plan_container",
     "plan_mounts",
+    "resolve_user",
 ]
 
 
@@ -372,6 +374,60 @@ def parse_user(text: str, uid: int | None = None) -> str:
         if part.isascii() and part.isdigit() and int(part) > _MAX_ID:
             raise SpecError(f"-u {text!r}: {part} is out of range (at most {_MAX_ID})")
     return text
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    uid: int
+    gid: int
+    home: str  # what Docker sets HOME to when the environment has none
+
+
+def _db(text: str | None, fields: int) -> list[list[str]]:
+    rows = []
+    for line in (text or "").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            parts = line.split(":")
+            if len(parts) >= fields:
+                rows.append(parts)
+    return rows
+
+
+def resolve_user(user: str, passwd: str | None, group: str | None) -> ResolvedUser:
+    """The uid, gid and home Docker (runc) gives ``user`` in an image with these
+    /etc/passwd and /etc/group texts (None: the file is absent). A name must exist; a uid
+    that is not in passwd gets gid 0 and home /, as in Docker. Root is refused, also when a
+    name turns out to be uid 0."""
+    name, _, grp = user.partition(":")
+    users = _db(passwd, 7)
+    entry: list[str] | None = None
+    numeric = name.isascii() and name.isdigit()
+    for row in users:
+        if (row[2].isdigit() and int(row[2]) == int(name)) if numeric else row[0] == name:
+            entry = row
+            break
+    if entry is None and not numeric:
+        raise SpecError(f"user {name!r} is not in the image's /etc/passwd")
+    try:
+        uid = int(name) if entry is None else int(entry[2])
+        gid = 0 if entry is None else int(entry[3])
+    except ValueError:
+        raise SpecError(f"user {name!r}: the image's /etc/passwd entry is malformed") from None
+    home = entry[5] if entry is not None and entry[5] else "/"
+    if grp:
+        if grp.isascii() and grp.isdigit():
+            gid = int(grp)
+        else:
+            found = [row for row in _db(group, 3) if row[0] == grp]
+            if not found or not found[0][2].isdigit():
+                raise SpecError(f"group {grp!r} is not in the image's /etc/group")
+            gid = int(found[0][2])
+    if uid == 0:
+        raise SpecError(
+            f"user {user!r} is uid 0 (root) in the image's /etc/passwd: the sandbox never "
+            "runs as root; give -u with a non-root user"
+        )
+    return ResolvedUser(uid, gid, home)
 
 
 # --- sizes and limits ------------------------------------------------------------------------
