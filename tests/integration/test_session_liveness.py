@@ -286,17 +286,28 @@ def test_egress_use_keeps_a_session_alive_past_its_idle_timeout(lw: Liveness) ->
 
 
 def test_refused_egress_does_not_keep_a_session_alive(lw: Liveness) -> None:
-    src, capped_src, elsewhere = "127.0.0.92", "127.0.0.98", "127.0.0.93"
+    src, capped_src, capped_http_src, elsewhere = (
+        "127.0.0.92",
+        "127.0.0.98",
+        "127.0.0.99",
+        "127.0.0.93",
+    )
     born = time.monotonic()
     issued, _ = sandbox(lw, src, idle_timeout=IDLE)
     sid, token = issued["session"]["id"], issued["proxy_token"]
     capped, _ = sandbox(lw, capped_src, idle_timeout=IDLE)
     capped_token = capped["proxy_token"]
+    capped_http, _ = sandbox(lw, capped_http_src, idle_timeout=IDLE)
     other, _ = sandbox(lw, elsewhere)  # a session on another source: its token is valid
-    # The byte cap: this download is admitted and stopped by the budget (it must not count),
-    # then every later request of that session is refused by it (429).
-    r = curl(lw, https_url(lw, path="/big"), capped_token, capped_src)
-    assert len(r.stdout) < 2 * 1024 * 1024, "the byte budget did not stop the download"
+    # The byte cap: these downloads (a tunnel, a plain request) are admitted and stopped by
+    # the budget (they must not count), then every later request of the session is
+    # refused by it (429).
+    for url, tok, source in (
+        (https_url(lw, path="/big"), capped_token, capped_src),
+        (http_url(lw, path="/big"), capped_http["proxy_token"], capped_http_src),
+    ):
+        r = curl(lw, url, tok, source)
+        assert len(r.stdout) < 2 * 1024 * 1024, "the byte budget did not stop the download"
     # Refused requests of every kind until just before the idle deadline; each answered as
     # refused (so the sessions are alive until then), none moving the deadline.
     wrong_tokens = rounds = 0
@@ -305,6 +316,11 @@ def test_refused_egress_does_not_keep_a_session_alive(lw: Liveness) -> None:
         cases = [
             ("byte_cap", curl(lw, https_url(lw), capped_token, capped_src), (0, 429)),
             ("byte_cap_http", curl(lw, http_url(lw), capped_token, capped_src), (429, 0)),
+            (
+                "byte_cap_http2",
+                curl(lw, http_url(lw), capped_http["proxy_token"], capped_http_src),
+                (429, 0),
+            ),
             ("not_allowlisted", curl(lw, https_url(lw, OTHER), token, src), (0, 403)),
             ("not_allowlisted_http", curl(lw, http_url(lw, OTHER), token, src), (403, 0)),
             ("private_address", curl(lw, http_url(lw, PRIVATE), token, src), (403, 0)),
@@ -320,7 +336,11 @@ def test_refused_egress_does_not_keep_a_session_alive(lw: Liveness) -> None:
         time.sleep(0.05)
     assert rounds >= 2
     time.sleep(max(0.0, IDLE + 0.3 - (time.monotonic() - born)))
-    for session, session_src in ((issued, src), (capped, capped_src)):
+    for session, session_src in (
+        (issued, src),
+        (capped, capped_src),
+        (capped_http, capped_http_src),
+    ):
         assert last_used(lw.w, session["session"]["id"]) == session["session"]["last_used"]
         refused_407(lw, session["proxy_token"], session_src, "session_expired")
     # The other session was not touched by its token being tried from the wrong source.
