@@ -441,7 +441,10 @@ def _size(text: str, what: str) -> int:
     m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise SpecError(f"{what} {text!r}: use a size such as 512m or 2g")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    n = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if not n < 2**63:
+        raise SpecError(f"{what} {text!r}: too large")
+    return int(n)
 
 
 def parse_memory(text: str) -> int:
