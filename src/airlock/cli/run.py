@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from airlock.cli.common import config_option, fail, load, sandbox_manager
+from airlock.cli.common import config_option, fail, load, resolve_config_path, sandbox_manager
 from airlock.config import Config
 from airlock.core.durations import parse_duration
 from airlock.host.containerspec import (
@@ -230,7 +230,12 @@ def run(
         manager = sandbox_manager(config)
         _precheck(manager, spec, config)
         if detach:
+            from airlock.host.supervisor import ensure_supervisor
+
             sb = manager.start(spec)
+            # So its session is revoked the moment it exits, with or without an operator's
+            # `airlock supervise` (one is started that leaves when nothing is left to watch).
+            ensure_supervisor(manager, resolve_config_path(config_path).absolute())
             click.echo(sb.name)
             return
         code = run_foreground(manager, spec)

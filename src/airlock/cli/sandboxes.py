@@ -129,27 +129,20 @@ def logs(config_path: Path | None, follow: bool, tail: str, name: str) -> None:
         fail(f"--tail {tail!r}: a number of lines, or all", 2)
     try:
         cid = manager.container_of(name)["Id"]
-        stream = manager.client.api.logs(
-            cid,
-            stdout=True,
-            stderr=True,
-            stream=True,
-            follow=follow,
-            tail=tail if tail == "all" else int(tail),
-            demux=True,
-        )
-        for chunk in stream:
-            stdout, stderr = chunk if isinstance(chunk, tuple) else (chunk, None)
-            if stdout:
-                sys.stdout.buffer.write(stdout)
-                sys.stdout.buffer.flush()
-            if stderr:
-                sys.stderr.buffer.write(stderr)
-                sys.stderr.buffer.flush()
     except SandboxError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+    # The docker CLI keeps stdout and stderr apart (the SDK's log stream mixes them); the
+    # container is ours (found by its labels) and addressed by its full id.
+    argv = ["docker", "logs", "--tail", tail, *(["--follow"] if follow else []), cid]
+    _exec_docker(argv)
+
+
+def _exec_docker(argv: list[str]) -> None:
+    sys.stdout.flush()
+    try:
+        os.execvp("docker", argv)  # noqa: S606 (fixed program, argv list)
+    except OSError as exc:
+        fail(f"cannot run the docker CLI: {exc.strerror}", 125)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -193,11 +186,7 @@ def exec_(
     for e in env:
         argv += ["-e", e]
     argv += [container["Id"], *command]
-    sys.stdout.flush()
-    try:
-        os.execvp("docker", argv)  # noqa: S606 (fixed program, argv list)
-    except OSError as exc:
-        fail(f"cannot run the docker CLI: {exc.strerror}", 125)
+    _exec_docker(argv)
 
 
 exec_.name = "exec"
