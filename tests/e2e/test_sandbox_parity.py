@@ -69,15 +69,6 @@ USER root
 """
 SHOW = 'id; pwd; echo "HOME=$HOME"'
 SBX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"  # the images have the sandbox image's user too
-# The manager writes a sandbox's bundle (/run/airlock: mode 0500, the key 0400) for
-# sandbox.uid only. A sandbox running as another uid (the image's USER node, or -u 4242)
-# cannot see the ready file its gate waits for, so its command never starts ("sandbox was
-# not activated", after the gate's 30 s). Until the manager owns the bundle to the uid the
-# container really runs as (containerspec.resolve_user), these fail: strict, so the marker
-# goes when they pass.
-OTHER_UID = pytest.mark.xfail(
-    strict=True, reason="the session bundle is readable by sandbox.uid only (host/sandbox.py)"
-)
 
 
 @dataclass
@@ -173,7 +164,6 @@ def docker_run(*args: str) -> str:
 # --- the same as docker run -------------------------------------------------------------------
 
 
-@OTHER_UID
 def test_id_pwd_and_home_are_those_of_docker_run(config: Path, images: Images) -> None:
     plain = docker_run(images.node, "sh", "-c", SHOW)
     assert plain.splitlines() == [
@@ -188,7 +178,7 @@ def test_id_pwd_and_home_are_those_of_docker_run(config: Path, images: Images) -
 
 @pytest.mark.parametrize(
     "user",
-    [SBX_USER, pytest.param("4242:4243", marks=OTHER_UID)],
+    [SBX_USER, "4242:4243"],
 )
 def test_u_and_w_are_those_of_docker_run(config: Path, images: Images, user: str) -> None:
     args = ["-u", user, "-w", "/tmp", images.node, "sh", "-c", SHOW]
@@ -217,7 +207,7 @@ def test_entrypoint_is_that_of_docker_run(
     assert in_sandbox(config, *args) == plain
 
 
-@pytest.mark.parametrize("image", ["root", pytest.param("node", marks=OTHER_UID)])
+@pytest.mark.parametrize("image", ["root", "node"])
 def test_git_global_config_works(config: Path, images: Images, image: str) -> None:
     script = "git config --global user.name x && git config --global --get user.name"
     assert in_sandbox(config, getattr(images, image), "sh", "-c", script) == "x\n"
@@ -266,7 +256,6 @@ def workspace(tmp_path: Path) -> Iterator[Path]:
 WRITE = "touch new-file && echo WROTE; id -u"
 
 
-@OTHER_UID
 def test_a_bind_mounted_workspace_is_writable_with_u(
     config: Path, images: Images, workspace: Path
 ) -> None:

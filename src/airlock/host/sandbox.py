@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import ipaddress
 import os
 import re
@@ -36,6 +37,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +54,13 @@ from airlock.config import Config
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host import dockerclient, firewall
 from airlock.host.bundle import GatewayEndpoint, write_bundle
-from airlock.host.containerspec import ContainerPlan, RunSpec, SpecError, plan_container
+from airlock.host.containerspec import (
+    ContainerPlan,
+    RunSpec,
+    SpecError,
+    plan_container,
+    resolve_user,
+)
 from airlock.host.control_client import ControlClient, ControlError
 from airlock.host.gate import GATE_PATH, GateError, check_gate_binary, gate_command
 from airlock.host.hostnet import host_networks
@@ -563,6 +571,47 @@ class SandboxManager:
         sb.container_id = created["Id"]
         cid = created["Id"]
         undo.append(lambda: self.client.api.remove_container(cid, force=True))
+        # The bundle was written for sandbox.uid; the container may run as another user (the
+        # image's USER, -u): the bundle (key 0400, directory 0500) must be that user's.
+        uid = self._container_uid(cid, plan.user)
+        if uid != self.config.sandbox.uid:
+            self._chown_bundle(sb, uid)
+
+    def _image_file(self, container_id: str, path: str) -> str | None:
+        """A small text file of the created container's file system (None if absent)."""
+        try:
+            stream, _stat = self.client.api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            return None
+        data = b"".join(stream)
+        if len(data) > 4 << 20:
+            raise SandboxError(f"the image's {path} is too large to read")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile()), None)
+            f = tar.extractfile(member) if member is not None else None
+            return f.read().decode(errors="replace") if f is not None else None
+
+    def _container_uid(self, container_id: str, user: str) -> int:
+        name, _, group = user.partition(":")
+        if name.isascii() and name.isdigit():
+            uid = int(name)
+            if uid == 0:
+                raise SandboxError("the sandbox never runs as root")
+            return uid
+        passwd = self._image_file(container_id, "/etc/passwd")
+        groups = self._image_file(container_id, "/etc/group") if group else None
+        try:
+            return resolve_user(user, passwd, groups).uid
+        except SpecError as exc:
+            raise SandboxError(str(exc)) from None
+
+    def _chown_bundle(self, sb: Sandbox, uid: int) -> None:
+        assert sb.bundle_dir is not None
+        d = sb.bundle_dir
+        for entry in os.scandir(d):
+            if entry.is_file(follow_symlinks=False):
+                os.chown(entry.path, uid, uid, follow_symlinks=False)
+        os.chown(d, uid, uid)
 
     def _verify(self, sb: Sandbox) -> dict[str, Any]:
         """Inspect the container through the Docker API and check it is the one we made."""
