@@ -36,9 +36,14 @@ T = TypeVar("T")
 DEMO_REPO = "demo/hello"
 MANY_REFS_REPO = "demo/many-refs"
 MANY_REFS = 2000  # tags and refs/pull/N/head: git gzips the negotiation of such a clone
+EXIT_CODE = 7  # the sandbox's command ends with it; `airlock run` would exit with it
+
 SCRIPT = r"""
 set -u
+[ "$(id -u)" = 10000 ] && [ "$(pwd)" = "$HOME" ] && [ "$HOME" = /home/sandbox ] \
+  && git config --global user.name "demo agent" && say0=ok || say0=fail
 cd /tmp
+echo "RESULT image_user $say0"
 say() { echo "RESULT $1 $2"; }
 git clone -q https://github.com/{repo} work && say clone ok || say clone fail
 cd work
@@ -76,6 +81,7 @@ grep -qi "x-airlock-refused: not_allowlisted" /tmp/h.txt \
 if env | grep -q -- "{token}"; then say token_env found; else say token_env absent; fi
 if grep -rqs -- "{token}" /run/airlock /etc /home /tmp 2>/dev/null; then
   say token_files found; else say token_files absent; fi
+exit {exit_code}
 """
 
 
@@ -204,6 +210,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 decoy_port=str(decoy_port),
                 https_port=str(downloads.port),
                 token=token,
+                exit_code=str(EXIT_CODE),
             ),
         ]
         with console.status("sandbox: clone, commit, push, then try to get out"):
@@ -213,12 +220,16 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 raise DemoError(str(exc)) from None
             try:
                 code = manager.wait(sb)
+                # As `airlock run` does at exit: the session goes now, the container stays.
+                manager.release(sb.id, "sandbox exited")
+                revoked_at_exit = manager.control.show(str(sb.session_id))["state"] == "revoked"
+                kept = manager.client.api.inspect_container(sb.container_id)["State"]
+                kept_exit = kept.get("ExitCode") == EXIT_CODE and not kept.get("Running")
                 logs = manager.client.api.logs(sb.container_id).decode(errors="replace")
             finally:
                 manager.teardown(sb.id, "demo finished")
-        console.log(
-            f"sandbox {sb.name} exited with {code}; its network, rules and session are gone"
-        )
+            gone = not manager.all_sandbox_ids() & {sb.id}
+        console.log(f"sandbox {sb.name} exited with {code}; `airlock rm` removed all of it")
 
         results = dict(
             line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
@@ -228,6 +239,10 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         host_reaches_decoy = _host_reaches(host_ip, decoy_port)
         sandbox_hits = [h for h in _Decoy.hits if h != host_ip and not h.startswith("127.")]
         checks = [
+            (
+                "runs as the image's user in its WORKDIR, git config --global works",
+                results.get("image_user") == "ok",
+            ),
             ("clone github.com/demo/hello", results.get("clone") == "ok"),
             (
                 "push a new branch agent/demo (seen in the upstream)",
@@ -260,6 +275,12 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             ("allowlisted host downloads through the proxy", results.get("proxy_allowed") == "ok"),
             ("other host refused by the proxy (403)", results.get("proxy_other") == "refused"),
             ("(control) the host itself reaches the decoy", host_reaches_decoy),
+            (f"the command's exit code ({EXIT_CODE}) is the sandbox's", code == EXIT_CODE),
+            (
+                "session revoked the moment it exited; container and exit code kept",
+                revoked_at_exit and kept_exit,
+            ),
+            ("rm leaves no network, rules, bundle or container", gone),
         ]
         table = Table("check", "result", title="airlock demo report")
         for name, ok in checks:
