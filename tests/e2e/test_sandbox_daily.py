@@ -312,3 +312,30 @@ def test_a_sandbox_without_the_owner_label_is_not_ours(
         assert labels[LABEL] == sb.id and labels[LABEL_OWNER] == manager.gateway_id
     finally:
         sandboxes.teardown(sb)
+
+
+def test_a_run_without_grants_works_and_reaches_no_repository(
+    sbx_world: World, sandboxes: Sandboxes
+) -> None:
+    """An egress-only sandbox (no --grant): it runs, its session exists with no grants, and
+    git gets nothing."""
+    r = cli(
+        sbx_world.config, "run", "--rm", sandboxes.image, "sh", "-c",
+        f'echo "grants=[$AIRLOCK_GRANTS]"; {LS_REMOTE} && echo reached || echo refused',
+    )  # fmt: skip
+    assert r.returncode == 0, r
+    assert "grants=[]" in r.stdout and "refused" in r.stdout and "reached" not in r.stdout, r
+    assert "refs/heads" not in r.stdout
+
+
+def test_ps_and_rm_work_while_the_gateway_is_down(sbx_world: World, sandboxes: Sandboxes) -> None:
+    sb = sandboxes.start("sleep 300", GRANTS, name="daily-gateway-down", remove=False)
+    sbx_world.stop_gateway()
+    try:
+        ps = cli(sbx_world.config, "ps", "--format", "json")
+        assert ps.returncode == 0, ps
+        assert "daily-gateway-down" in [row["name"] for row in json.loads(ps.stdout)]
+    finally:
+        sbx_world.start_gateway()
+    assert cli(sbx_world.config, "rm", "-f", sb.name).returncode == 0
+    assert sandboxes.leftovers(sb.id) == []

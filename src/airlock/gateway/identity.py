@@ -21,7 +21,7 @@ import re
 import secrets
 from pathlib import Path
 
-__all__ = ["GATEWAY_ID_FILE", "GatewayIdError", "load_or_create_gateway_id"]
+__all__ = ["GATEWAY_ID_FILE", "GatewayIdError", "load_or_create_gateway_id", "read_gateway_id"]
 
 GATEWAY_ID_FILE = "gateway-id"
 _ID = re.compile(r"[0-9a-f]{16}")
@@ -49,6 +49,13 @@ def _read(path: Path) -> str:
             "restore the file or, if no sandbox of this gateway exists any more, delete it"
         )
     return value
+
+
+def read_gateway_id(state_dir: Path) -> str | None:
+    """The id in ``state_dir/gateway-id``, or None when there is none yet (never creates it):
+    for the host side when the gateway itself does not answer."""
+    path = state_dir / GATEWAY_ID_FILE
+    return _read(path) if os.path.lexists(path) else None
 
 
 def load_or_create_gateway_id(state_dir: Path) -> str:

@@ -51,6 +51,7 @@ import docker.errors
 from docker.types import IPAMConfig, IPAMPool, Mount
 
 from airlock.config import Config
+from airlock.gateway.identity import GatewayIdError, read_gateway_id
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host import dockerclient, firewall
 from airlock.host.bundle import GatewayEndpoint, write_bundle
@@ -166,7 +167,16 @@ class SandboxManager:
             try:
                 health = self.control.health()
             except ControlError as exc:
-                raise SandboxError(f"the gateway is not available: {exc}") from None
+                # `ps`, `logs`, `rm` and clean-up still work while the gateway is down: the
+                # id is also in its state directory (root reads it; it is never created here).
+                try:
+                    gid = read_gateway_id(self.config.gateway.state_dir)
+                except (GatewayIdError, OSError):
+                    gid = None
+                if gid is None:
+                    raise SandboxError(f"the gateway is not available: {exc}") from None
+                self._gateway_id = gid
+                return gid
             gid = health.get("gateway_id")
             if not isinstance(gid, str) or not _GATEWAY_ID_RE.match(gid):
                 raise SandboxError(
@@ -262,7 +272,11 @@ class SandboxManager:
             check_gate_binary(self.config.sandbox.gate_binary)
         except GateError as exc:
             raise SandboxError(str(exc)) from None
-        self.gateway_id  # noqa: B018 (the gateway answers and says its id)
+        try:
+            self.control.health()
+        except ControlError as exc:
+            raise SandboxError(f"the gateway is not available: {exc}") from None
+        self.gateway_id  # noqa: B018 (the gateway says its id)
         try:
             self.client.images.get(spec.image)
         except docker.errors.ImageNotFound:
@@ -777,7 +791,23 @@ class SandboxManager:
             raise SandboxError(f"sandbox {sandbox_id} not fully released: " + "; ".join(errors))
         return did
 
-    def teardown(self, sandbox_id: str, reason: str = "sandbox stopped") -> None:
+    def release_started(self, sb: Sandbox, reason: str = "sandbox exited") -> bool:
+        """:meth:`release` for a sandbox this process started: it knows the session, bundle
+        and listener, so nothing is listed first. True when all of it went."""
+        try:
+            if sb.session_id:
+                self.control.revoke(sb.session_id, reason)
+            if sb.bundle_dir is not None and sb.bundle_dir.exists():
+                os.chmod(sb.bundle_dir, 0o700)
+                shutil.rmtree(sb.bundle_dir)
+            self.control.remove_listener(str(sb.gateway_ip))
+        except (ControlError, OSError):
+            return False
+        return True
+
+    def teardown(
+        self, sandbox_id: str, reason: str = "sandbox stopped", *, released: bool = False
+    ) -> None:
         """Remove everything a sandbox owns. Safe to call twice, and for half-built ones.
 
         Every step is tried even when an earlier one fails; the session is revoked and the
@@ -785,7 +815,8 @@ class SandboxManager:
         """
         errors, attempt = self._attempts()
         try:
-            self.release(sandbox_id, reason)
+            if not released:  # ``released``: release_started() did all of it
+                self.release(sandbox_id, reason)
         except SandboxError as exc:
             errors.append(str(exc))
         containers: list[dict[str, Any]] = []
@@ -932,6 +963,7 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
     sb = manager.start(spec, open_gate=False)
     attach: subprocess.Popen[bytes] | None = None
     pump: threading.Thread | None = None
+    released = False
     with manager.hold(sb.id):
         try:
             if spec.interactive or spec.tty:
@@ -959,8 +991,7 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
                 raise SandboxError(
                     f"the container of sandbox {sb.name} was removed before it exited"
                 ) from None
-            with contextlib.suppress(SandboxError):
-                manager.release(sb.id, "sandbox exited")
+            released = manager.release_started(sb, "sandbox exited")
             if pump is not None:
                 pump.join(10)
             if attach is not None:
@@ -971,7 +1002,7 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
             return code
         finally:
             if spec.remove:
-                manager.teardown(sb.id, "sandbox exited")
-            else:
+                manager.teardown(sb.id, "sandbox exited", released=released)
+            elif not released:
                 with contextlib.suppress(SandboxError):
                     manager.release(sb.id, "sandbox exited")

@@ -46,6 +46,7 @@ from airlock.host.sandbox import (
 # A sandbox younger than this may still be starting: its container may not exist yet.
 START_GRACE_SECONDS = 60.0
 _AUTO_MARK = "until-idle"
+UNTIL_IDLE_GATEWAY_GONE = 120.0  # seconds without an answer from the gateway
 
 
 def lock_path(manager: SandboxManager) -> Path:
@@ -202,7 +203,7 @@ class Supervisor:
                 counts["ok"] += 1
                 continue
             if containers:
-                if any(c.get("State") == "created" for c in containers) and self._young(net):
+                if any(_starting(c) for c in containers):
                     continue  # an `airlock run` between create and start
                 if self._exited(sid, containers, sessions):
                     counts["removed"] += 1
@@ -315,6 +316,7 @@ class Supervisor:
         signal_stop = None
         if threading.current_thread() is threading.main_thread():
             signal_stop = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        unreachable_since: float | None = None
         try:
             while not self._stop.is_set():
                 try:
@@ -325,6 +327,17 @@ class Supervisor:
                         return
                 except (docker.errors.DockerException, OSError) as exc:
                     self.say(f"reconcile failed ({exc}); retrying")
+                if until_idle:
+                    # An auto-started supervisor whose gateway is gone for good (its sessions
+                    # with it) has nothing left to revoke: it does not linger forever.
+                    try:
+                        self.manager.control.health()
+                        unreachable_since = None
+                    except ControlError:
+                        unreachable_since = unreachable_since or time.monotonic()
+                        if time.monotonic() - unreachable_since > UNTIL_IDLE_GATEWAY_GONE:
+                            self.say("the gateway is gone; the supervisor exits")
+                            return
                 self._stop.wait(interval)
         finally:
             self._stop.set()
@@ -333,3 +346,11 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _starting(container: dict[str, Any]) -> bool:
+    """Created, not yet started, and young: a start is between create and start. (By the
+    container's own age: the network may be a spare made long before.)"""
+    created = container.get("Created")
+    age = time.time() - created if isinstance(created, int | float) else START_GRACE_SECONDS
+    return container.get("State") == "created" and age < START_GRACE_SECONDS
