@@ -22,6 +22,7 @@ from typing import Any
 import docker
 import pytest
 
+from airlock import agentproto, fastpath
 from airlock.config import load_config
 from airlock.host import firewall
 from airlock.host.sandbox import LABEL, LABEL_OWNER, SandboxError, SandboxManager
@@ -41,10 +42,14 @@ def repo(sbx_world: World) -> Path:
     return sbx_world.make_repo(*REPO.split("/"))
 
 
-def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    config: Path, *args: str, timeout: float = 120, module: str = "airlock.cli"
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it; ``module="airlock.fastpath"`` is the `airlock` entry point
+    (which sends `run` to the run agent when one serves this config)."""
     command, rest = args[0], args[1:]
     return subprocess.run(
-        [sys.executable, "-m", "airlock.cli", command, "--config", str(config), *rest],
+        [sys.executable, "-m", module, command, "--config", str(config), *rest],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -72,6 +77,8 @@ def supervising(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         time.sleep(1.5)  # its first reconcile is done and its events watcher listens
         assert proc.poll() is None, log.read_text()
+        # ... and the run agent it started listens.
+        assert wait_until(lambda: agentproto.socket_path(config).exists(), 15), log.read_text()
         yield proc
     finally:
         proc.terminate()
@@ -117,17 +124,21 @@ def test_fifty_foreground_runs_beside_supervise_pass_every_exit_code(
 ) -> None:
     codes = [i * 37 % 256 for i in range(50)]  # 0, 37, 74, ... every one different
     got = []
+    manager = sandboxes.new_manager()
     with supervising(sbx_world.config, tmp_path / "supervise.log"):
-        for code in codes:
+        # Half through the full CLI, half through the `airlock` entry point and the agent.
+        for i, code in enumerate(codes):
             r = cli(
                 sbx_world.config, "run", "--rm", *[f"--grant={g}" for g in GRANTS],
-                sandboxes.image, "sh", "-c", f"echo run-{code}; exit {code}",
+                sandboxes.image, "sh", "-c", f"echo run-{code}; echo err-{code} >&2; exit {code}",
+                module="airlock.fastpath" if i % 2 else "airlock.cli",
             )  # fmt: skip
             got.append(r.returncode)
-            assert f"run-{code}" in r.stdout, r
+            assert f"run-{code}" in r.stdout and f"err-{code}" in r.stderr, r
             assert "Traceback" not in r.stderr, r.stderr
+        # The agent's children remove --rm sandboxes after telling the exit code.
+        assert wait_until(lambda: own_state(manager)["containers"] == [], 30)
     assert got == codes
-    manager = sandboxes.new_manager()
     left = own_state(manager)
     assert left["containers"] == [] and left["networks"] == [] and left["rules"] == {}, left
     assert [s for s in left["sessions"] if s[1] != "revoked"] == []
@@ -339,3 +350,35 @@ def test_ps_and_rm_work_while_the_gateway_is_down(sbx_world: World, sandboxes: S
         sbx_world.start_gateway()
     assert cli(sbx_world.config, "rm", "-f", sb.name).returncode == 0
     assert sandboxes.leftovers(sb.id) == []
+
+
+def test_the_entry_point_runs_through_the_agent_with_the_same_answers(
+    sbx_world: World, sandboxes: Sandboxes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with supervising(sbx_world.config, tmp_path / "supervise.log"):
+        argv = ["run", "--config", str(sbx_world.config), "--rm", sandboxes.image, "true"]
+        # In-process, so we know the agent served it (None would mean the full CLI).
+        assert fastpath.run_through_agent(argv) == 0
+        refused = cli(
+            sbx_world.config, "run", "-p", "80:80", sandboxes.image, "true",
+            module="airlock.fastpath",
+        )  # fmt: skip
+        direct = cli(sbx_world.config, "run", "-p", "80:80", sandboxes.image, "true")
+        assert refused.returncode == direct.returncode == 125, (refused, direct)
+        assert refused.stderr == direct.stderr and "-p" in refused.stderr
+        # Interactive runs take the full way (a terminal is the docker CLI's job).
+        assert not fastpath._wants_fast_path(["run", "-it", sandboxes.image, "sh"])
+        # Only root may use the agent's socket.
+        path = agentproto.socket_path(sbx_world.config)
+        st = path.stat()
+        assert st.st_uid == 0 and st.st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        probe = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({str(path)!r})"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe
+    # The supervisor took its agent with it, and the fast path falls back.
+    assert wait_until(lambda: not path.exists(), 10)
+    assert fastpath.run_through_agent(argv) is None

@@ -19,5 +19,5 @@ main.add_command(run.run)
 for _command in (sandboxes.ps, sandboxes.stop, sandboxes.supervise, tools.image, tools.demo):
     main.add_command(_command)
 main.add_command(doctor.doctor)
-for _command in (sandboxes.rm, sandboxes.logs, sandboxes.exec_):
+for _command in (sandboxes.rm, sandboxes.logs, sandboxes.exec_, sandboxes.agent):
     main.add_command(_command)

@@ -5,7 +5,9 @@ Each acts only on sandboxes labelled with this gateway's id (see host/sandbox.py
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from airlock.cli.common import (
     load,
     no_trunc_option,
     print_rows,
+    resolve_config_path,
     sandbox_manager,
 )
 
@@ -202,7 +205,12 @@ exec_.name = "exec"
     hidden=True,
     help="Exit when no sandbox of this gateway is left (started by `run -d`).",
 )
-def supervise(config_path: Path | None, interval: float, once: bool, until_idle: bool) -> None:
+@click.option(
+    "--no-agent", is_flag=True, help="Do not start the run agent (a faster `airlock run`)."
+)
+def supervise(
+    config_path: Path | None, interval: float, once: bool, until_idle: bool, no_agent: bool
+) -> None:
     """Revoke sessions of exited sandboxes, restore firewall rules, remove leftovers: for
     this gateway's sandboxes only."""
     from airlock.host.sandbox import SandboxError
@@ -210,13 +218,55 @@ def supervise(config_path: Path | None, interval: float, once: bool, until_idle:
 
     manager = _manager_or_fail(config_path)
     sup = Supervisor(manager, say=lambda m: err.print(m, highlight=False))
+    agent: subprocess.Popen[bytes] | None = None
     try:
         if once:
             sup.reconcile()
             return
         with supervisor_lock(manager, until_idle=until_idle):
+            if not until_idle and not no_agent:
+                agent = _start_agent(resolve_config_path(config_path).absolute())
             sup.run(interval, until_idle=until_idle)
     except SandboxError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if agent is not None:
+            agent.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(5)
+
+
+def _start_agent(config_path: Path) -> subprocess.Popen[bytes]:
+    """The run agent beside the supervisor (host/runagent.py): `airlock run` without the
+    import time. Its output goes to the supervisor's stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "airlock.cli", "agent", "--config", str(config_path)],
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@click.command(hidden=True)
+@config_option
+def agent(config_path: Path | None) -> None:
+    """Serve `airlock run` requests for this config (started by `airlock supervise`)."""
+    import signal
+
+    from airlock.host.runagent import serve
+
+    path = resolve_config_path(config_path).absolute()
+    load(path)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        serve(path, stop=lambda: stopping)
+    except OSError as exc:
+        fail(f"the run agent cannot listen: {exc}")
     except KeyboardInterrupt:
         pass

@@ -561,9 +561,10 @@ class SandboxManager:
             init=plan.init,
         )
         labels = {**plan.labels, LABEL: sb.id, LABEL_SESSION: sb.session_id or ""}
+        # Every airlock.* label is set here, also to "0": an image's own LABELs are inherited
+        # by its containers and must not decide anything (airlock.remove=1 from an image).
         labels.update({LABEL_NAME: sb.name, LABEL_OWNER: self.gateway_id})
-        if spec.remove:
-            labels[LABEL_REMOVE] = "1"
+        labels[LABEL_REMOVE] = "1" if spec.remove else "0"
         try:
             created = self.client.api.create_container(
                 spec.image,
@@ -783,10 +784,26 @@ class SandboxManager:
             attempt("remove bundle", remove_bundle)
         nets: list[dict[str, Any]] = []
         attempt("list networks", lambda: nets.extend(self.own_networks(sandbox_id)))
-        for n in nets:
-            gw = (n.get("Labels") or {}).get(LABEL_GATEWAY)
-            if gw:
-                attempt(f"remove listener {gw}", partial(self.control.remove_listener, gw))
+        addresses = {str((n.get("Labels") or {}).get(LABEL_GATEWAY) or "") for n in nets}
+        # Also from the sessions' bindings: if the network is gone already (removed by
+        # someone else first), a listener left on its address would keep the address bound
+        # in the kernel and break the next network on that subnet ("address in use").
+        bound = {
+            str(s["binding"].get("gateway_address") or "")
+            for s in known
+            if s.get("labels", {}).get("sandbox") == sandbox_id and s.get("binding")
+        }
+        if bound - addresses:
+            # ... unless the address is another sandbox's now (its subnet was reused).
+            others: list[dict[str, Any]] = []
+            attempt("list networks", lambda: others.extend(self.own_networks()))
+            addresses |= bound - {
+                str((n.get("Labels") or {}).get(LABEL_GATEWAY) or "")
+                for n in others
+                if (n.get("Labels") or {}).get(LABEL) != sandbox_id
+            }
+        for gw in sorted(addresses - {""}):
+            attempt(f"remove listener {gw}", partial(self.control.remove_listener, gw))
         if errors:
             raise SandboxError(f"sandbox {sandbox_id} not fully released: " + "; ".join(errors))
         return did
@@ -954,6 +971,11 @@ def _pump(stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
             sys.stderr.buffer.flush()
 
 
+# Set by the run agent's child (host/runagent.py): told the exit code as soon as the output is
+# complete and the session revoked, before the (slower) removal of a --rm sandbox.
+report_exit: Callable[[int], None] | None = None
+
+
 def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
     """Start a sandbox with its streams attached, like `docker run`; its exit code is ours.
 
@@ -999,6 +1021,8 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
                     attach.wait(10)
                 except subprocess.TimeoutExpired:
                     attach.terminate()
+            if report_exit is not None:
+                report_exit(code)
             return code
         finally:
             if spec.remove:
