@@ -26,7 +26,14 @@ from airlock import agentproto, fastpath
 from airlock.config import load_config
 from airlock.host import firewall
 from airlock.host.sandbox import LABEL, LABEL_OWNER, SandboxError, SandboxManager
-from tests.e2e.conftest import E2E, GIT_TIMEOUT, Sandboxes, sandbox_config, wait_until
+from tests.e2e.conftest import (
+    E2E,
+    GIT_TIMEOUT,
+    TEST_LABEL,
+    Sandboxes,
+    sandbox_config,
+    wait_until,
+)
 from tests.world import HOST, World
 
 pytestmark = E2E
@@ -35,6 +42,7 @@ OTHER_POOL = "10.216.144.0/20"  # the second gateway's sandboxes
 REPO = "acme/daily"
 GRANTS = [f"{HOST}/{REPO}:write"]
 LS_REMOTE = f"timeout {GIT_TIMEOUT} git ls-remote https://github.com/{REPO}"
+WHOLE = ("containers", "networks", "rules")  # what own_state lists of a sandbox's own
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -137,15 +145,16 @@ def test_fifty_foreground_runs_beside_supervise_pass_every_exit_code(
             assert f"run-{code}" in r.stdout and f"err-{code}" in r.stderr, r
             assert "Traceback" not in r.stderr, r.stderr
         # The agent's children remove --rm sandboxes after telling the exit code.
-        assert wait_until(lambda: own_state(manager)["containers"] == [], 30)
+        assert wait_until(lambda: not any(own_state(manager)[k] for k in WHOLE), 30)
+        # The supervisor keeps its spare networks ready (it refills them every second).
+        want = load_config(sbx_world.config).sandbox.spare_networks
+        assert wait_until(lambda: len(manager.spare_ids()) == want, 15), manager.spare_ids()
     assert got == codes
     left = own_state(manager)
     assert left["containers"] == [] and left["networks"] == [] and left["rules"] == {}, left
     assert [s for s in left["sessions"] if s[1] != "revoked"] == []
     assert manager.bundle_root.is_dir() and list(manager.bundle_root.iterdir()) == []
     assert sbx_world.control.listeners() == []
-    # Most of the runs started on a spare network the supervisor had ready.
-    assert len(manager.spare_ids()) == load_config(sbx_world.config).sandbox.spare_networks
 
 
 def test_a_start_claims_a_spare_network_and_its_rules_are_checked(
@@ -382,3 +391,58 @@ def test_the_entry_point_runs_through_the_agent_with_the_same_answers(
     # The supervisor took its agent with it, and the fast path falls back.
     assert wait_until(lambda: not path.exists(), 10)
     assert fastpath.run_through_agent(argv) is None
+
+
+@pytest.fixture(scope="module")
+def crafted_image(
+    docker_client: docker.DockerClient, sandbox_image: str, tmp_path_factory: Any
+) -> Iterator[str]:
+    """An image whose USER reads as uid 1000 to Python's int() but is uid 0 to Docker."""
+    d = tmp_path_factory.mktemp("crafted")
+    (d / "Dockerfile").write_text(
+        f"FROM {sandbox_image}\nUSER root\n"
+        "RUN echo 'agent:x:1_000:1000::/tmp:/bin/sh' >> /etc/passwd\nUSER agent\n"
+    )
+    tag = "airlock-test/crafted-passwd:1"
+    docker_client.images.build(path=str(d), tag=tag, rm=True, labels={TEST_LABEL: "1"})
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+def test_an_image_whose_user_is_root_to_docker_is_refused(
+    sandboxes: Sandboxes, crafted_image: str, docker_client: docker.DockerClient
+) -> None:
+    # The attack is real: plain Docker runs this image's USER as root.
+    out = docker_client.containers.run(crafted_image, ["id", "-u"], remove=True, network="none")
+    assert out.strip() == b"0"
+    spec = sandboxes.spec("id", GRANTS, remove=True)
+    spec.image = crafted_image
+    with pytest.raises(SandboxError, match="malformed"):
+        sandboxes.new_manager().start(spec)
+
+
+def test_the_started_process_is_checked_for_the_uid_the_bundle_was_given_to(
+    sandboxes: Sandboxes, monkeypatch: pytest.MonkeyPatch, known_sid_daily: str
+) -> None:
+    """Whatever the passwd parser says, the process itself decides: a container whose
+    process runs as another uid than the one checked (here: the check is told 4242) is never
+    activated."""
+    manager = sandboxes.new_manager()
+    monkeypatch.setattr(manager, "_container_uid", lambda _cid, _user: 4242)
+    with pytest.raises(SandboxError, match=r"runs as uid/gid \[10000"):
+        manager.start(sandboxes.spec("id", GRANTS, remove=True))
+    assert sandboxes.leftovers(known_sid_daily) == []
+
+
+@pytest.fixture
+def known_sid_daily(monkeypatch: pytest.MonkeyPatch, sandboxes: Sandboxes) -> str:
+    import types
+    import uuid
+
+    import airlock.host.sandbox as sandbox_module
+
+    sid = uuid.uuid4().hex[:10]
+    monkeypatch.setattr(sandbox_module, "secrets", types.SimpleNamespace(token_hex=lambda _n: sid))
+    monkeypatch.setattr(sandbox_module.SandboxManager, "_claim_spare", lambda *_a: None)
+    sandboxes.ids.append(sid)
+    return sid

@@ -737,11 +737,24 @@ def test_cli_defaults(cli: tuple[Any, FakeManager, list[RunSpec]]) -> None:
     assert spec.user is None and spec.workdir is None and spec.command == []
 
 
-def test_cli_detached(cli: tuple[Any, FakeManager, list[RunSpec]]) -> None:
+def test_cli_detached(
+    cli: tuple[Any, FakeManager, list[RunSpec]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import airlock.host.supervisor as supervisor_module
+
     invoke, manager, ran = cli
+    ensured: list[Path] = []
+
+    def ensure(_manager: Any, path: Path) -> bool:
+        ensured.append(path)
+        return True
+
+    monkeypatch.setattr(supervisor_module, "ensure_supervisor", ensure)
     result = invoke("-d", "img", "sleep", "9")
     assert result.exit_code == 0 and result.output.strip() == "airlock-fake"
     assert [s.command for s in manager.started] == [["sleep", "9"]] and ran == []
+    # A detached sandbox gets a supervisor (for revocation at exit) with the same config.
+    assert len(ensured) == 1 and ensured[0].name == "airlock.toml" and ensured[0].is_absolute()
 
 
 def test_a_missing_image_is_left_to_the_manager(

@@ -52,7 +52,9 @@ def _drop_privileges(config: Config) -> None:
         priv.check_can_run(setpriv, account, sys.executable)
     except (priv.PrivilegeError, OSError) as exc:
         fail(str(exc), 2)
-    argv = priv.setpriv_argv(setpriv, account, [sys.executable, "-m", "airlock.cli", *sys.argv[1:]])
+    argv = priv.setpriv_argv(
+        setpriv, account, [sys.executable, "-P", "-m", "airlock.cli", *sys.argv[1:]]
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(setpriv, argv, {**os.environ, priv.DROPPED_ENV: "1"})  # noqa: S606 (fixed argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,7 +172,9 @@ def exec_(
     from airlock.host.sandbox import SandboxError
 
     manager = _manager_or_fail(config_path)
-    if user is not None and user.split(":")[0] in ("0", "root"):
+    if user is not None and not re.fullmatch(r"[0-9]+(:[0-9]+)?", user):
+        fail("-u: give a numeric UID[:GID] (a name could be root in the image)", 125)
+    if user is not None and int(user.split(":")[0]) == 0:
         fail("-u: a sandbox never runs anything as root", 125)
     try:
         container = manager.container_of(name)
@@ -242,8 +245,9 @@ def _start_agent(config_path: Path) -> subprocess.Popen[bytes]:
     """The run agent beside the supervisor (host/runagent.py): `airlock run` without the
     import time. Its output goes to the supervisor's stderr."""
     return subprocess.Popen(
-        [sys.executable, "-m", "airlock.cli", "agent", "--config", str(config_path)],
+        [sys.executable, "-P", "-m", "airlock.cli", "agent", "--config", str(config_path)],
         stdin=subprocess.DEVNULL,
+        cwd="/",  # with -P: nothing from the caller's directory is imported (root)
     )
 
 

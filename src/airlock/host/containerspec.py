@@ -393,6 +393,9 @@ def _db(text: str | None, fields: int) -> list[list[str]]:
     return rows
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def resolve_user(user: str, passwd: str | None, group: str | None) -> ResolvedUser:
     """The uid, gid and home Docker (runc) gives ``user`` in an image with these
     /etc/passwd and /etc/group texts (None: the file is absent). A name must exist; a uid
@@ -408,11 +411,12 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ResolvedUs
             break
     if entry is None and not numeric:
         raise SpecError(f"user {name!r} is not in the image's /etc/passwd")
-    try:
-        uid = int(name) if entry is None else int(entry[2])
-        gid = 0 if entry is None else int(entry[3])
-    except ValueError:
-        raise SpecError(f"user {name!r}: the image's /etc/passwd entry is malformed") from None
+    # Plain ASCII digits only: Python's int() takes "1_000", " 1000" or full-width digits,
+    # which Docker's parser turns into uid 0.
+    if entry is not None and not (_DIGITS.fullmatch(entry[2]) and _DIGITS.fullmatch(entry[3])):
+        raise SpecError(f"user {name!r}: the image's /etc/passwd entry is malformed")
+    uid = int(name) if entry is None else int(entry[2])
+    gid = 0 if entry is None else int(entry[3])
     home = entry[5] if entry is not None and entry[5] else "/"
     if grp:
         if grp.isascii() and grp.isdigit():

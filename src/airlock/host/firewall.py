@@ -53,7 +53,6 @@ airlock processes do not interleave read-modify-write cycles.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -61,8 +60,9 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
+
+from airlock.host.locks import host_lock
 
 __all__ = [
     "BRIDGE_PREFIX",
@@ -79,7 +79,6 @@ __all__ = [
 FAMILY = "inet"
 TABLE = "airlock"
 BRIDGE_PREFIX = "al-"
-LOCK_PATH = Path("/run/lock/airlock-firewall.lock")
 
 # name -> (hook, priority). raw = -300, filter = 0.
 _BASE_CHAINS: dict[str, tuple[str, int]] = {
@@ -353,13 +352,8 @@ def _run_batch(commands: list[Expr]) -> None:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK_PATH, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with host_lock("firewall.lock"):
+        yield
 
 
 def _sandbox_chain_names(name: str) -> list[str]:

@@ -65,6 +65,7 @@ from airlock.host.containerspec import (
 from airlock.host.control_client import ControlClient, ControlError
 from airlock.host.gate import GATE_PATH, GateError, check_gate_binary, gate_command
 from airlock.host.hostnet import host_networks
+from airlock.host.locks import host_lock
 from airlock.host.netpool import PoolError, allocate_subnet, check_pool
 
 LABEL = "airlock.sandbox"
@@ -108,6 +109,7 @@ class Sandbox:
     # Seconds per start step (preflight, network, firewall, ...), for the start-time benchmark.
     timings: dict[str, float] = field(default_factory=dict, repr=False)
     claimed: Path | None = None  # the claim marker of the spare network this one uses
+    uid: int | None = None  # the uid the container is meant to run as (checked after start)
 
 
 def _push_branches(grants: list[str]) -> str:
@@ -183,6 +185,15 @@ class SandboxManager:
                     "the gateway did not give its id (an older gateway?): restart it with "
                     "this version of airlock"
                 )
+            # The socket must be this config's gateway: its id is in our state_dir too.
+            with contextlib.suppress(GatewayIdError, OSError):
+                kept = read_gateway_id(self.config.gateway.state_dir)
+                if kept is not None and kept != gid:
+                    raise SandboxError(
+                        f"the gateway on {self.config.gateway.control_socket} says it is "
+                        f"{gid}, but {self.config.gateway.state_dir} belongs to {kept}: "
+                        "gateway.control_socket and gateway.state_dir name different gateways"
+                    )
             self._gateway_id = gid
         return self._gateway_id
 
@@ -247,17 +258,9 @@ class SandboxManager:
     @contextlib.contextmanager
     def _pool_lock(self) -> Iterator[None]:
         # Concurrent `airlock run`s must not pick the same subnet, also those of another
-        # gateway on this host: the lock is host-wide.
-        lock = Path("/run/lock/airlock-pool.lock")
-        if not lock.parent.is_dir():
-            lock = self.config.sandbox.bundle_dir.parent / "pool.lock"
-        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(lock, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # gateway on this host: the lock is host-wide (and root's only: host/locks.py).
+        with host_lock("pool.lock"):
+            yield
 
     def _taken_subnets(self) -> list[ipaddress.IPv4Network]:
         taken = []
@@ -421,12 +424,13 @@ class SandboxManager:
             claimed = self.spare_dir / f"{sid}.claimed"
             try:
                 # One winner; the ".claimed" name tells `supervise` a start is using it.
+                os.utime(self.spare_dir / sid)  # the claim's age starts now (rename keeps it)
                 os.rename(self.spare_dir / sid, claimed)
-                os.utime(claimed)
             except FileNotFoundError:
                 continue  # another start took it
             nets = self.own_networks(sid)
             if not nets:
+                claimed.unlink(missing_ok=True)
                 continue
             try:
                 detail = self.client.api.inspect_network(nets[0]["Id"])
@@ -589,18 +593,24 @@ class SandboxManager:
         # The bundle was written for sandbox.uid; the container may run as another user (the
         # image's USER, -u): the bundle (key 0400, directory 0500) must be that user's.
         uid = self._container_uid(cid, plan.user)
+        sb.uid = uid
         if uid != self.config.sandbox.uid:
             self._chown_bundle(sb, uid)
 
     def _image_file(self, container_id: str, path: str) -> str | None:
         """A small text file of the created container's file system (None if absent)."""
         try:
-            stream, _stat = self.client.api.get_archive(container_id, path)
+            stream, info = self.client.api.get_archive(container_id, path)
         except docker.errors.NotFound:
             return None
-        data = b"".join(stream)
-        if len(data) > 4 << 20:
+        limit = 4 << 20
+        if int(info.get("size") or 0) > limit:
             raise SandboxError(f"the image's {path} is too large to read")
+        data = b""
+        for chunk in stream:
+            data += chunk
+            if len(data) > limit + (64 << 10):  # the file plus its tar headers
+                raise SandboxError(f"the image's {path} is too large to read")
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = next((m for m in tar.getmembers() if m.isfile()), None)
             f = tar.extractfile(member) if member is not None else None
@@ -608,17 +618,22 @@ class SandboxManager:
 
     def _container_uid(self, container_id: str, user: str) -> int:
         name, _, group = user.partition(":")
-        if name.isascii() and name.isdigit():
+        if re.fullmatch(r"[0-9]+", name):
             uid = int(name)
-            if uid == 0:
-                raise SandboxError("the sandbox never runs as root")
+            if not 0 < uid < 2**31:
+                raise SandboxError(f"user {user!r}: the sandbox never runs as root")
             return uid
         passwd = self._image_file(container_id, "/etc/passwd")
         groups = self._image_file(container_id, "/etc/group") if group else None
         try:
-            return resolve_user(user, passwd, groups).uid
+            uid = resolve_user(user, passwd, groups).uid
         except SpecError as exc:
             raise SandboxError(str(exc)) from None
+        if not 0 < uid < 2**31:
+            raise SandboxError(f"user {user!r}: uid {uid} is out of range")
+        # What Docker (runc) really made of the image's passwd is checked after the start,
+        # in _verify, from the process itself: a parser difference fails closed.
+        return uid
 
     def _chown_bundle(self, sb: Sandbox, uid: int) -> None:
         assert sb.bundle_dir is not None
@@ -646,6 +661,13 @@ class SandboxManager:
             problems.append(f"state is {info['State'].get('Status')}")
         if info["HostConfig"].get("CapAdd"):
             problems.append("capabilities were added")
+        ids = _process_ids(int(info["State"].get("Pid") or 0))
+        if ids is None:
+            problems.append("its process cannot be inspected")
+        elif 0 in ids or (sb.uid is not None and ids[:4] != [sb.uid] * 4):
+            # The image's passwd as Docker parsed it: never root, and the uid we gave the
+            # bundle to (a name Docker reads differently from us fails here, closed).
+            problems.append(f"it runs as uid/gid {ids}, not {sb.uid}")
         others = self.client.api.inspect_network(sb.network).get("Containers") or {}
         if set(others) - {sb.container_id}:
             problems.append("another container joined the sandbox network")
@@ -931,6 +953,18 @@ class SandboxManager:
         return int(result.get("StatusCode", 1))
 
 
+def _process_ids(pid: int) -> list[int] | None:
+    """Real, effective, saved and file-system uids, then the four gids, of a host process."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+        return [int(x) for x in lines["Uid"][:4]] + [int(x) for x in lines["Gid"][:4]]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _unlink(path: Path | None) -> None:
     if path is not None:
         path.unlink(missing_ok=True)
@@ -1026,7 +1060,11 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
             return code
         finally:
             if spec.remove:
-                manager.teardown(sb.id, "sandbox exited", released=released)
+                try:
+                    manager.teardown(sb.id, "sandbox exited", released=released)
+                except SandboxError as exc:
+                    # The command's exit code stays ours; `supervise` retries the removal.
+                    manager.say(f"warning: {exc}")
             elif not released:
                 with contextlib.suppress(SandboxError):
                     manager.release(sb.id, "sandbox exited")

@@ -66,13 +66,12 @@ def supervisor_lock(
     path = lock_path(manager)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    held = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_within(fd, 0.3):  # a probe (supervisor_running) holds it for a moment
             holder = os.pread(fd, 100, 0).decode(errors="replace").split()
             pid = int(holder[0]) if holder and holder[0].isdigit() else 0
-            auto = len(holder) > 1 and holder[1] == _AUTO_MARK
+            auto = len(holder) > 1 and holder[1] == _AUTO_MARK and _is_auto_supervisor(pid)
             if not (auto and take_over and not until_idle and pid > 0):
                 raise SupervisorRunning(
                     f"another supervisor (pid {pid or '?'}) is running for gateway "
@@ -91,11 +90,36 @@ def supervisor_lock(
                             f"the auto-started supervisor (pid {pid}) did not stop"
                         ) from None
                     time.sleep(0.05)
+        held = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {_AUTO_MARK if until_idle else 'operator'}\n".encode(), 0)
         yield
     finally:
+        if held:
+            os.ftruncate(fd, 0)  # no stale pid for the next one to signal
         os.close(fd)
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+def _is_auto_supervisor(pid: int) -> bool:
+    """The pid really is an auto-started supervisor (not a process that reused the pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"supervise" in argv and b"--until-idle" in argv
 
 
 def supervisor_running(manager: SandboxManager) -> bool:
@@ -104,7 +128,8 @@ def supervisor_running(manager: SandboxManager) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Shared: two probes never block each other; a supervisor's exclusive lock does.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
@@ -120,7 +145,9 @@ def ensure_supervisor(manager: SandboxManager, config_path: Path | None) -> bool
     if supervisor_running(manager):
         return False
     log = manager.config.sandbox.bundle_dir.parent / f"supervise-{manager.gateway_id}.log"
-    argv = [sys.executable, "-m", "airlock.cli", "supervise", "--until-idle"]
+    # -P and cwd "/": `-m` would otherwise put the caller's working directory (perhaps a
+    # sandbox's writable workspace) first on sys.path of a root process.
+    argv = [sys.executable, "-P", "-m", "airlock.cli", "supervise", "--until-idle"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     with open(log, "ab") as out:
@@ -131,6 +158,7 @@ def ensure_supervisor(manager: SandboxManager, config_path: Path | None) -> bool
             stderr=out,
             start_new_session=True,
             close_fds=True,
+            cwd="/",
         )
     # Until it holds the lock, a second `run -d` would start another; it takes ~0.3 s.
     deadline = time.monotonic() + 5
@@ -181,6 +209,11 @@ class Supervisor:
                 continue
             running = [c for c in containers if c.get("State") == "running"]
             net = nets.get(sid)
+            if net is None and sid not in nets:
+                # Listed before this sandbox existed? Ask again, so a start in progress is
+                # not taken for a leftover.
+                found = m.own_networks(sid)
+                net = found[0] if found else None
             if running and net is not None:
                 detail = client.api.inspect_network(net["Id"])
                 own = {c["Id"] for c in containers}
