@@ -80,6 +80,7 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "START_RESULTS.md"
 
 ROW_TITLES = {
     "docker": "`docker run --rm IMAGE true`",
+    "agent-spare": "`airlock run --rm` via the run agent (spare ready)",
     "cli-spare": "`airlock run --rm` (spare network ready)",
     "cli-nospare": "`airlock run --rm` (no spare: network + rules made)",
     "cli-before": "`airlock run` at {before} (before; always removes)",
@@ -233,6 +234,7 @@ class StartBench:
         self.imports: dict[str, Any] = {}
         self.daemons = daemon_pids()
         self.old_ids: set[str] = set()  # sandboxes of the old commit (their rules: no owner)
+        self.agent: subprocess.Popen[bytes] | None = None
 
     # --- set-up and clean-up -------------------------------------------------------------
 
@@ -255,7 +257,32 @@ class StartBench:
         self.cfg_spare.write_text(text)
         self.cfg_nospare.write_text(text.replace("spare_networks = 2", "spare_networks = 0"))
         self.prep = SandboxManager(load_config(self.cfg_spare), client=self.client)
+        self.start_agent()
         self.start_before()
+
+    def start_agent(self) -> None:
+        """The run agent `airlock supervise` starts (host/runagent.py), for the spare config."""
+        from airlock import agentproto
+
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "airlock.cli", "agent", "--config", str(self.cfg_spare)],
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+        )
+        deadline = time.monotonic() + 30
+        while not agentproto.socket_path(self.cfg_spare).exists():
+            if self.agent.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the run agent did not start")
+            time.sleep(0.05)
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.terminate()
+            try:
+                self.agent.wait(10)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait(5)
 
     def start_before(self) -> None:
         assert self.world is not None
@@ -291,6 +318,7 @@ class StartBench:
     def stop(self) -> None:
         """Remove everything this bench made; every step is tried."""
         steps: list[tuple[str, Callable[[], object]]] = [
+            ("run agent", self.stop_agent),
             ("own sandboxes", self.teardown_own),
             ("containers and networks in the pool", self.sweep),
             ("old sandboxes' rules", self.old_rules),
@@ -455,6 +483,13 @@ class StartBench:
         argv += ["--label", f"{BENCH_LABEL}={self.tag}", self.image, "true"]
         return self._timed(argv, child_env())
 
+    def run_agent_spare(self, row: Row) -> float:
+        # The `airlock` entry point (airlock/fastpath.py); it sends `run` to the agent. The
+        # agent's child removes the --rm sandbox after telling the exit code.
+        argv = self.airlock_argv(self.cfg_spare, self.name("agent"))
+        argv[2] = "airlock.fastpath"
+        return self._timed(argv, child_env())
+
     def run_cli_spare(self, row: Row) -> float:
         return self._timed(self.airlock_argv(self.cfg_spare, self.name("spare")), child_env())
 
@@ -543,6 +578,7 @@ class StartBench:
         none: Callable[[], None] = lambda: None  # noqa: E731
         paths: list[Path_] = [
             (row("docker"), none, self.run_docker),
+            (row("agent-spare"), self.prepare_spare, self.run_agent_spare),
             (row("cli-spare"), self.prepare_spare, self.run_cli_spare),
             (row("cli-nospare"), self.no_spares, self.run_cli_nospare),
         ]

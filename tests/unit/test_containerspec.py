@@ -589,6 +589,9 @@ class FakeManager:
 
         self.client = Client()
 
+    def image_config(self, name: str) -> dict[str, Any]:
+        return dict(self.client.images.get(name).attrs.get("Config") or {})
+
     def start(self, spec: RunSpec) -> Any:
         self.started.append(spec)
 

@@ -109,10 +109,10 @@ def _precheck(manager: Any, spec: RunSpec, config: Config) -> None:
     import docker.errors
 
     try:
-        image = manager.client.images.get(spec.image)
+        image_config = manager.image_config(spec.image)
     except docker.errors.ImageNotFound:
         return  # the manager says so, with what to do
-    plan_container(spec, image.attrs.get("Config") or {}, config.sandbox)
+    plan_container(spec, image_config, config.sandbox)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})

@@ -110,6 +110,7 @@ class Sandbox:
     timings: dict[str, float] = field(default_factory=dict, repr=False)
     claimed: Path | None = None  # the claim marker of the spare network this one uses
     uid: int | None = None  # the uid the container is meant to run as (checked after start)
+    revoked: bool = False  # its session, by release_started or revoke_started
 
 
 def _push_branches(grants: list[str]) -> str:
@@ -161,6 +162,7 @@ class SandboxManager:
         self.control = control or ControlClient(config.gateway.control_socket)
         self.say = say
         self._gateway_id: str | None = None
+        self._images: dict[str, dict[str, Any]] = {}
 
     @property
     def gateway_id(self) -> str:
@@ -196,6 +198,13 @@ class SandboxManager:
                     )
             self._gateway_id = gid
         return self._gateway_id
+
+    def image_config(self, image: str) -> dict[str, Any]:
+        """The image's ``Config`` (USER, WORKDIR, ENTRYPOINT, ...), asked of Docker once per
+        start (the CLI's pre-check, the preflight and the plan all need it)."""
+        if image not in self._images:
+            self._images[image] = self.client.images.get(image).attrs.get("Config") or {}
+        return self._images[image]
 
     @property
     def bundle_root(self) -> Path:
@@ -281,7 +290,7 @@ class SandboxManager:
             raise SandboxError(f"the gateway is not available: {exc}") from None
         self.gateway_id  # noqa: B018 (the gateway says its id)
         try:
-            self.client.images.get(spec.image)
+            self.image_config(spec.image)
         except docker.errors.ImageNotFound:
             raise SandboxError(
                 f"image {spec.image!r} not found locally; airlock never pulls: build or "
@@ -542,9 +551,8 @@ class SandboxManager:
     def _create_container(
         self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]
     ) -> None:
-        image = self.client.images.get(spec.image)
         try:
-            plan = plan_container(spec, image.attrs.get("Config") or {}, self.config.sandbox)
+            plan = plan_container(spec, self.image_config(spec.image), self.config.sandbox)
         except SpecError as exc:
             raise SandboxError(str(exc)) from None
         networking = self.client.api.create_networking_config(
@@ -830,11 +838,18 @@ class SandboxManager:
             raise SandboxError(f"sandbox {sandbox_id} not fully released: " + "; ".join(errors))
         return did
 
+    def revoke_started(self, sb: Sandbox, reason: str = "sandbox exited") -> None:
+        """Revoke the session of a sandbox this process started (the rest: release_started)."""
+        if sb.session_id and not sb.revoked:
+            with contextlib.suppress(ControlError):
+                self.control.revoke(sb.session_id, reason)
+                sb.revoked = True
+
     def release_started(self, sb: Sandbox, reason: str = "sandbox exited") -> bool:
         """:meth:`release` for a sandbox this process started: it knows the session, bundle
         and listener, so nothing is listed first. True when all of it went."""
         try:
-            if sb.session_id:
+            if sb.session_id and not sb.revoked:
                 self.control.revoke(sb.session_id, reason)
             if sb.bundle_dir is not None and sb.bundle_dir.exists():
                 os.chmod(sb.bundle_dir, 0o700)
@@ -1047,7 +1062,12 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
                 raise SandboxError(
                     f"the container of sandbox {sb.name} was removed before it exited"
                 ) from None
-            released = manager.release_started(sb, "sandbox exited")
+            if report_exit is not None:
+                # The run agent tells the exit code as soon as the output is complete: revoke
+                # first (the moment it exited), the rest of the release after the answer.
+                manager.revoke_started(sb, "sandbox exited")
+            else:
+                released = manager.release_started(sb, "sandbox exited")
             if pump is not None:
                 pump.join(10)
             if attach is not None:
@@ -1057,6 +1077,7 @@ def run_foreground(manager: SandboxManager, spec: RunSpec) -> int:
                     attach.terminate()
             if report_exit is not None:
                 report_exit(code)
+                released = manager.release_started(sb, "sandbox exited")
             return code
         finally:
             if spec.remove:
