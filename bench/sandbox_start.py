@@ -749,7 +749,7 @@ def render(bench: StartBench, head: list[str], tail: list[str]) -> str:
         if r.key != "docker":
             o = r.median - docker_med
             over = f"+{ms(o)}" if o >= 0 else ms(o)
-            if r.key.startswith("cli"):
+            if r.key.startswith(("cli", "agent")):
                 verdict = "**pass**" if o * 1000 <= TARGET_MS else "**MISS**"
         out.append(
             f"| {r.title} | {len(s)} | **{ms(r.median)}** | {ms(percentile(s, 10))} | "
