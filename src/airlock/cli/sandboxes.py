@@ -171,11 +171,11 @@ def exec_(
     """Run COMMAND in a running sandbox, as its user, with its network and limits."""
     from airlock.host.sandbox import SandboxError
 
-    manager = _manager_or_fail(config_path)
     if user is not None and not re.fullmatch(r"[0-9]+(:[0-9]+)?", user):
         fail("-u: give a numeric UID[:GID] (a name could be root in the image)", 125)
     if user is not None and int(user.split(":")[0]) == 0:
         fail("-u: a sandbox never runs anything as root", 125)
+    manager = _manager_or_fail(config_path)
     try:
         container = manager.container_of(name)
     except SandboxError as exc:
