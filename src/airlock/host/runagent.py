@@ -94,8 +94,10 @@ def _child(conn: socket.socket, config_path: Path) -> int:
     threading.Thread(target=watch_interrupt, daemon=True).start()
     sandbox.report_exit = report
     argv = [str(a) for a in request["argv"]]
-    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
-        argv[1:1] = ["--config", str(config_path)]
+    # Always this agent's config, right after `run` (a `--config` of the client's own comes
+    # later and wins, and names the same file: the client found this agent by it; one after
+    # IMAGE is the sandbox command's).
+    argv[1:1] = ["--config", str(config_path)]
     from airlock.cli import main
 
     code = 1
