@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
     GIT_TIMEOUT,
     TEST_LABEL,
     Sandboxes,
+    remove_everything_of,
     sandbox_config,
     wait_until,
 )
@@ -262,6 +263,7 @@ def other_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w.start()
     w.make_repo(*REPO.split("/"))
     yield w
+    remove_everything_of(w)
     w.stop()
 
 

@@ -6,6 +6,8 @@ here holds nothing but one copy of busybox at /app/busybox, so there is no /bin/
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,10 +46,16 @@ def test_the_image_really_has_no_shell(
     docker_client: docker.DockerClient, no_shell_image: str
 ) -> None:
     """Control: started without airlock's gate, /bin/sh is not there."""
-    with pytest.raises(docker.errors.DockerException):
-        docker_client.containers.run(
-            no_shell_image, ["/bin/sh", "-c", "true"], network_mode="none", remove=True
-        )
+    name = f"airlock-test-noshell-{os.getpid()}"
+    try:
+        with pytest.raises(docker.errors.DockerException):
+            docker_client.containers.run(
+                no_shell_image, ["/bin/sh", "-c", "true"], network_mode="none", name=name
+            )
+    finally:
+        # The start failed, so `remove=True` would never have removed the created container.
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_container(name, force=True)
 
 
 def test_an_image_without_a_shell_is_gated_and_runs(
