@@ -884,6 +884,11 @@ class SandboxManager:
         attempt("remove firewall rules", lambda: firewall.remove_rules(sandbox_id))
         for n in nets:
             attempt(f"remove network {n['Name']}", partial(self._remove_network, n["Id"]))
+        # When another party's removal of the network was in progress, ours found it gone
+        # while Docker was still deleting the bridge: done means the bridge is gone too.
+        deadline = time.monotonic() + 3
+        while Path(f"/sys/class/net/al-{sandbox_id}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         attempt("remove spare marker", (self.spare_dir / sandbox_id).unlink)
         attempt("remove claim marker", (self.spare_dir / f"{sandbox_id}.claimed").unlink)
         if errors:

@@ -354,7 +354,8 @@ class Supervisor:
             while not self._stop.is_set():
                 try:
                     self.reconcile()
-                    self.prepare_spares()
+                    if not until_idle:  # spares are for an operator's supervisor only
+                        self.prepare_spares()
                     if until_idle and self._idle():
                         self.say("no sandbox left to watch; the supervisor exits")
                         return
