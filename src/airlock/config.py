@@ -250,6 +250,8 @@ class SandboxConfig(_Strict):
     # A static busybox, mounted read-only into each sandbox to hold its command until the
     # session is active (host/gate.py); any image works, with or without /bin/sh.
     gate_binary: Path = Path("/bin/busybox")
+    # The CAs a sandbox trusts besides the GitHub API's interception CA (host/bundle.py).
+    ca_bundle: Path | None = Path("/etc/ssl/certs/ca-certificates.crt")
     allow_hosts: list[str] = Field(default_factory=list)  # egress defaults for every sandbox
     # Networks with verified rules that `supervise` keeps ready, so `airlock run` skips
     # creating them (host/sandbox.py, "spare networks").
@@ -328,6 +330,46 @@ class GitHubAppConfig(_Strict):
         return out
 
 
+class ApiConfig(_Strict):
+    """The upstream's GitHub API as sandboxes see it: the egress proxy terminates TLS for its
+    name (``api.github.com`` for github.com, the host itself for GitHub Enterprise, under
+    ``/api/v3`` and ``/api/graphql``), decides each request against the session's grants
+    (core/api_policy.py) and sends what passes to ``url`` with the upstream's credential."""
+
+    enabled: bool = True
+    url: str | None = None  # REST root; default https://api.github.com or https://HOST/api/v3
+    graphql_url: str | None = None  # default: api.github.com/graphql or HOST/api/graphql
+    ca_file: Path | None = None  # trust for url; default: the upstream's ca_file, else the system's
+    max_pulls: int = Field(default=10, ge=0, le=1000)  # pull requests one session may open
+    require_draft: bool = False  # every pull request a session opens is a draft
+    title_prefix: str = Field(default="", max_length=64)  # added to each title that lacks it
+    labels: list[str] = Field(default_factory=list, max_length=20)  # added by the gateway
+    base_branches: list[str] = Field(default_factory=lambda: ["**"], min_length=1)
+    max_body: int = Field(default=1024**2, ge=1024, le=64 * 1024**2)  # one API request's body
+
+    @field_validator("url", "graphql_url")
+    @classmethod
+    def _base(cls, v: str | None) -> str | None:
+        return None if v is None else _https_base(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            if not label.strip() or len(label) > 50 or any(ord(c) < 32 for c in label):
+                raise ValueError(f"label {label!r}: 1 to 50 printable characters")
+        return v
+
+    @field_validator("base_branches")
+    @classmethod
+    def _bases(cls, v: list[str]) -> list[str]:
+        try:
+            parse_rules(",".join(v))
+        except InvalidRefRule as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+
 class UpstreamConfig(_Strict):
     host: HostName
     url: str
@@ -335,6 +377,7 @@ class UpstreamConfig(_Strict):
     token_file: Path | None = None
     app: GitHubAppConfig | None = None
     ca_file: Path | None = None
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     @model_validator(mode="after")
     def _one_credential(self) -> UpstreamConfig:
@@ -357,6 +400,38 @@ class UpstreamConfig(_Strict):
         if not parts.hostname:
             raise ValueError(f"{v!r}: no host name")
         return v.rstrip("/")
+
+    @property
+    def is_github_com(self) -> bool:
+        return self.host == "github.com"
+
+    @property
+    def api_name(self) -> str:
+        """The name sandboxes reach the API at (and the interception certificate names)."""
+        return "api.github.com" if self.is_github_com else self.host
+
+    @property
+    def api_rest_prefix(self) -> str:
+        """Where the REST API starts under ``api_name`` (GitHub Enterprise: /api/v3)."""
+        return "" if self.is_github_com else "/api/v3"
+
+    @property
+    def api_graphql_path(self) -> str:
+        return "/graphql" if self.is_github_com else "/api/graphql"
+
+    @property
+    def api_rest_url(self) -> str:
+        """Where the gateway sends REST requests (no trailing slash)."""
+        return self.api.url or f"https://{self.api_name}{self.api_rest_prefix}"
+
+    @property
+    def api_graphql_url(self) -> str:
+        if self.api.graphql_url is not None:
+            return self.api.graphql_url
+        if self.api.url is not None:
+            root = self.api.url.removesuffix("/api/v3")
+            return root + ("/api/graphql" if root != self.api.url else "/graphql")
+        return f"https://{self.api_name}{self.api_graphql_path}"
 
 
 class Config(_Strict):

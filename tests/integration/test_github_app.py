@@ -57,10 +57,14 @@ class AppWorld(World):
             APP_ID,
             "acme",
             ["app", "lib", "secret"],
-            {"contents": "write", "metadata": "read"},
+            {"contents": "write", "metadata": "read", "pull_requests": "write"},
         )
         self.api.add_installation(
-            OTHER, APP_ID, "other", ["tool"], {"contents": "read", "metadata": "read"}
+            OTHER,
+            APP_ID,
+            "other",
+            ["tool"],
+            {"contents": "read", "metadata": "read", "pull_requests": "read"},
         )
         # The upstream knows the token file's token too, but the gateway is never given it.
         self.upstream = GitUpstream(
@@ -145,8 +149,16 @@ def test_each_access_level_gets_its_own_token_scoped_to_its_repositories(
     assert len(tokens) == 2, tokens
     by_repos = {t.repositories: t for t in tokens}
     assert by_repos.keys() == {frozenset({"app"}), frozenset({"lib"})}
-    assert by_repos[frozenset({"app"})].permissions == {"contents": "write", "metadata": "read"}
-    assert by_repos[frozenset({"lib"})].permissions == {"contents": "read", "metadata": "read"}
+    assert by_repos[frozenset({"app"})].permissions == {
+        "contents": "write",
+        "metadata": "read",
+        "pull_requests": "write",
+    }
+    assert by_repos[frozenset({"lib"})].permissions == {
+        "contents": "read",
+        "metadata": "read",
+        "pull_requests": "read",
+    }
     assert all(t.installation_id == ACME for t in tokens)
     assert len(_minted(w, b.session_id)) == 2
 

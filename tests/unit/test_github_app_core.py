@@ -108,11 +108,25 @@ def test_token_request_asks_for_contents_and_metadata_only() -> None:
     assert sorted(json.dumps(b, sort_keys=True) for b in bodies) == sorted(
         [
             json.dumps(
-                {"permissions": {"contents": "read", "metadata": "read"}, "repositories": ["lib"]},
+                {
+                    "permissions": {
+                        "contents": "read",
+                        "metadata": "read",
+                        "pull_requests": "read",
+                    },
+                    "repositories": ["lib"],
+                },
                 sort_keys=True,
             ),
             json.dumps(
-                {"permissions": {"contents": "write", "metadata": "read"}, "repositories": ["app"]},
+                {
+                    "permissions": {
+                        "contents": "write",
+                        "metadata": "read",
+                        "pull_requests": "write",
+                    },
+                    "repositories": ["app"],
+                },
                 sort_keys=True,
             ),
         ]

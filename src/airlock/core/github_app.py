@@ -5,8 +5,9 @@ A session never gets the App's power. For each repository owner (one App install
 account) a session gets at most two installation tokens: one with ``contents: read`` for the
 repositories it may only read, one with ``contents: write`` for those it may push to, each
 limited to exactly those repositories, plus ``metadata: read`` (GitHub adds it to every
-token). No ``workflows``, ``administration`` or any other permission is ever asked for, so even
-a request the gateway wrongly let through would be refused by GitHub itself.
+token) and ``pull_requests`` at the same level (read, or write to open pull requests through
+the API relay). No ``workflows``, ``administration`` or any other permission is ever asked
+for, so even a request the gateway wrongly let through would be refused by GitHub itself.
 """
 
 from __future__ import annotations
@@ -114,7 +115,13 @@ def token_request_body(scope: TokenScope) -> dict[str, object]:
         raise ValueError("a token scope needs at least one repository")
     return {
         "repositories": list(scope.repos),
-        "permissions": {"contents": scope.access.value, "metadata": "read"},
+        # pull_requests at the same level: the API relay opens and reads pull requests
+        # with this token (gateway/api/); contents and metadata are what git needs.
+        "permissions": {
+            "contents": scope.access.value,
+            "metadata": "read",
+            "pull_requests": scope.access.value,
+        },
     }
 
 

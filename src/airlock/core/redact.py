@@ -8,6 +8,9 @@ from typing import Any
 
 # Shapes of GitHub credentials (classic, OAuth, App installation, user-to-server, fine-grained).
 GITHUB_TOKEN_RE = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,})\b")
+# airlock's own per-session API tokens (GH_TOKEN in a sandbox): worthless elsewhere, but
+# still a session's credential, so never logged either.
+AIRLOCK_API_TOKEN_RE = re.compile(r"\bairlock_api_[A-Za-z0-9_-]{16,}")
 _AUTH_HEADER_RE = re.compile(r"(?i)\b(authorization|proxy-authorization)\s*[:=]\s*\S+(?:\s+\S+)?")
 _URL_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
 REDACTED = "[REDACTED]"
@@ -19,6 +22,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if s:
             text = text.replace(s, REDACTED)
     text = GITHUB_TOKEN_RE.sub(REDACTED, text)
+    text = AIRLOCK_API_TOKEN_RE.sub(REDACTED, text)
     text = _AUTH_HEADER_RE.sub(lambda m: f"{m.group(1)}: {REDACTED}", text)
     return _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
 

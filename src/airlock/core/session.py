@@ -102,6 +102,12 @@ class Session:
     created_refs: tuple[str, ...] = ()
     pushes: int = 0
     max_pushes: int = 1000
+    # The GitHub API token the sandbox holds (GH_TOKEN), hashed: worthless anywhere but
+    # through this session's own proxy connection (gateway/api/).
+    api_token_sha256: str | None = None
+    # Pull requests this session opened, as "HOST/owner/repo#NUMBER NODE_ID" (repository key
+    # lowercased): the only ones it may update, comment on and ask reviews for.
+    pulls: tuple[str, ...] = ()
 
     @property
     def idle_deadline(self) -> float:
@@ -128,6 +134,7 @@ class Session:
             state=SessionState(d.pop("state")),
             allow_hosts=tuple(d.pop("allow_hosts")),
             created_refs=tuple(d.pop("created_refs", ())),
+            pulls=tuple(d.pop("pulls", ())),
             **d,
         )
 
@@ -321,6 +328,35 @@ def git_secret_matches(s: Session, secret: str) -> bool:
 
 def with_git_secret(s: Session, secret: str) -> Session:
     return dataclasses.replace(s, git_secret_sha256=hash_proxy_token(secret))
+
+
+def with_api_token(s: Session, token: str) -> Session:
+    return dataclasses.replace(s, api_token_sha256=hash_proxy_token(token))
+
+
+def api_token_matches(s: Session, token: str) -> bool:
+    if s.api_token_sha256 is None:
+        return False
+    return hmac.compare_digest(s.api_token_sha256, hash_proxy_token(token))
+
+
+def pull_entry(repo_key: str, number: int, node_id: str) -> str:
+    return f"{repo_key}#{number} {node_id}"
+
+
+def parse_pull_entry(entry: str) -> tuple[str, int, str]:
+    """``(repo key, number, node id)`` of one :attr:`Session.pulls` entry."""
+    head, _, node_id = entry.partition(" ")
+    repo_key, _, number = head.rpartition("#")
+    return repo_key, int(number), node_id
+
+
+def record_pull(s: Session, repo_key: str, number: int, node_id: str) -> Session:
+    """The session after it opened a pull request (kept once, in order)."""
+    entry = pull_entry(repo_key, number, node_id)
+    if entry in s.pulls:
+        return s
+    return dataclasses.replace(s, pulls=(*s.pulls, entry))
 
 
 def renew_certificate(s: Session, fingerprint: str) -> Session:

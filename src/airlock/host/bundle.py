@@ -17,6 +17,9 @@ GITCONFIG_FILE = "gitconfig"
 # Sandbox bundles only: the git password (HTTP Basic) for libgit2 and cargo.
 GIT_PASSWORD_FILE = "git-password"  # noqa: S105 (a file name)
 MANIFEST_FILE = "SHA256SUMS"
+# Sandbox bundles only: trust for the GitHub API's interception CA (gateway/intercept_ca.py).
+API_CA_FILE = "api-ca.pem"  # the interception CA alone (NODE_EXTRA_CA_CERTS)
+CA_BUNDLE_FILE = "ca-bundle.pem"  # the host's CAs plus it (SSL_CERT_FILE and the like)
 
 
 @dataclass(frozen=True)
@@ -167,3 +170,52 @@ def write_bundle(
             os.chown(directory / name, uid, uid)
         os.chown(directory, uid, uid)
     return directory / GITCONFIG_FILE
+
+
+def write_api_trust(
+    directory: Path, ca_pem: str, system_bundle: Path | None, uid: int | None = None
+) -> None:
+    """The interception CA for a sandbox, alone and appended to the host's CA bundle, so
+    that clients which replace their trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) still trust
+    every other site the way the host does. No host bundle: the CA alone."""
+    system = b""
+    if system_bundle is not None:
+        try:
+            system = system_bundle.read_bytes()
+        except OSError:
+            system = b""
+    if system and not system.endswith(b"\n"):
+        system += b"\n"
+    files = {
+        API_CA_FILE: ca_pem.encode(),
+        CA_BUNDLE_FILE: system + b"# airlock: the GitHub API interception CA\n" + ca_pem.encode(),
+    }
+    for name, data in files.items():
+        _write(directory / name, data, 0o444)
+        if uid is not None:
+            os.chown(directory / name, uid, uid)
+
+
+def api_environment(mount_point: Path, token: str, names: dict[str, str]) -> dict[str, str]:
+    """What a sandbox's tools need for the GitHub API through airlock: the per-session
+    token (GH_TOKEN; gh takes GH_ENTERPRISE_TOKEN and GH_HOST for an Enterprise host) and
+    the CA bundle in each variable common tools read: OpenSSL and Go (SSL_CERT_FILE),
+    Python requests and pip (REQUESTS_CA_BUNDLE), curl (CURL_CA_BUNDLE), Node
+    (NODE_EXTRA_CA_CERTS, added to its own CAs), git is not touched (its gateway trust is
+    its own config). ``names`` maps each API name to its upstream host."""
+    bundle = str(mount_point / CA_BUNDLE_FILE)
+    env = {
+        "GH_TOKEN": token,
+        "GITHUB_TOKEN": token,
+        "SSL_CERT_FILE": bundle,
+        "REQUESTS_CA_BUNDLE": bundle,
+        "CURL_CA_BUNDLE": bundle,
+        "NODE_EXTRA_CA_CERTS": str(mount_point / API_CA_FILE),
+        "GH_PROMPT_DISABLED": "1",
+    }
+    enterprise = sorted(h for h in names.values() if h != "github.com")
+    if enterprise:
+        env["GH_ENTERPRISE_TOKEN"] = token
+        if "github.com" not in names.values() and len(enterprise) == 1:
+            env["GH_HOST"] = enterprise[0]
+    return env

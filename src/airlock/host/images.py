@@ -108,6 +108,7 @@ PACKAGES: tuple[str, ...] = (
     "iproute2",
     "dnsutils",
     "netcat-openbsd",
+    "gh",  # GitHub's CLI: pull requests through the gateway's API relay
 )
 SANDBOX_USER = "sandbox"
 SANDBOX_UID = 10000

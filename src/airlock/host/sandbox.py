@@ -54,7 +54,7 @@ from airlock.config import Config
 from airlock.gateway.identity import GatewayIdError, read_gateway_id
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host import dockerclient, firewall
-from airlock.host.bundle import GatewayEndpoint, write_bundle
+from airlock.host.bundle import GatewayEndpoint, api_environment, write_api_trust, write_bundle
 from airlock.host.containerspec import (
     ContainerPlan,
     RunSpec,
@@ -509,6 +509,9 @@ class SandboxManager:
             uid=cfg.uid,
             basic=True,  # the git password for libgit2/cargo, usable from this sandbox only
         )
+        api = sb.issued.get("api") or {}
+        if api.get("ca_pem"):
+            write_api_trust(d, api["ca_pem"], cfg.ca_bundle, uid=cfg.uid)
         (d / "resolv.conf").write_text(
             f"nameserver {sb.gateway_ip}\noptions timeout:2 attempts:1\n"
         )
@@ -535,6 +538,9 @@ class SandboxManager:
             "AIRLOCK_GRANTS": " ".join(sb.issued.get("session", {}).get("grants", [])),
             "AIRLOCK_PUSH_BRANCHES": _push_branches(sb.issued.get("session", {}).get("grants", [])),
         }
+        api = sb.issued.get("api") or {}
+        if api.get("ca_pem") and sb.issued.get("api_token"):
+            env.update(api_environment(MOUNT_POINT, sb.issued["api_token"], api.get("hosts", {})))
         return env
 
     def _mounts(self, sb: Sandbox, plan: ContainerPlan) -> list[Mount]:
