@@ -1,4 +1,5 @@
-"""A test double for the slice of GitHub's REST API that mints App installation tokens.
+"""A test double for GitHub's API: App installation tokens, and (over git's bare repositories)
+pull requests, comments and the calls a sandbox must never make.
 
 It serves, over TLS on loopback, the two endpoints a GitHub App needs to hand out short-lived
 repository credentials, and checks what GitHub checks:
@@ -12,6 +13,26 @@ repository credentials, and checks what GitHub checks:
 :meth:`GitHubApiDouble.check_token` then says whether a minted token may read or write a
 repository; :class:`airlock.testing.upstream.GitUpstream` takes it as ``token_check`` so git
 over HTTPS honours the tokens the way github.com does.
+
+Given ``repos_root`` (the directory :class:`~airlock.testing.upstream.GitUpstream` serves), it
+also serves GitHub's REST API (:mod:`airlock.testing.github_rest`) and GraphQL API
+(:mod:`airlock.testing.github_graphql`) for those repositories, over one shared
+:class:`~airlock.testing.github_state.GitHubState`, in both layouts at once: github.com's (REST
+at ``/``, GraphQL at ``POST /graphql``) and GitHub Enterprise's (REST under ``/api/v3/``,
+GraphQL at ``POST /api/graphql``). Tokens accepted there: the installation tokens it minted
+(their repositories and permissions, exactly), the token in ``token_file`` (re-read each
+request; every permission on every repository, like the upstream's token file), and any
+:class:`StaticToken` in ``tokens``. Every answer carries ``X-GitHub-Request-Id``.
+
+Interface for tests::
+
+    api = GitHubApiDouble(tls, repos_root=upstream.root, token_file=token_file)
+    await api.start()                      # api.url: https://127.0.0.1:PORT
+    api.add_repository("octo", "hello")    # optional: repositories are found on disk anyway
+    ...
+    api.pulls("octo", "hello")             # the pull requests (github_state.PullRequest)
+    api.mutations                          # every state change (github_state.Mutation)
+    api.requests                           # every request answered (ApiRequest)
 
 Where GitHub's behaviour is lenient in ways that cannot matter to a client that follows the
 documentation, the double is stricter (e.g. it requires integer ``iat``/``exp``, unpadded
@@ -28,8 +49,9 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -38,9 +60,26 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from airlock.testing.github_graphql import GitHubGraphQL
+from airlock.testing.github_graphql_schema import SDL
+from airlock.testing.github_rest import GitHubRest, RestRequest
+from airlock.testing.github_state import (
+    ALL_PERMISSIONS,
+    Actor,
+    GitHubState,
+    Mutation,
+    PullRequest,
+    Repository,
+    Secret,
+    StateError,
+)
 from airlock.testing.tls import TestTLS, start_https
 
 DOCUMENTATION_URL = "https://docs.github.com/rest"
+GRAPHQL_DOCUMENTATION_URL = "https://docs.github.com/graphql"
+MSG_GRAPHQL_AUTH = "This endpoint requires you to be authenticated."
+GHE_REST_PREFIX = "/api/v3"
+GRAPHQL_PATHS = ("/graphql", "/api/graphql")
 TOKEN_PREFIX = "ghs_"  # noqa: S105 -- the public prefix of installation tokens, not a secret
 TOKEN_RANDOM_LENGTH = 36
 # GitHub: the JWT may live at most 10 minutes; "iat" may be up to a minute ahead (clock drift).
@@ -102,6 +141,19 @@ class IssuedToken:
 
 
 @dataclass(frozen=True)
+class StaticToken:
+    """A personal access token the API accepts besides installation tokens.
+
+    ``repositories`` ("owner/name") None means every repository; ``permissions`` None means
+    every permission at ``admin`` (what the upstream's token file may do).
+    """
+
+    login: str = "airlock-bot"
+    repositories: frozenset[str] | None = None
+    permissions: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ApiRequest:
     """One request the double answered, for assertions in tests."""
 
@@ -110,6 +162,12 @@ class ApiRequest:
     status: int
     message: str  # GitHub's error message, or "" on success
     body: Any  # the parsed JSON request body, or None (none, or not JSON)
+    # Not compared (records compare by the five fields above):
+    query: str = field(default="", compare=False)  # the query string
+    # "app" (the token endpoints), "rest" or "graphql"
+    api: str = field(default="app", compare=False)
+    actor: str | None = field(default=None, compare=False)  # the token's login, if any
+    request_id: str = field(default="", compare=False)  # the X-GitHub-Request-Id sent
 
 
 @dataclass(frozen=True)
@@ -122,18 +180,34 @@ class _Installation:
 
 
 class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        documentation_url: str = DOCUMENTATION_URL,
+        api: str = "app",
+        actor: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.errors = errors
+        self.documentation_url = documentation_url
+        self.api = api
+        self.actor = actor
 
 
 @dataclass
 class _Reply:
     status: int
-    payload: dict[str, Any] | None = None
+    payload: Any = None
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    api: str = "app"
+    actor: str | None = None
+    text: str | None = None  # a non-JSON body (e.g. a diff)
+    content_type: str = "application/json"
 
 
 def _b64url_decode(part: str) -> bytes:
@@ -189,7 +263,14 @@ def _new_token() -> str:
 
 
 class GitHubApiDouble:
-    """GitHub's installation-token API over TLS on ``127.0.0.1`` (an ephemeral port)."""
+    """GitHub's API over TLS on ``127.0.0.1`` (an ephemeral port); see the module docstring.
+
+    ``repos_root``: the bare repositories (``<root>/<owner>/<name>.git``) the REST and GraphQL
+    API serve (without it, only the token endpoints exist). ``token_file``: a file holding a
+    token with every permission on every repository (re-read per request). ``tokens``: more
+    static tokens. ``web_url``/``api_url``: the hosts in ``html_url``/``url`` fields.
+    ``graphql_sdl``: another schema (a subset of GitHub's) for the GraphQL endpoint.
+    """
 
     def __init__(
         self,
@@ -197,12 +278,24 @@ class GitHubApiDouble:
         *,
         clock: Callable[[], float] = time.time,
         token_lifetime: float = 3600.0,
+        repos_root: Path | None = None,
+        token_file: Path | None = None,
+        tokens: Mapping[str, StaticToken] | None = None,
+        web_url: str = "https://github.com",
+        api_url: str = "https://api.github.com",
+        graphql_sdl: str = SDL,
     ) -> None:
         self.tls = tls
         self.clock = clock
         self.token_lifetime = token_lifetime
         self.issued: list[IssuedToken] = []
         self.requests: list[ApiRequest] = []
+        self.token_file = token_file
+        self.tokens: dict[str, StaticToken] = dict(tokens or {})
+        self.state = GitHubState(repos_root, clock=clock, web_url=web_url, api_url=api_url)
+        self.rest = GitHubRest(self.state)
+        self.graphql = GitHubGraphQL(self.state, graphql_sdl)
+        self._app_slugs: dict[int, str] = {}
         self._apps: dict[int, rsa.RSAPublicKey] = {}
         self._installations: dict[int, _Installation] = {}
         self._by_token: dict[str, IssuedToken] = {}
@@ -212,12 +305,60 @@ class GitHubApiDouble:
 
     # -- set-up ------------------------------------------------------------------------
 
-    def register_app(self, app_id: int, public_key_pem: bytes) -> None:
-        """Register a GitHub App and the RSA public key its JWTs must verify against."""
+    def register_app(self, app_id: int, public_key_pem: bytes, slug: str | None = None) -> None:
+        """Register a GitHub App and the RSA public key its JWTs must verify against.
+
+        Its installation tokens act as ``<slug>[bot]`` (default slug ``app-<app_id>``)."""
         key = serialization.load_pem_public_key(public_key_pem)
         if not isinstance(key, rsa.RSAPublicKey):
             raise TypeError("a GitHub App key is an RSA key")
         self._apps[app_id] = key
+        self._app_slugs[app_id] = slug or f"app-{app_id}"
+
+    def add_token(self, token: str, token_info: StaticToken | None = None) -> None:
+        """Accept ``token`` (a personal access token) on the REST and GraphQL API."""
+        self.tokens[token] = token_info or StaticToken()
+
+    # -- the world the API serves --------------------------------------------------------
+
+    def add_repository(
+        self,
+        owner: str,
+        name: str,
+        *,
+        private: bool = True,
+        owner_type: str = "User",
+        secrets: list[str] | None = None,
+        labels: list[str] | None = None,
+        description: str | None = None,
+    ) -> Repository:
+        """Register ``owner/name`` (its bare repository must exist under ``repos_root``) with
+        these settings, Actions secrets and labels; repositories are otherwise found on disk
+        (private, owned by a user, no secrets or labels)."""
+        repo = self.state.add_repository(
+            owner, name, private=private, owner_type=owner_type, description=description
+        )
+        now = self.clock()
+        for secret in secrets or []:
+            repo.secrets[secret] = Secret(secret, now, now)
+        for label in labels or []:
+            self.state.label(repo, label)
+        return repo
+
+    def repository(self, owner: str, name: str) -> Repository | None:
+        """The live repository ``owner/name`` (None if missing or deleted through the API)."""
+        return self.state.find_repository(owner, name)
+
+    def pulls(self, owner: str, name: str) -> list[PullRequest]:
+        """The pull requests of ``owner/name`` (any state), by number."""
+        key = (owner.lower(), name.lower())
+        repo = self.state.repositories.get(key)
+        return [] if repo is None else [repo.pulls[n] for n in sorted(repo.pulls)]
+
+    @property
+    def mutations(self) -> list[Mutation]:
+        """Every state change made through the API, in order."""
+        return self.state.mutations
 
     def add_installation(
         self,
@@ -272,6 +413,48 @@ class GitHubApiDouble:
             return WRITE_DENIED
         return None
 
+    def _actor(self, token: str) -> Actor | None:
+        """The identity behind ``token`` on the REST/GraphQL API, or None (bad credentials)."""
+        if self.token_file is not None:
+            try:
+                file_token = self.token_file.read_text().strip()
+            except OSError:
+                file_token = ""
+            if file_token and secrets.compare_digest(token, file_token):
+                return self._static_actor(StaticToken())
+        static = self.tokens.get(token)
+        if static is not None:
+            return self._static_actor(static)
+        issued = self._live(token)
+        if issued is None:
+            return None
+        app_id = self._installations[issued.installation_id].app_id
+        login = f"{self._app_slugs.get(app_id, f'app-{app_id}')}[bot]"
+        return Actor(
+            login=login,
+            user_id=self.state.user_id(login),
+            kind="installation",
+            repositories=frozenset(f"{issued.account}/{r}".lower() for r in issued.repositories),
+            permissions=dict(issued.permissions),
+        )
+
+    def _static_actor(self, static: StaticToken) -> Actor:
+        permissions = (
+            dict(static.permissions)
+            if static.permissions is not None
+            else dict.fromkeys(ALL_PERMISSIONS, "admin")
+        )
+        repos = None
+        if static.repositories is not None:
+            repos = frozenset(r.lower() for r in static.repositories)
+        return Actor(
+            login=static.login,
+            user_id=self.state.user_id(static.login),
+            kind="static",
+            repositories=repos,
+            permissions=permissions,
+        )
+
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
@@ -313,16 +496,21 @@ class GitHubApiDouble:
                 body = _loads(raw)
             except ValueError:
                 body = None
+        request_id = f"{secrets.token_hex(2).upper()}:{secrets.token_hex(3).upper()}:" + (
+            f"{secrets.token_hex(3).upper()}:{secrets.token_hex(4).upper()}"
+        )
         try:
             if raw is None:
                 raise _ApiError(413, MSG_BODY_TOO_LARGE)
-            reply = self._dispatch(request, raw)
+            reply = self._dispatch(request, raw, body)
         except _ApiError as err:
-            reply = _Reply(
-                err.status,
-                {"message": err.message, "documentation_url": DOCUMENTATION_URL},
-                err.message,
-            )
+            payload: dict[str, Any] = {"message": err.message}
+            if err.errors:
+                payload["errors"] = err.errors
+            payload["documentation_url"] = err.documentation_url
+            reply = _Reply(err.status, payload, err.message, api=err.api, actor=err.actor)
+        reply.headers.setdefault("X-GitHub-Request-Id", request_id)
+        reply.headers.setdefault("X-GitHub-Media-Type", "github.v3; format=json")
         self.requests.append(
             ApiRequest(
                 method=request.method,
@@ -330,8 +518,20 @@ class GitHubApiDouble:
                 status=reply.status,
                 message=reply.message,
                 body=body,
+                query=request.query_string,
+                api=reply.api,
+                actor=reply.actor,
+                request_id=request_id,
             )
         )
+        if reply.text is not None:
+            return web.Response(
+                status=reply.status,
+                text=reply.text,
+                content_type=reply.content_type,
+                charset="utf-8",
+                headers=reply.headers,
+            )
         if reply.payload is None:
             return web.Response(status=reply.status, headers=reply.headers)
         return web.Response(
@@ -342,16 +542,104 @@ class GitHubApiDouble:
             headers=reply.headers,
         )
 
-    def _dispatch(self, request: web.BaseRequest, raw: bytes) -> _Reply:
+    def _dispatch(self, request: web.BaseRequest, raw: bytes, body: Any) -> _Reply:
         if not request.headers.get("User-Agent", "").strip():
             raise _ApiError(403, MSG_NO_USER_AGENT)
-        m = _ACCESS_TOKENS_RE.match(request.path)
+        path = request.path
+        if path == GHE_REST_PREFIX or path.startswith(GHE_REST_PREFIX + "/"):
+            path = path[len(GHE_REST_PREFIX) :] or "/"
+        m = _ACCESS_TOKENS_RE.match(path)
         if m is not None and request.method == "POST":
             app_id = self._verify_jwt(request.headers.get("Authorization"))
             return self._mint(app_id, int(m["id"]), raw)
-        if request.path == "/installation/token" and request.method == "DELETE":
+        if path == "/installation/token" and request.method == "DELETE":
             return self._revoke(request.headers.get("Authorization"))
-        raise _ApiError(404, MSG_NOT_FOUND)
+        if self.state.repos_root is None:
+            raise _ApiError(404, MSG_NOT_FOUND)
+        if request.path in GRAPHQL_PATHS:
+            return self._graphql(request, raw, body)
+        try:
+            actor = self._authenticate(request.headers.get("Authorization"), DOCUMENTATION_URL)
+        except _ApiError as err:
+            err.api = "rest"
+            raise
+        try:
+            answer = self.rest.handle(
+                RestRequest(
+                    request.method,
+                    path,
+                    request.query,
+                    body,
+                    actor,
+                    request.headers.get("Accept", ""),
+                )
+            )
+        except StateError as err:
+            raise _ApiError(
+                err.status,
+                err.message,
+                err.errors,
+                api="rest",
+                actor=actor.login if actor else None,
+            ) from err
+        headers = dict(answer.headers)
+        headers.update(self._rate_headers("core"))
+        return _Reply(
+            answer.status,
+            answer.payload,
+            headers=headers,
+            api="rest",
+            actor=actor.login if actor else None,
+            text=answer.text,
+            content_type=answer.content_type,
+        )
+
+    def _authenticate(self, authorization: str | None, docs: str) -> Actor | None:
+        """The token's identity; None without a token; 401 "Bad credentials" for a bad one."""
+        if authorization is None:
+            return None
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        token = credential
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError) as exc:
+                raise _ApiError(401, MSG_BAD_CREDENTIALS, documentation_url=docs) from exc
+            token = decoded.partition(":")[2]
+        elif scheme.lower() not in ("token", "bearer"):
+            raise _ApiError(401, MSG_BAD_CREDENTIALS, documentation_url=docs)
+        actor = self._actor(token) if token else None
+        if actor is None:
+            raise _ApiError(401, MSG_BAD_CREDENTIALS, documentation_url=docs)
+        return actor
+
+    def _rate_headers(self, resource: str) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": "5000",
+            "X-RateLimit-Remaining": "4999",
+            "X-RateLimit-Used": "1",
+            "X-RateLimit-Reset": str(int(self.clock()) + 3600),
+            "X-RateLimit-Resource": resource,
+        }
+
+    def _graphql(self, request: web.BaseRequest, raw: bytes, body: Any) -> _Reply:
+        docs = GRAPHQL_DOCUMENTATION_URL
+        try:
+            actor = self._authenticate(request.headers.get("Authorization"), docs)
+        except _ApiError as err:
+            err.api = "graphql"
+            raise
+        if actor is None:
+            raise _ApiError(401, MSG_GRAPHQL_AUTH, documentation_url=docs, api="graphql")
+        if request.method != "POST":
+            raise _ApiError(404, MSG_NOT_FOUND, documentation_url=docs, api="graphql")
+        if body is None and raw.strip():
+            raise _ApiError(400, MSG_BAD_JSON, documentation_url=docs, api="graphql")
+        result = self.graphql.execute(actor, body)
+        return _Reply(
+            200, result, headers=self._rate_headers("graphql"), api="graphql", actor=actor.login
+        )
 
     def _verify_jwt(self, authorization: str | None) -> int:
         """Check the App's JWT like GitHub does; return the App id it authenticates."""
