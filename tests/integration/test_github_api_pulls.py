@@ -781,3 +781,45 @@ def test_graphql_refuses_fields_outside_githubs_schema(pulls: Pulls) -> None:
     [error] = reply.body["errors"]
     assert "passwordHash" in error["message"]
     assert pulls.api.graphql.internal_errors == []
+
+
+def test_gh_edits_labels_and_reviewers_of_a_pull_request(pulls: Pulls) -> None:
+    repo = pulls.new_repo(labels=["bug", "docs"], collaborators={"alice": "push"})
+    work = pulls.clone_with_branch(repo)
+    pulls.ok(
+        "pr",
+        "create",
+        "--title",
+        "T",
+        "--body",
+        "B",
+        "--head",
+        "agent/x",
+        "--base",
+        "main",
+        "--label",
+        "bug",
+        "--reviewer",
+        "alice",
+        cwd=work,
+    )
+    [pr] = pulls.api.pulls(OWNER, repo)
+    assert pr.labels == ["bug"] and pr.requested_reviewers == ["alice"]
+    pulls.ok("pr", "edit", "1", "--add-label", "docs", "--remove-label", "bug", cwd=work)
+    assert pr.labels == ["docs"]
+    view = pulls.ok("pr", "view", "1", cwd=work)
+    assert "labels:\tdocs\n" in view and "reviewers:\talice (Requested)\n" in view
+    kinds = [m.kind for m in pulls.mutations(repo)]
+    assert kinds[0] == "pull_request.create" and "review_requests.add" in kinds
+    # Only collaborators can be asked for a review, as on GitHub.
+    stranger = pulls.curl(
+        "POST",
+        f"/repos/{OWNER}/{repo}/pulls/1/requested_reviewers",
+        body={"reviewers": ["mallory"]},
+    )
+    assert stranger.status == 422
+    assert (
+        "Reviews may only be requested from collaborators" in stranger.body["errors"][0]["message"]
+    )
+    added = pulls.curl("POST", f"/repos/{OWNER}/{repo}/issues/1/labels", body={"labels": ["new"]})
+    assert added.status == 200 and [label["name"] for label in added.body] == ["docs", "new"]

@@ -74,6 +74,7 @@ from airlock.testing.github_state import (
     StateError,
 )
 from airlock.testing.tls import TestTLS, start_https
+from airlock.testing.upstream import GitUpstream
 
 DOCUMENTATION_URL = "https://docs.github.com/rest"
 GRAPHQL_DOCUMENTATION_URL = "https://docs.github.com/graphql"
@@ -330,11 +331,13 @@ class GitHubApiDouble:
         owner_type: str = "User",
         secrets: list[str] | None = None,
         labels: list[str] | None = None,
+        collaborators: Mapping[str, str] | None = None,
         description: str | None = None,
     ) -> Repository:
         """Register ``owner/name`` (its bare repository must exist under ``repos_root``) with
-        these settings, Actions secrets and labels; repositories are otherwise found on disk
-        (private, owned by a user, no secrets or labels)."""
+        these settings, Actions secrets, labels and collaborators (login -> "pull", "triage",
+        "push", "maintain" or "admin"); repositories are otherwise found on disk (private,
+        owned by a user, nothing else)."""
         repo = self.state.add_repository(
             owner, name, private=private, owner_type=owner_type, description=description
         )
@@ -343,7 +346,17 @@ class GitHubApiDouble:
             repo.secrets[secret] = Secret(secret, now, now)
         for label in labels or []:
             self.state.label(repo, label)
+        for login, permission in (collaborators or {}).items():
+            repo.collaborators[login] = permission
+            self.state.user_id(login)
         return repo
+
+    @classmethod
+    def for_upstream(cls, upstream: GitUpstream, **kw: Any) -> GitHubApiDouble:
+        """The API over ``upstream``'s repositories, accepting its token file, on its TLS."""
+        kw.setdefault("repos_root", upstream.root)
+        kw.setdefault("token_file", upstream.token_file)
+        return cls(upstream.tls, **kw)
 
     def repository(self, owner: str, name: str) -> Repository | None:
         """The live repository ``owner/name`` (None if missing or deleted through the API)."""

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 READ = "read"
 WRITE = "write"
+_WRITERS = ("push", "maintain", "admin")
 MSG_INTERNAL = "Something went wrong while executing your query. Please try again later."
 
 
@@ -384,6 +385,7 @@ class GitHubGraphQL:
             },
             "id": "Q_kgDOAA",
             "search": self._q_search,
+            "organization": self._q_organization,
             "node": lambda info, id: self._node_obj(info, id),
             "nodes": lambda info, ids: [self._node_obj(info, i) for i in ids],
         }
@@ -444,6 +446,17 @@ class GitHubGraphQL:
         found.sort(key=lambda rp: rp[1].created_at, reverse=True)
         result = connection([self.pr_obj(repo, pr) for repo, pr in found], a)
         return {**result, "issueCount": len(found), "repositoryCount": 0}
+
+    def _q_organization(self, info: Info, login: str) -> dict[str, Any]:
+        """An owner of a repository registered as an ``Organization``; it has no teams."""
+        for repo in self.state.repositories.values():
+            if repo.owner.lower() == login.lower() and repo.owner_type == "Organization":
+                org = self.owner_obj(repo)
+                org["teams"] = lambda info, **a: connection([], a)
+                return org
+        raise GraphQLFault(
+            "NOT_FOUND", f"Could not resolve to an Organization with the login of '{login}'."
+        )
 
     def _q_repository(
         self, info: Info, owner: str, name: str, followRenames: bool = True
@@ -671,9 +684,23 @@ class GitHubGraphQL:
             self._check_read(info, repo, ("administration",))
             return connection([self.protection_obj(repo, r) for r in repo.protection_rules], a)
 
+        def assignable(info: Info, **a: Any) -> dict[str, Any]:
+            writers = [repo.owner] + [
+                login for login, perm in repo.collaborators.items() if perm in _WRITERS
+            ]
+            query = (a.get("query") or "").lower()
+            return connection([self.user_obj(u) for u in writers if query in u.lower()], a)
+
+        def mentionable(info: Info, **a: Any) -> dict[str, Any]:
+            people = [repo.owner, *repo.collaborators]
+            query = (a.get("query") or "").lower()
+            return connection([self.user_obj(u) for u in people if query in u.lower()], a)
+
         created = iso_utc(repo.created_at)
         return {
             "__typename": "Repository",
+            "assignableUsers": assignable,
+            "mentionableUsers": mentionable,
             "id": repo.node_id,
             "databaseId": repo.id,
             "name": repo.name,
@@ -916,6 +943,7 @@ class GitHubGraphQL:
             "addComment": self._m_add_comment,
             "requestReviews": self._m_request_reviews,
             "addLabelsToLabelable": self._m_add_labels,
+            "removeLabelsFromLabelable": self._m_remove_labels,
             "createRef": self._m_create_ref,
             "deleteRef": self._m_delete_ref,
             "updateRef": self._m_update_ref,
@@ -984,8 +1012,7 @@ class GitHubGraphQL:
         )
         if input.get("labelIds") is not None:
             names = [self._node_target(info, lid, "Label")[1].name for lid in input["labelIds"]]
-            pr.labels = []
-            self.state.add_labels(repo, pr, actor, "graphql", names)
+            self.state.set_labels(repo, pr, actor, "graphql", names)
         if input.get("assigneeIds") is not None:
             pr.assignees = [self._login_of(info, uid) for uid in input["assigneeIds"]]
             self.state.record(
@@ -1060,6 +1087,13 @@ class GitHubGraphQL:
         actor = self._require(info, repo, ("issues", "pull_requests"))
         names = [self._node_target(info, lid, "Label")[1].name for lid in input["labelIds"]]
         self.state.add_labels(repo, pr, actor, "graphql", names)
+        return self._payload(input, labelable=self.pr_obj(repo, pr))
+
+    def _m_remove_labels(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        repo, pr = self._pull_by_id(info, input["labelableId"])
+        actor = self._require(info, repo, ("issues", "pull_requests"))
+        gone = {self._node_target(info, lid, "Label")[1].name for lid in input["labelIds"]}
+        self.state.set_labels(repo, pr, actor, "graphql", [n for n in pr.labels if n not in gone])
         return self._payload(input, labelable=self.pr_obj(repo, pr))
 
     def _m_create_ref(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:

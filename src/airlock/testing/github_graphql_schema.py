@@ -439,6 +439,7 @@ type Mutation {
   deleteRef(input: DeleteRefInput!): DeleteRefPayload
   markPullRequestReadyForReview(input: MarkPullRequestReadyForReviewInput!): MarkPullRequestReadyForReviewPayload
   mergePullRequest(input: MergePullRequestInput!): MergePullRequestPayload
+  removeLabelsFromLabelable(input: RemoveLabelsFromLabelableInput!): RemoveLabelsFromLabelablePayload
   reopenPullRequest(input: ReopenPullRequestInput!): ReopenPullRequestPayload
   requestReviews(input: RequestReviewsInput!): RequestReviewsPayload
   updateBranchProtectionRule(input: UpdateBranchProtectionRuleInput!): UpdateBranchProtectionRulePayload
@@ -462,6 +463,7 @@ type Organization implements Actor & Node & RepositoryOwner {
   login: String!
   name: String
   resourcePath: URI!
+  teams(after: String, before: String, first: Int, last: Int, ldapMapped: Boolean, notificationSetting: TeamNotificationSetting, orderBy: TeamOrder, privacy: TeamPrivacy, query: String, role: TeamRole, rootTeamsOnly: Boolean = false, userLogins: [String!]): TeamConnection!
   url: URI!
 }
 
@@ -682,6 +684,7 @@ type Query implements Node {
   id: ID!
   node(id: ID!): Node
   nodes(ids: [ID!]!): [Node]!
+  organization(login: String!): Organization
   rateLimit(dryRun: Boolean = false): RateLimit
   repository(followRenames: Boolean = true, name: String!, owner: String!): Repository
   search(after: String, before: String, first: Int, last: Int, query: String!, type: SearchType!): SearchResultItemConnection!
@@ -750,6 +753,17 @@ enum RefOrderField {
   TAG_COMMIT_DATE
 }
 
+input RemoveLabelsFromLabelableInput {
+  clientMutationId: String
+  labelIds: [ID!]!
+  labelableId: ID!
+}
+
+type RemoveLabelsFromLabelablePayload {
+  clientMutationId: String
+  labelable: Labelable
+}
+
 input ReopenPullRequestInput {
   clientMutationId: String
   pullRequestId: ID!
@@ -761,6 +775,7 @@ type ReopenPullRequestPayload {
 }
 
 type Repository implements Node {
+  assignableUsers(after: String, before: String, first: Int, last: Int, query: String): UserConnection!
   branchProtectionRules(after: String, before: String, first: Int, last: Int): BranchProtectionRuleConnection!
   createdAt: DateTime!
   databaseId: Int
@@ -783,6 +798,7 @@ type Repository implements Node {
   issueOrPullRequest(number: Int!): IssueOrPullRequest
   label(name: String!): Label
   labels(after: String, before: String, first: Int, last: Int, orderBy: LabelOrder = { field: CREATED_AT, direction: ASC }, query: String): LabelConnection
+  mentionableUsers(after: String, before: String, first: Int, last: Int, query: String): UserConnection!
   mergeCommitAllowed: Boolean!
   name: String!
   nameWithOwner: String!
@@ -916,6 +932,42 @@ type Team implements Node {
   name: String!
   organization: Organization!
   slug: String!
+}
+
+type TeamConnection {
+  edges: [TeamEdge]
+  nodes: [Team]
+  pageInfo: PageInfo!
+  totalCount: Int!
+}
+
+type TeamEdge {
+  cursor: String!
+  node: Team
+}
+
+enum TeamNotificationSetting {
+  NOTIFICATIONS_DISABLED
+  NOTIFICATIONS_ENABLED
+}
+
+input TeamOrder {
+  direction: OrderDirection!
+  field: TeamOrderField!
+}
+
+enum TeamOrderField {
+  NAME
+}
+
+enum TeamPrivacy {
+  SECRET
+  VISIBLE
+}
+
+enum TeamRole {
+  ADMIN
+  MEMBER
 }
 
 scalar URI

@@ -782,8 +782,9 @@ class GitHubState:
             else:
                 raise validation_failed("PullRequest", "state")
             changes["state"] = state
-        pr.updated_at = self.clock()
-        self.record("pull_request.update", repo, api, actor, number=pr.number, **changes)
+        if changes:
+            pr.updated_at = self.clock()
+            self.record("pull_request.update", repo, api, actor, number=pr.number, **changes)
         return pr
 
     def set_draft(
@@ -918,6 +919,14 @@ class GitHubState:
         pr.updated_at = self.clock()
         self.record("labels.add", repo, api, actor, number=pr.number, labels=list(names))
 
+    def set_labels(
+        self, repo: Repository, pr: PullRequest, actor: Actor, api: str, names: list[str]
+    ) -> None:
+        """Replace the pull request's labels (GraphQL ``updatePullRequest(labelIds:)``)."""
+        pr.labels = [self.label(repo, name).name for name in dict.fromkeys(names)]
+        pr.updated_at = self.clock()
+        self.record("labels.set", repo, api, actor, number=pr.number, labels=list(pr.labels))
+
     def request_reviews(
         self,
         repo: Repository,
@@ -927,12 +936,21 @@ class GitHubState:
         users: list[str],
         teams: list[str],
     ) -> None:
+        """Only collaborators (and the owner) can be asked; the double has no teams."""
+        members = {repo.owner.lower(), *(c.lower() for c in repo.collaborators)}
         for user in users:
             if user.lower() == pr.user.lower():
                 raise validation_message(
                     "PullRequest",
                     "Review cannot be requested from pull request author.",
                 )
+        if teams or any(user.lower() not in members for user in users):
+            raise validation_message(
+                "PullRequest",
+                "Reviews may only be requested from collaborators. One or more of the users "
+                "or teams you specified is not a collaborator of the "
+                f"{repo.full_name} repository.",
+            )
         for user in users:
             if user not in pr.requested_reviewers:
                 pr.requested_reviewers.append(user)
