@@ -152,6 +152,21 @@ GH_REQUESTS: tuple[tuple[str, str, str, bytes], ...] = (
     ),
     (
         "gh workflow run ci.yml",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tfragment repo on Repository {\\n\\t\\tid\\n\\t\\tname\\n\\t\\town'
+            b"er { login }\\n\\t\\thasIssuesEnabled\\n\\t\\tdescription\\n\\t\\thasWikiEnabled"
+            b"\\n\\t\\tviewerPermission\\n\\t\\tdefaultBranchRef {\\n\\t\\t\\tname\\n\\t\\t}\\n"
+            b"\\t}\\n\\n\\tquery RepositoryInfo($owner: String!, $name: String!) {\\n\\t\\trepo"
+            b"sitory(owner: $owner, name: $name) {\\n\\t\\t\\t...repo\\n\\t\\t\\tparent {\\n\\t"
+            b"\\t\\t\\t...repo\\n\\t\\t\\t}\\n\\t\\t\\tmergeCommitAllowed\\n\\t\\t\\trebaseMerg"
+            b'eAllowed\\n\\t\\t\\tsquashMergeAllowed\\n\\t\\t}\\n\\t}","variables":{"name":"hel'
+            b'lo","owner":"octo"}}'
+        ),
+    ),
+    (
+        "gh workflow run ci.yml",
         "GET",
         "/repos/octo/hello/actions/workflows/ci.yml",
         b"",
@@ -195,6 +210,258 @@ GH_REQUESTS: tuple[tuple[str, str, str, bytes], ...] = (
             b'{"query":"mutation PullRequestMerge($input:MergePullRequestInput!){mergePullReque'
             b'st(input: $input){clientMutationId}}","variables":{"input":{"pullRequestId":"PR_k'
             b'wDOmine","mergeMethod":"MERGE"}}}\n'
+        ),
+    ),
+    (
+        "gh pr close 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b"uest(number: $pr_number) {state,number,title,isCrossRepository,headRefName,id}\\n"
+            b'\\t\\t}\\n\\t}","variables":{"owner":"octo","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr close 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestClose($input:ClosePullRequestInput!){closePullReque'
+            b'st(input: $input){pullRequest{id}}}","variables":{"input":{"pullRequestId":"PR_kw'
+            b'DOmine"}}}\n'
+        ),
+    ),
+    (
+        "gh pr view 7 --comments",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b"uest(number: $pr_number) {url,number,title,state,body,author{login,...on User{id,"
+            b"name}},isDraft,maintainerCanModify,mergeable,additions,deletions,commits{totalCou"
+            b"nt},baseRefName,headRefName,headRepositoryOwner{id,login,...on User{name}},headRe"
+            b"pository{id,name},isCrossRepository,reviewRequests(first: 100) {nodes {requestedR"
+            b"eviewer {__typename,...on User{login},...on Team{organization{login}name,slug}}}}"
+            b",reviews(first: 100) {nodes {id,author{login},authorAssociation,submittedAt,body,"
+            b"state,commit{oid},reactionGroups{content,users{totalCount}}}pageInfo{hasNextPage,"
+            b"endCursor}totalCount},assignees(first:100){nodes{id,login,name},totalCount},label"
+            b"s(first:100){nodes{id,name,description,color},totalCount},projectCards(first:100)"
+            b"{nodes{project{name}column{name}},totalCount},milestone{number,title,description,"
+            b"dueOn},comments(first: 100) {nodes {id,author{login,...on User{id,name}},authorAs"
+            b"sociation,body,createdAt,includesCreatedEdit,isMinimized,minimizedReason,reaction"
+            b"Groups{content,users{totalCount}},url,viewerDidAuthor},pageInfo{hasNextPage,endCu"
+            b"rsor},totalCount},reactionGroups{content,users{totalCount}},createdAt,statusCheck"
+            b"Rollup: commits(last: 1) {nodes {commit {statusCheckRollup {contexts(first:100) {"
+            b"nodes {__typename...on StatusContext {context,state,targetUrl,createdAt},...on Ch"
+            b"eckRun {name,checkSuite{workflowRun{workflow{name}}},status,conclusion,startedAt,"
+            b"completedAt,detailsUrl}},pageInfo{hasNextPage,endCursor}}}}}},id}\\n\\t\\t}\\n\\t"
+            b'}","variables":{"owner":"octo","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr checks 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b'uest(number: $pr_number) {number,headRefName,id}\\n\\t\\t}\\n\\t}","variables":{"'
+            b'owner":"octo","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr checks 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestStatusChecks($id: ID!, $endCursor: String) {\\n'
+            b"\\t\\tnode(id: $id) {\\n\\t\\t\\t...on PullRequest {\\n\\t\\t\\t\\tstatusCheckRol"
+            b"lup: commits(last: 1) {nodes {commit {statusCheckRollup {contexts(first:100,after"
+            b":$endCursor) {nodes {__typename...on StatusContext {context,state,targetUrl,creat"
+            b"edAt,isRequired(pullRequestId: $id)},...on CheckRun {name,checkSuite{workflowRun{"
+            b"workflow{name}}},status,conclusion,startedAt,completedAt,detailsUrl,isRequired(pu"
+            b"llRequestId: $id)}},pageInfo{hasNextPage,endCursor}}}}}}\\n\\t\\t\\t}\\n\\t\\t}\\"
+            b'n\\t}","variables":{"id":"PR_kwDOmine"}}'
+        ),
+    ),
+    (
+        "gh pr diff 7",
+        "GET",
+        "/repos/octo/hello/pulls/7",
+        b"",
+    ),
+    (
+        "gh pr review 7 --comment --body hi",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b'uest(number: $pr_number) {id,number}\\n\\t\\t}\\n\\t}","variables":{"owner":"octo'
+            b'","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr review 7 --comment --body hi",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestReviewAdd($input:AddPullRequestReviewInput!){addPul'
+            b'lRequestReview(input:$input){clientMutationId}}","variables":{"input":{"pullReque'
+            b'stId":"PR_kwDOmine","body":"hi","event":"COMMENT"}}}\n'
+        ),
+    ),
+    (
+        "gh pr review 7 --approve",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b'uest(number: $pr_number) {id,number}\\n\\t\\t}\\n\\t}","variables":{"owner":"octo'
+            b'","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr review 7 --approve",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestReviewAdd($input:AddPullRequestReviewInput!){addPul'
+            b'lRequestReview(input:$input){clientMutationId}}","variables":{"input":{"pullReque'
+            b'stId":"PR_kwDOmine","body":"","event":"APPROVE"}}}\n'
+        ),
+    ),
+    (
+        "gh pr status",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tfragment pr on PullRequest {number,title,state,url,isDraft,isCros'
+            b"sRepository,headRefName,headRepositoryOwner{id,login,...on User{name}},mergeState"
+            b"Status,statusCheckRollup: commits(last: 1) {nodes {commit {statusCheckRollup {con"
+            b"texts(first:100) {nodes {__typename...on StatusContext {context,state,targetUrl,c"
+            b"reatedAt},...on CheckRun {name,checkSuite{workflowRun{workflow{name}}},status,con"
+            b"clusion,startedAt,completedAt,detailsUrl}},pageInfo{hasNextPage,endCursor}}}}}},b"
+            b"aseRef{branchProtectionRule{requiresStrictStatusChecks}}}\\n\\tfragment prWithRev"
+            b"iews on PullRequest {...pr,reviewDecision,latestReviews(first: 100) {nodes {autho"
+            b"r{login},authorAssociation,submittedAt,body,state}}}\\n\\t\\n\\tquery PullRequest"
+            b"Status($owner: String!, $repo: String!, $headRefName: String!, $viewerQuery: Stri"
+            b"ng!, $reviewerQuery: String!, $per_page: Int = 10) {\\n\\t\\trepository(owner: $o"
+            b"wner, name: $repo) {\\n\\t\\t\\tdefaultBranchRef {\\n\\t\\t\\t\\tname\\n\\t\\t\\t"
+            b"}\\n\\t\\t\\tpullRequests(headRefName: $headRefName, first: $per_page, orderBy: {"
+            b" field: CREATED_AT, direction: DESC }) {\\n\\t\\t\\t\\ttotalCount\\n\\t\\t\\t\\te"
+            b"dges {\\n\\t\\t\\t\\t\\tnode {\\n\\t\\t\\t\\t\\t\\t...prWithReviews\\n\\t\\t\\t\\"
+            b"t\\t}\\n\\t\\t\\t\\t}\\n\\t\\t\\t}\\n\\t\\t}\\n\\t\\n      viewerCreated: search("
+            b"query: $viewerQuery, type: ISSUE, first: $per_page) {\\n       totalCount: issueC"
+            b"ount\\n        edges {\\n          node {\\n            ...prWithReviews\\n      "
+            b"    }\\n        }\\n      }\\n      reviewRequested: search(query: $reviewerQuery"
+            b", type: ISSUE, first: $per_page) {\\n        totalCount: issueCount\\n        edg"
+            b"es {\\n          node {\\n            ...pr\\n          }\\n        }\\n      }\\"
+            b'n    }\\n\\t","variables":{"headRefName":"","number":0,"owner":"octo","repo":"hel'
+            b'lo","reviewerQuery":"repo:octo/hello state:open review-requested:@me","viewerQuer'
+            b'y":"repo:octo/hello state:open is:pr author:@me"}}'
+        ),
+    ),
+    (
+        "gh api user",
+        "GET",
+        "/user",
+        b"",
+    ),
+    (
+        "gh auth status",
+        "GET",
+        "/",
+        b"",
+    ),
+    (
+        "gh auth status",
+        "POST",
+        "/graphql",
+        b'{"query":"query UserCurrent{viewer{login}}"}\n',
+    ),
+    (
+        "gh pr edit 7 --title x --body y",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b"uest(number: $pr_number) {id,url,title,body,baseRefName,reviewRequests(first: 100"
+            b") {nodes {requestedReviewer {__typename,...on User{login},...on Team{organization"
+            b"{login}name,slug}}}},assignees(first:100){nodes{id,login,name},totalCount},labels"
+            b"(first:100){nodes{id,name,description,color},totalCount},projectCards(first:100){"
+            b"nodes{project{name}column{name}},totalCount},milestone{number,title,description,d"
+            b'ueOn},number}\\n\\t\\t}\\n\\t}","variables":{"owner":"octo","pr_number":7,"repo":'
+            b'"hello"}}'
+        ),
+    ),
+    (
+        "gh pr edit 7 --title x --body y",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"query PullRequestProjectItems($endCursor:String$name:String!$number:Int'
+            b"!$owner:String!){repository(owner: $owner, name: $name){pullRequest(number: $numb"
+            b"er){projectItems(first: 100, after: $endCursor){nodes{id,project{id,title}},pageI"
+            b'nfo{hasNextPage,endCursor}}}}}","variables":{"endCursor":null,"name":"hello","num'
+            b'ber":0,"owner":"octo"}}\n'
+        ),
+    ),
+    (
+        "gh pr edit 7 --title x --body y",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestUpdate($input:UpdatePullRequestInput!){updatePullRe'
+            b'quest(input: $input){__typename}}","variables":{"input":{"pullRequestId":"","titl'
+            b'e":"x","body":"y"}}}\n'
+        ),
+    ),
+    (
+        "gh pr reopen 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b'uest(number: $pr_number) {id,number,state,title}\\n\\t\\t}\\n\\t}","variables":{"'
+            b'owner":"octo","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr reopen 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestReopen($input:ReopenPullRequestInput!){reopenPullRe'
+            b'quest(input: $input){pullRequest{id}}}","variables":{"input":{"pullRequestId":"PR'
+            b'_kwDOmine"}}}\n'
+        ),
+    ),
+    (
+        "gh pr ready 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"\\n\\tquery PullRequestByNumber($owner: String!, $repo: String!, $pr_nu'
+            b"mber: Int!) {\\n\\t\\trepository(owner: $owner, name: $repo) {\\n\\t\\t\\tpullReq"
+            b'uest(number: $pr_number) {id,number,state,isDraft}\\n\\t\\t}\\n\\t}","variables":'
+            b'{"owner":"octo","pr_number":7,"repo":"hello"}}'
+        ),
+    ),
+    (
+        "gh pr ready 7",
+        "POST",
+        "/graphql",
+        (
+            b'{"query":"mutation PullRequestReadyForReview($input:MarkPullRequestReadyForReview'
+            b'Input!){markPullRequestReadyForReview(input: $input){pullRequest{id}}}","variable'
+            b's":{"input":{"pullRequestId":"PR_kwDOmine"}}}\n'
         ),
     ),
 )
@@ -318,6 +585,59 @@ def test_gh_pr_merge_is_refused() -> None:
     # its look-up of the pull request in between is a plain read
     (lookup,) = gh("gh pr merge", "PullRequestByNumber")
     allowed(_decide_gh(*lookup, make_ctx()))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "gh pr view 7 --comments",
+        "gh pr checks 7",  # node(id:) of the session's own pull request
+        "gh pr diff 7",
+        "gh pr close 7",
+        "gh pr reopen 7",
+        "gh pr ready 7",
+        "gh pr review 7 --comment",
+        "gh api user",
+        "gh auth status",
+    ],
+)
+def test_more_of_gh_on_the_sessions_pull_request_is_allowed(command: str) -> None:
+    for method, target, body in gh(command):
+        decision = _decide_gh(method, target, body, make_ctx())
+        assert isinstance(decision, Allow), (command, decision)
+
+
+def test_gh_pr_edit_is_allowed_on_the_sessions_pull_request() -> None:
+    *lookups, (method, target, body) = gh("gh pr edit 7")
+    for request in lookups:
+        allowed(_decide_gh(*request, make_ctx()))
+    # The recording's pull request had no id (the recording proxy's fault); give it ours.
+    assert b'"pullRequestId":""' in body
+    update = body.replace(b'"pullRequestId":""', b'"pullRequestId":"PR_kwDOmine"')
+    decision = allowed(_decide_gh(method, target, update, make_ctx()))
+    assert decision.route == "graphql mutation updatePullRequest"
+    ctx = make_ctx(limits=ApiLimits(title_prefix="[agent] "))
+    assert sent(allowed(_decide_gh(method, target, update, ctx)))["variables"]["input"] == {
+        "pullRequestId": "PR_kwDOmine",
+        "title": "[agent] x",
+        "body": "y",
+    }
+    refused(_decide_gh(method, target, body, make_ctx()), 403, "not_own_pull")
+
+
+def test_gh_pr_review_approve_and_pr_status_are_refused() -> None:
+    lookup, approve = gh("gh pr review 7 --approve")
+    allowed(_decide_gh(*lookup, make_ctx()))
+    refused(_decide_gh(*approve, make_ctx()), 403, "review_event_not_allowed")
+    # gh pr status searches across repositories
+    ((method, target, body),) = gh("gh pr status")
+    refused(_decide_gh(method, target, body, make_ctx()), 403, "root_field_not_allowed:search")
+
+
+def test_gh_pr_ready_is_refused_when_pull_requests_must_stay_drafts() -> None:
+    *_, ready = gh("gh pr ready 7")
+    ctx = make_ctx(limits=ApiLimits(require_draft=True))
+    refused(_decide_gh(*ready, ctx), 403, "draft_required")
 
 
 def test_gh_repo_delete_secret_list_and_workflow_run_are_refused() -> None:
@@ -791,6 +1111,46 @@ def test_own_pull_requests_may_be_updated_commented_on_and_reviewed(mutation: st
     refused(q(doc, None, ctx), 403, "write_grant_required")
 
 
+@pytest.mark.parametrize(
+    ("mutation", "reason"),
+    [
+        ('closePullRequest(input: {pullRequestId: "%s"})', None),
+        ('reopenPullRequest(input: {pullRequestId: "%s"})', None),
+        ('markPullRequestReadyForReview(input: {pullRequestId: "%s"})', None),
+        ('addPullRequestReview(input: {pullRequestId: "%s", body: "x", event: COMMENT})', None),
+        ('addPullRequestReview(input: {pullRequestId: "%s", body: "pending"})', None),
+        ('addPullRequestReview(input: {pullRequestId: "%s", event: APPROVE})', "review_event"),
+        (
+            'addPullRequestReview(input: {pullRequestId: "%s", event: REQUEST_CHANGES})',
+            "review_event",
+        ),
+        ('closePullRequest(input: {pullRequestId: "%s", deleteBranch: true})', "field"),
+    ],
+)
+def test_close_reopen_ready_and_review_own_pull_requests(mutation: str, reason: str | None) -> None:
+    doc = "mutation { " + mutation % OWN_ID + " { clientMutationId } }"
+    if reason == "review_event":
+        refused(q(doc), 403, "review_event_not_allowed")
+        return
+    if reason == "field":
+        refused(q(doc), 403, "field_not_allowed:deleteBranch")
+        return
+    allowed(q(doc))
+    refused(q(doc.replace(OWN_ID, "PR_someone_elses")), 403, "not_own_pull")
+
+
+def test_node_lookups_at_the_root_name_only_own_pull_requests() -> None:
+    doc = "query($id: ID!) { node(id: $id) { ... on PullRequest { number title } } }"
+    assert allowed(q(doc, {"id": OWN_ID})).repo == "github.com/octo/hello"
+    refused(q(doc, {"id": "R_kgDOHello"}), 403, "root_field_not_allowed:node")
+    nested = (
+        "query($id: ID!) { node(id: $id) { ... on PullRequest { "
+        "headRepository { issues { totalCount } } } } }"
+    )
+    refused(q(nested, {"id": OWN_ID}), 403, "outside_field_not_allowed:issues")
+    refused(q('{ node(id: "PR_kwDOmine", extra: 1) { id } }'), 400)
+
+
 def test_update_pull_request_input_is_checked() -> None:
     base = (
         'mutation { updatePullRequest(input: {pullRequestId: "PR_kwDOmine", %s}) '
@@ -811,8 +1171,6 @@ def test_update_pull_request_input_is_checked() -> None:
         "createRef",
         "updateRef",
         "updateBranchProtectionRule",
-        "closePullRequest",
-        "addPullRequestReview",
         "submitPullRequestReview",
         "enablePullRequestAutoMerge",
         "createCommitOnBranch",

@@ -199,7 +199,7 @@ def test_ambiguous_targets_are_refused_not_normalised(target: str) -> None:
     refused(decide("GET", target), 400, "malformed")
 
 
-@pytest.mark.parametrize("target", ["/user", "/rate_limit", "/meta"])
+@pytest.mark.parametrize("target", ["/", "/user", "/rate_limit", "/meta"])
 def test_the_few_top_level_reads(target: str) -> None:
     decision = allowed(decide("GET", target))
     assert decision.repo is None
@@ -216,7 +216,6 @@ def test_the_few_top_level_reads(target: str) -> None:
         "/repositories/123",
         "/installation/repositories",
         "/app",
-        "/",
         "/repos",
         "/repos/octo",
         "/gists",
@@ -236,6 +235,19 @@ def test_graphql_over_get_is_refused() -> None:
 @pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "get", "PROPFIND", ""])
 def test_unknown_methods_get_405(method: str) -> None:
     refused(decide(method, "/repos/octo/hello"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/repos/octo/hello/pulls/7/reviews?event=APPROVE",
+        "/repos/octo/hello/pulls?issue=3",
+        "/repos/octo/hello/issues/7/comments?_method=DELETE",
+        "/repos/octo/hello/pulls?",
+    ],
+)
+def test_writes_take_no_query_string(target: str) -> None:
+    refused(decide("POST", target, {"title": "t", "head": "agent/x", "base": "main"}), 400)
 
 
 def test_a_read_with_a_body_is_refused() -> None:

@@ -121,7 +121,17 @@ UPSTREAM_TARGET = "/graphql"  # relative to the API root; the relay maps it to g
 QUERY_ROOT_FIELDS = frozenset({"repository", "viewer", "rateLimit", "__typename"})
 VIEWER_FIELDS = frozenset({"login", "id", "name", "databaseId", "__typename"})
 MUTATION_ROOT_FIELDS = frozenset(
-    {"createPullRequest", "updatePullRequest", "addComment", "requestReviews", "__typename"}
+    {
+        "createPullRequest",
+        "updatePullRequest",
+        "closePullRequest",  # gh pr close; the same as updatePullRequest(state: CLOSED)
+        "reopenPullRequest",
+        "markPullRequestReadyForReview",  # unless limits.require_draft
+        "addComment",
+        "addPullRequestReview",  # event COMMENT (or pending) only, as REST
+        "requestReviews",
+        "__typename",
+    }
 )
 REPOSITORY_ARGUMENTS = frozenset({"owner", "name", "followRenames"})
 
@@ -283,6 +293,9 @@ OUTWARD_FIELDS = frozenset(
     }
 )
 
+# More that one outward edge shows: a project board's title (gh pr edit lists them).
+OUTWARD_EXTRAS: dict[str, frozenset[str]] = {"project": frozenset({"title"})}
+
 # What may be selected below an outward edge: who or what it is, not what it holds.
 OUTSIDE_FIELDS = frozenset(
     {
@@ -352,7 +365,18 @@ _UPDATE_INPUT = frozenset(
     }
 )
 _COMMENT_INPUT = frozenset({"subjectId", "body", "clientMutationId"})
-_REVIEWS_INPUT = frozenset({"pullRequestId", "userIds", "teamIds", "union", "clientMutationId"})
+_REVIEW_INPUT = frozenset(
+    {"pullRequestId", "body", "event", "commitOID", "comments", "threads", "clientMutationId"}
+)
+_BARE_PULL_INPUT = frozenset({"pullRequestId", "clientMutationId"})
+_OWN_PULL_INPUTS = {
+    "requestReviews": frozenset(
+        {"pullRequestId", "userIds", "teamIds", "union", "clientMutationId"}
+    ),
+    "closePullRequest": _BARE_PULL_INPUT,
+    "reopenPullRequest": _BARE_PULL_INPUT,
+    "markPullRequestReadyForReview": _BARE_PULL_INPUT,
+}
 _ENVELOPE = frozenset({"query", "variables", "operationName"})
 _REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -434,12 +458,22 @@ class _Walk:
             else:  # pragma: no cover - the parser makes no other selection
                 self.bad("unknown selection")
 
-    def nested(self, parent: FieldNode, depth: int, outside: bool, stack: tuple[str, ...]) -> None:
+    def nested(
+        self,
+        parent: FieldNode,
+        depth: int,
+        outside: frozenset[str] | None,
+        stack: tuple[str, ...],
+    ) -> None:
         for child, child_stack in self.fields(parent.selection_set, stack):
             self.check_field(child, depth + 1, outside, child_stack)
 
     def check_field(
-        self, node: FieldNode, depth: int, outside: bool, stack: tuple[str, ...]
+        self,
+        node: FieldNode,
+        depth: int,
+        outside: frozenset[str] | None,  # below an outward edge: the names allowed there
+        stack: tuple[str, ...],
     ) -> None:
         if depth > MAX_FIELD_DEPTH:
             self.bad(f"fields nested more than {MAX_FIELD_DEPTH} deep")
@@ -451,14 +485,17 @@ class _Walk:
                 f"airlock: the field {name} reaches beyond the granted repositories; query "
                 "within repository(owner:, name:) of a granted repository",
             )
-        if outside and name not in OUTSIDE_FIELDS:
+        if outside is not None and name not in outside:
             self.refuse(
                 403,
                 f"outside_field_not_allowed:{name}",
                 f"airlock: {name} is not readable on users, teams, other repositories and "
                 "their issues; select only who they are (login, name, id, url, ...)",
             )
-        self.nested(node, depth, outside or name in OUTWARD_FIELDS, stack)
+        if name in OUTWARD_FIELDS:
+            # a new outward edge: its own allowance (not the enclosing edge's extras)
+            outside = OUTSIDE_FIELDS | OUTWARD_EXTRAS.get(name, frozenset())
+        self.nested(node, depth, outside, stack)
 
     # -- values ----------------------------------------------------------------------------
 
@@ -527,7 +564,22 @@ class _Walk:
             return
         if name == "rateLimit":
             self.arguments(node, frozenset({"dryRun"}))
-            self.nested(node, 1, False, stack)
+            self.nested(node, 1, None, stack)
+            return
+        if name == "node":
+            # gh pr checks reads the session's own pull request by its node id; no other
+            args = self.arguments(node, frozenset({"id"}))
+            node_id = args.get("id", (None, None))[0]
+            own = next((p for p in self.ctx.pulls if p.node_id == node_id), None)
+            if own is None or grant_for(self.ctx, own.repo) is None:
+                self.refuse(
+                    403,
+                    "root_field_not_allowed:node",
+                    "airlock: node(id:) may name only the pull requests this session created; "
+                    "query repository(owner:, name:) of a granted repository instead",
+                )
+            self.nested(node, 1, None, stack)
+            self.note_repo(own.repo)
             return
         if name == "repository":
             args = self.arguments(node, REPOSITORY_ARGUMENTS)
@@ -536,14 +588,15 @@ class _Walk:
             if not isinstance(owner, str) or not isinstance(repo, str):
                 self.bad("repository needs owner and name (strings)")
             key = self.granted_key(owner, repo)
-            self.nested(node, 1, False, stack)
+            self.nested(node, 1, None, stack)
             self.note_repo(key)
             return
         self.refuse(
             403,
             f"root_field_not_allowed:{name}",
             f"airlock: the query field {name} is not allowed; a query may ask for "
-            "repository(owner:, name:) of a granted repository, viewer { login }, rateLimit",
+            "repository(owner:, name:) of a granted repository, viewer { login }, rateLimit, "
+            "and node(id:) of a pull request this session created",
         )
 
     def granted_key(self, owner: str, repo: str) -> str:
@@ -568,8 +621,8 @@ class _Walk:
                 403,
                 f"mutation_not_allowed:{name}",
                 f"airlock: the mutation {name} is not allowed; a session may createPullRequest "
-                "from a branch it may push, and updatePullRequest, addComment and "
-                "requestReviews on the pull requests it created",
+                "from a branch it may push, and update, close, reopen, comment on, review "
+                "(comments only) and request review of the pull requests it created",
             )
         args = self.arguments(node, frozenset({"input"}))
         if "input" not in args or not isinstance(args["input"][0], dict):
@@ -581,9 +634,24 @@ class _Walk:
             self.update_pull(value, value_node)
         elif name == "addComment":
             self.own_pull_input(value, _COMMENT_INPUT, "subjectId", name)
+        elif name == "addPullRequestReview":
+            self.own_pull_input(value, _REVIEW_INPUT, "pullRequestId", name)
+            if value.get("event", "COMMENT") != "COMMENT":
+                self.refuse(
+                    403,
+                    "review_event_not_allowed",
+                    "airlock: a session may only comment in reviews (event COMMENT or none), "
+                    "never approve or request changes",
+                )
+        elif name == "markPullRequestReadyForReview" and self.ctx.limits.require_draft:
+            self.refuse(
+                403,
+                "draft_required",
+                "airlock: this session's pull requests stay drafts; a person marks them ready",
+            )
         else:
-            self.own_pull_input(value, _REVIEWS_INPUT, "pullRequestId", name)
-        self.nested(node, 1, False, stack)
+            self.own_pull_input(value, _OWN_PULL_INPUTS[name], "pullRequestId", name)
+        self.nested(node, 1, None, stack)
 
     def input_fields(self, value: dict[str, Any], allowed: frozenset[str], name: str) -> None:
         extra = sorted(set(value) - allowed)

@@ -389,12 +389,18 @@ def _decide(request: ApiRequest, ctx: ApiContext) -> ApiDecision:
                 f"airlock: {method} {path} is not an API route; the REST API is under {prefix}/",
             )
         path = path[len(prefix) :]
+    if path == "/":
+        return _decide_top(method, path, sep + query) if not request.body else malformed("body")
     segments = path[1:].split("/")
     bad = _bad_segments(segments)
     if bad:
         return malformed(bad)
     if method in READ_METHODS and request.body:
         return malformed(f"{method} takes no body")
+    if method not in READ_METHODS and sep:
+        # GitHub may read parameters from the query string too: a write's parameters are
+        # the checked body's alone (no ?issue=, ?event=APPROVE, ?_method=DELETE).
+        return malformed(f"{method} takes its parameters in the body, not the query string")
     suffix = sep + query  # passed through unchanged
     if segments[0] == "repos" and len(segments) >= 3:
         return _decide_repo(request, ctx, segments[1], segments[2], segments[3:], suffix)
@@ -431,7 +437,8 @@ def _bad_segments(segments: list[str]) -> str | None:
     return None
 
 
-_TOP_ROUTES = {"/user": "/user", "/rate_limit": "/rate_limit", "/meta": "/meta"}
+# The API root (a static list of URL templates; gh auth status reads it), the caller, limits.
+_TOP_ROUTES = {"/": "/", "/user": "/user", "/rate_limit": "/rate_limit", "/meta": "/meta"}
 
 
 def _decide_top(method: str, path: str, suffix: str) -> ApiDecision:
