@@ -779,7 +779,8 @@ def test_graphql_refuses_fields_outside_githubs_schema(pulls: Pulls) -> None:
     assert reply.status == 200
     assert "data" not in reply.body
     [error] = reply.body["errors"]
-    assert "passwordHash" in error["message"]
+    assert error["message"] == "Field 'passwordHash' doesn't exist on type 'User'"
+    assert error["extensions"]["code"] == "undefinedField"
     assert pulls.api.graphql.internal_errors == []
 
 

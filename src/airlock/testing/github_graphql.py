@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 READ = "read"
 WRITE = "write"
 _WRITERS = ("push", "maintain", "admin")
+_UNDEFINED_FIELD = re.compile(r"^Cannot query field '(\w+)' on type '(\w+)'\.")
 MSG_INTERNAL = "Something went wrong while executing your query. Please try again later."
 
 
@@ -310,6 +312,16 @@ class GitHubGraphQL:
             entry["message"] = MSG_INTERNAL
         else:
             entry["message"] = err.message
+            undefined = _UNDEFINED_FIELD.match(err.message)
+            if undefined is not None and original is None:
+                # GitHub's wording and extensions for a field its schema does not have.
+                field_name, type_name = undefined.groups()
+                entry["extensions"] = {
+                    "code": "undefinedField",
+                    "typeName": type_name,
+                    "fieldName": field_name,
+                }
+                entry["message"] = f"Field '{field_name}' doesn't exist on type '{type_name}'"
         return entry
 
     # -- access ----------------------------------------------------------------------------

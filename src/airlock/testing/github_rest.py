@@ -436,7 +436,11 @@ class GitHubRest:
         return RestReply(200, self.user_json(actor.login) | {"name": actor.login})
 
     def _get_named_user(self, request: RestRequest, m: re.Match[str]) -> RestReply:
-        return RestReply(200, self.user_json(unquote(m["login"])))
+        """Users the double knows of (owners, collaborators, authors, token holders)."""
+        login = unquote(m["login"])
+        if login.lower() not in self.state.users:
+            raise StateError(404, MSG_NOT_FOUND)
+        return RestReply(200, self.user_json(login))
 
     def _rate_limit(self, request: RestRequest, m: re.Match[str]) -> RestReply:
         reset = int(self.state.clock()) + 3600
@@ -476,6 +480,8 @@ class GitHubRest:
         invitation = self.state.add_collaborator(
             repo, self._actor(request), "rest", login, permission
         )
+        if invitation is None:
+            return RestReply(204)
         return RestReply(
             201,
             {

@@ -969,7 +969,13 @@ class GitHubState:
 
     def add_collaborator(
         self, repo: Repository, actor: Actor, api: str, login: str, permission: str
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """Invite ``login`` (GitHub's answer: an invitation), or, for someone who already is a
+        collaborator, change their permission (no invitation: None)."""
+        if login.lower() in (c.lower() for c in repo.collaborators):
+            repo.collaborators[login] = permission
+            self.record("collaborator.update", repo, api, actor, login=login, permission=permission)
+            return None
         invitation = {
             "id": self.new_id(),
             "login": login,
