@@ -26,13 +26,28 @@ request; every permission on every repository, like the upstream's token file), 
 
 Interface for tests::
 
-    api = GitHubApiDouble(tls, repos_root=upstream.root, token_file=token_file)
-    await api.start()                      # api.url: https://127.0.0.1:PORT
-    api.add_repository("octo", "hello")    # optional: repositories are found on disk anyway
+    api = GitHubApiDouble(tls, repos_root=upstream.root, token_file=upstream.token_file)
+    # or GitHubApiDouble.for_upstream(upstream); more tokens: tokens={"ghp_...": StaticToken(
+    #     "reader", repositories=frozenset({"octo/hello"}), permissions={"contents": "read"})}
+    await api.start()                      # api.url: https://127.0.0.1:PORT (both layouts)
+    api.add_repository("octo", "hello", secrets=["DEPLOY_KEY"], labels=["bug"],
+                       collaborators={"alice": "push"})  # optional: found on disk anyway
+    api.state.add_protection("octo", "hello", "main", requiresApprovingReviews=True)
     ...
-    api.pulls("octo", "hello")             # the pull requests (github_state.PullRequest)
-    api.mutations                          # every state change (github_state.Mutation)
-    api.requests                           # every request answered (ApiRequest)
+    api.pulls("octo", "hello")             # its pull requests (github_state.PullRequest)
+    api.mutations                          # every state change (github_state.Mutation):
+    #   kind "pull_request.create" / ".update" / ".merge" / ".draft", "comment.create",
+    #   "labels.add" / ".set", "review_requests.add", "repository.delete",
+    #   "collaborator.add" / ".update", "secret.put", "workflow.dispatch", "ref.create" /
+    #   ".update" / ".delete", "branch_protection.create" / ".update" / ".delete"
+    api.requests                           # every request answered (ApiRequest: method, path,
+    #   status, message, body, query, api "app"/"rest"/"graphql", actor login, request_id)
+    api.repository("octo", "hello")        # None once deleted through the API
+
+Workflows are the ``.github/workflows/*.yml`` files on the default branch (dispatchable if
+they name ``workflow_dispatch``); merges, ``createRef``/``updateRef``/``deleteRef`` and REST
+``git/refs`` change the bare repository. A deleted repository is gone from the API only; git
+still serves its bare repository.
 
 Where GitHub's behaviour is lenient in ways that cannot matter to a client that follows the
 documentation, the double is stricter (e.g. it requires integer ``iat``/``exp``, unpadded
