@@ -824,3 +824,24 @@ def test_gh_edits_labels_and_reviewers_of_a_pull_request(pulls: Pulls) -> None:
     )
     added = pulls.curl("POST", f"/repos/{OWNER}/{repo}/issues/1/labels", body={"labels": ["new"]})
     assert added.status == 200 and [label["name"] for label in added.body] == ["docs", "new"]
+
+
+def test_gh_fills_a_pr_from_the_pushed_branch_and_rebases_it_in(pulls: Pulls) -> None:
+    repo = pulls.new_repo()
+    work = pulls.clone_with_branch(repo, "agent/fill")
+    out = pulls.ok("pr", "create", "--fill", cwd=work)
+    assert out.strip() == f"https://github.com/{OWNER}/{repo}/pull/1"
+    [pr] = pulls.api.pulls(OWNER, repo)
+    assert (pr.title, pr.head_ref) == ("work on agent/fill", "agent/fill")
+    head = pulls.bare_sha(repo, "refs/heads/agent/fill")
+    old_main = pulls.bare_sha(repo, "refs/heads/main")
+
+    pulls.ok("pr", "merge", "--rebase", "--delete-branch", cwd=work)
+
+    assert pulls.bare_sha(repo, "refs/heads/agent/fill") is None
+    new_main = pulls.bare_sha(repo, "refs/heads/main")
+    assert new_main not in (head, old_main)
+    assert pulls.bare_sha(repo, f"{new_main}^") == old_main  # one commit replayed on main
+    kinds = [m.kind for m in pulls.mutations(repo)]
+    assert kinds == ["pull_request.create", "pull_request.merge", "ref.delete"]
+    assert pulls.mutations(repo, "pull_request.merge")[0].detail["method"] == "rebase"
