@@ -23,6 +23,7 @@ __all__ = [
     "Reason",
     "RequestRefused",
     "Service",
+    "host_form_target",
     "parse_git_request",
 ]
 
@@ -278,3 +279,24 @@ def parse_git_request(
         _check_content_type(content_type, service)
 
     return GitRequest(host=host, owner=owner, repo=repo, service=service, endpoint=endpoint)
+
+
+def host_form_target(
+    raw_target: str, host_header: str | None, upstream_hosts: frozenset[str]
+) -> str:
+    """The ``/git/<host>/...`` target for a request in host form.
+
+    Sandboxes reach the git proxy as ``https://<upstream host>:<port>/<owner>/<repo>`` (so a
+    clone's remote names github.com, which tools such as ``gh`` need to find the repository):
+    the upstream is the ``Host`` header's name, which must be a configured upstream host
+    spelled exactly (lowercase, no trailing dot). A target already in ``/git/`` form, or a
+    Host that names no upstream, is returned unchanged for :func:`parse_git_request` to judge.
+    """
+    if raw_target.startswith("/git/") or not raw_target.startswith("/") or host_header is None:
+        return raw_target
+    name, sep, port = host_header.rpartition(":")
+    if not sep or not port.isdigit():
+        name = host_header
+    if name in upstream_hosts:
+        return f"/git/{name}{raw_target}"
+    return raw_target

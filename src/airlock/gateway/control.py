@@ -50,6 +50,10 @@ from airlock.gateway.pki import GatewayIdentity, cert_fingerprint
 from airlock.gateway.store import SessionStore
 from airlock.gateway.unixsock import peer_uid
 
+# Per-session API tokens: not shaped like any GitHub token, so no one mistakes one for a
+# credential that works at GitHub (it works nowhere but through its own sandbox's proxy).
+API_TOKEN_PREFIX = "airlock_api_"  # noqa: S105 (a prefix, not a secret)
+
 MAX_CONTROL_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -112,9 +116,14 @@ class ControlAPI:
         clock: Callable[[], float] = time.time,
         *,
         gateway_id: str,
+        intercept_ca_pem: str | None = None,
+        api_names: list[str] | None = None,
     ) -> None:
         self.config = config
         self.gateway_id = gateway_id
+        # What a sandbox needs for the GitHub API: the CA to trust and the names it covers.
+        self.intercept_ca_pem = intercept_ca_pem
+        self.api_names = api_names or []
         self.store = store
         self.identity = identity
         self.audit = audit
@@ -193,6 +202,12 @@ class ControlAPI:
             "pinned_pubkey": self.identity.pinned_pubkey,
             "gateway": {"name": gw.public_name, "address": gw.git_host, "port": gw.git_port},
             "upstream_hosts": sorted(self.config.upstream_hosts),
+            "api": {
+                "ca_pem": self.intercept_ca_pem,
+                "names": self.api_names,
+                # Which upstream host each API name belongs to (GH_HOST for Enterprise).
+                "hosts": {u.api_name: u.host for u in self.config.upstream if u.api.enabled},
+            },
         }
 
     async def metrics_text(self, request: web.Request) -> web.Response:
@@ -256,6 +271,10 @@ class ControlAPI:
         # only from the sandbox the session gets bound to (gateway/gitauth.py).
         git_password = secrets.token_urlsafe(32)
         s = lifecycle.with_git_secret(s, git_password)
+        # The sandbox's GH_TOKEN: the gateway swaps it for the upstream credential, only on
+        # this session's own proxy connections (gateway/api/relay.py).
+        api_token = API_TOKEN_PREFIX + secrets.token_urlsafe(30)
+        s = lifecycle.with_api_token(s, api_token)
         try:
             issued = self._issue(s, body.csr)
         except _BadRequest as exc:
@@ -263,6 +282,7 @@ class ControlAPI:
         # Returned once; the gateway keeps only its hash.
         issued["proxy_token"] = proxy_token
         issued["git_password"] = git_password
+        issued["api_token"] = api_token
         self.audit.event(
             "session_created",
             session=s.id,

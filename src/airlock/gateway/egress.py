@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import h11
 from limits import RateLimitItem
@@ -66,6 +66,7 @@ from airlock.core.egress import (
 )
 from airlock.core.session import Session, Use
 from airlock.core.tlshello import HelloGuard
+from airlock.gateway.api.relay import ApiTunnel
 from airlock.gateway.dns_stats import DenialCounter, QueryRateLimiter
 from airlock.gateway.resolver import MAX_ANSWERS, ResolveError, Resolver
 from airlock.gateway.splice import DetachableReader, Splice
@@ -91,6 +92,15 @@ class AuthRefused:
 Authenticate = Callable[[str | None, str, str], Session | AuthRefused]
 #: (session id, what it did): a request or a tunnel's stretch for the idle timeout to judge.
 OnUse = Callable[[str, Use], None]
+
+
+class ApiHandler(Protocol):
+    """Where tunnels to the GitHub API's names go instead of upstream (gateway/api/)."""
+
+    def handles(self, host: str) -> bool: ...
+
+    async def serve(self, tunnel: ApiTunnel) -> str: ...
+
 
 _T = TypeVar("_T")
 
@@ -256,8 +266,10 @@ class EgressProxy:
         log: Callable[..., None],
         clock: Callable[[], float] = time.time,
         on_use: OnUse | None = None,
+        api: ApiHandler | None = None,
     ) -> None:
         self.authenticate = authenticate
+        self.api = api
         self.on_use = on_use
         self.resolver = resolver
         self.policy = policy
@@ -673,27 +685,16 @@ class EgressProxy:
         rec.host, rec.port = target.host, target.port
         if target.port not in self.policy.connect_ports:
             raise _Refuse(403, "port")
+        if self.api is not None and self.api.handles(target.host):
+            # The GitHub API: never spliced to the real host, always decided here.
+            await self._intercept(rec, conn, reader, writer, session, target, still_valid)
+            return
         self._check_name(rec, session, target)
         self._take_slot(session)
         try:
             addresses = await self._vet(rec, target.host)
-            writer.write(
-                b"HTTP/1.1 200 Connection established\r\n"
-                + f"X-Airlock-Request-Id: {rec.request_id}\r\n\r\n".encode()
-            )
-            rec.status = 200
-            first, _ = conn.trailing_data
-            hello = await self._client_hello(reader, first)
-            result = extract_sni(hello)
-            if result.status is SniStatus.NOT_TLS:
-                raise _Closed("not_tls", result.reason)
-            if result.status is SniStatus.NO_SNI:
-                raise _Closed("no_sni", alert=True)
-            if result.ech and self.policy.refuse_ech:
-                raise _Closed("ech", alert=True)
-            assert result.name is not None
-            if not same_host(result.name, target.host):
-                raise _Closed("sni_mismatch", f"sni={result.name[:253]!r}", alert=True)
+            self._established(rec, writer)
+            hello = await self._checked_hello(conn, reader, target)
             # Every later ClientHello (after a HelloRetryRequest) is held to the same rule:
             # the guard sees the whole client stream from its first byte, starting with
             # whatever came along with this hello (a second one packed behind it included).
@@ -737,6 +738,70 @@ class EgressProxy:
                 splice.settle()  # the last bytes count too
                 rec.bytes_up, rec.bytes_down = splice.bytes_up, splice.bytes_down
                 self._tunnel_use(rec, splice)  # and the last stretch is use too
+        finally:
+            self._release_slot(session)
+
+    def _established(self, rec: _Record, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 Connection established\r\n"
+            + f"X-Airlock-Request-Id: {rec.request_id}\r\n\r\n".encode()
+        )
+        rec.status = 200
+
+    async def _checked_hello(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, target: Target
+    ) -> bytes:
+        """The tunnel's first ClientHello, which must name the CONNECT host (else closed)."""
+        first, _ = conn.trailing_data
+        hello = await self._client_hello(reader, first)
+        result = extract_sni(hello)
+        if result.status is SniStatus.NOT_TLS:
+            raise _Closed("not_tls", result.reason)
+        if result.status is SniStatus.NO_SNI:
+            raise _Closed("no_sni", alert=True)
+        if result.ech and self.policy.refuse_ech:
+            raise _Closed("ech", alert=True)
+        assert result.name is not None
+        if not same_host(result.name, target.host):
+            raise _Closed("sni_mismatch", f"sni={result.name[:253]!r}", alert=True)
+        return hello
+
+    async def _intercept(
+        self,
+        rec: _Record,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: Session,
+        target: Target,
+        still_valid: Callable[[], bool],
+    ) -> None:
+        """A tunnel to an API name: TLS ends here and gateway/api/ serves its requests."""
+        assert self.api is not None
+        rec.rule = "api_intercept"
+        self._take_slot(session)
+        try:
+            self._established(rec, writer)
+            hello = await self._checked_hello(conn, reader, target)
+            rec.decision = "allowed"
+            self.stats.tunnels += 1
+            tunnel = ApiTunnel(
+                request_id=rec.request_id,
+                name=target.host,
+                session_id=session.id,
+                container=rec.container,
+                reader=reader,
+                writer=writer,
+                hello=hello,
+                still_valid=still_valid,
+                charge=lambda n: self._charge(session.id, n),
+                report_use=lambda use: self._use(session.id, use),
+            )
+            rec.end = await self.api.serve(tunnel)
+            rec.bytes_up, rec.bytes_down = tunnel.bytes_up, tunnel.bytes_down
+            rec.extra["api_requests"] = tunnel.requests
+            if tunnel.detail:
+                rec.detail = tunnel.detail
         finally:
             self._release_slot(session)
 
@@ -832,6 +897,10 @@ class EgressProxy:
             raise _Refuse(403, "method")
         if target.port not in self.policy.http_ports:
             raise _Refuse(403, "port")
+        if self.api is not None and self.api.handles(target.host):
+            # The API's names are served only inside TLS, where the gateway decides; in
+            # plain HTTP the sandbox's token would travel in the clear to the real host.
+            raise _Refuse(403, "api_needs_https")
         self._check_name(rec, session, target)
         doh = is_doh_request(request.method, target.path, list(request.headers))
         if doh is not None:

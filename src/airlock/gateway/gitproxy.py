@@ -22,7 +22,7 @@ from airlock.config import Config, UpstreamConfig
 from airlock.core import session as lifecycle
 from airlock.core.aggregate import DenialAggregator
 from airlock.core.gitdecision import Refuse, decide_git_request
-from airlock.core.gitpath import Endpoint, GitRequest, Service
+from airlock.core.gitpath import Endpoint, GitRequest, Service, host_form_target
 from airlock.core.gitrecord import GitRecord
 from airlock.core.pktline import PktLineError
 from airlock.core.pushpolicy import PushDecision, decide_push, policy_digest, settle
@@ -292,7 +292,9 @@ class GitProxy:
         session_id = s.id
         decision = decide_git_request(
             request.method,
-            request.raw_path,
+            host_form_target(
+                request.raw_path, request.headers.get("Host"), self.config.upstream_hosts
+            ),
             request.headers.get("Content-Type"),
             s,
             self.config.upstream_hosts,

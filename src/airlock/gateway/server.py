@@ -19,6 +19,7 @@ from airlock.config import Config
 from airlock.core import session as lifecycle
 from airlock.core.backoff import AuthBackoff
 from airlock.core.egress import parse_proxy_authorization
+from airlock.gateway.api.relay import ApiRelay, RelayLimits
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.control import ControlAPI
 from airlock.gateway.credentials import (
@@ -33,6 +34,7 @@ from airlock.gateway.github_app import AppCredential
 from airlock.gateway.gitproxy import GitProxy
 from airlock.gateway.httpserver import GatewayHTTPServer
 from airlock.gateway.identity import GatewayIdError, load_or_create_gateway_id
+from airlock.gateway.intercept_ca import InterceptAuthority, InterceptError
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import GatewayIdentity, load_or_create_identity
 from airlock.gateway.ratelimits import RateLimits
@@ -219,9 +221,10 @@ class Gateway:
         except (GatewayIdError, OSError) as exc:
             raise StartupError(str(exc)) from None
         ips = [] if gw.git_host in ("0.0.0.0", "::") else [gw.git_host]
-        self.identity = load_or_create_identity(
-            gw.state_dir, [gw.public_name], ips, dt.datetime.now(dt.UTC)
-        )
+        # The upstream hosts too: sandboxes reach git as https://github.com:PORT/owner/repo
+        # (host form, gitpath.host_form_target), trusting this CA for that URL only.
+        names = [gw.public_name, *sorted(config.upstream_hosts - {gw.public_name})]
+        self.identity = load_or_create_identity(gw.state_dir, names, ips, dt.datetime.now(dt.UTC))
         self.store = SessionStore(gw.state_dir / "sessions.sqlite3")
         self.audit = AuditLog(gw.audit_log, self._secrets)
         lim = config.limits
@@ -260,8 +263,36 @@ class Gateway:
             guard=self.guard,
             limits=self.limits,
         )
+        api_names = [u.api_name for u in config.upstream if u.api.enabled]
+        try:
+            self.intercept = InterceptAuthority(gw.state_dir / "intercept", api_names)
+        except (InterceptError, OSError) as exc:
+            raise StartupError(f"interception CA: {exc}") from None
+        eg = config.egress
+        self.api = ApiRelay(
+            list(config.upstream),
+            self.tokens,
+            self.store,
+            self.intercept,
+            self.audit.event,
+            RelayLimits(
+                handshake_timeout=eg.handshake_timeout,
+                idle_timeout=eg.idle_timeout,
+                max_header_bytes=eg.max_header_bytes,
+                max_headers=eg.max_headers,
+            ),
+            connect_timeout=eg.connect_timeout,
+            read_timeout=config.git.idle_timeout,
+        )
         self.control = ControlAPI(
-            config, self.store, self.identity, self.audit, time.time, gateway_id=self.gateway_id
+            config,
+            self.store,
+            self.identity,
+            self.audit,
+            time.time,
+            gateway_id=self.gateway_id,
+            intercept_ca_pem=self.intercept.cert_pem.decode() if api_names else None,
+            api_names=sorted(api_names),
         )
         self.control.metrics = self.metrics
         self._runners: list[web.BaseRunner] = []
@@ -314,6 +345,7 @@ class Gateway:
             policy,
             self.audit.event,
             on_use=self._egress_use,
+            api=self.api,
         )
 
     def _authenticate_proxy(
@@ -471,6 +503,7 @@ class Gateway:
             await r.cleanup()
         self._runners.clear()
         await self.proxy.close()
+        await self.api.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -60,27 +60,33 @@ def render_gitconfig(
     """
     base = endpoint.base_url
     lines = []
-    for host in sorted(upstream_hosts):
+    hosts = sorted(upstream_hosts)
+    for host in hosts:
+        # Host form: the rewritten URL still names the upstream (the clone's `git remote -v`
+        # says github.com, so gh finds its repository), at the gateway's port and address.
         lines += [
-            f'[url "{base}/git/{host}/"]',
+            f'[url "https://{host}:{endpoint.port}/"]',
             f"\tinsteadOf = https://{host}/",
             f"\tinsteadOf = http://{host}/",
             f"\tinsteadOf = ssh://git@{host}/",
             f"\tinsteadOf = git@{host}:",
             f"\tinsteadOf = git://{host}/",
         ]
-    lines += [
-        f'[http "{base}/"]',
-        f"\tsslCAInfo = {_q(ca_path)}",
-        f"\tpinnedPubkey = {pinned_pubkey}",
-        f"\tsslCert = {_q(cert_path)}",
-        f"\tsslKey = {_q(key_path)}",
-        "\tsslVerify = true",
-        "\tfollowRedirects = false",
-    ]
-    if resolve:
-        # The gateway's name need not be in DNS: curl is told where it lives.
-        lines.append(f"\tcurloptResolve = {endpoint.name}:{endpoint.port}:{endpoint.address}")
+    for url, name in [(base, endpoint.name), *((f"https://{h}:{endpoint.port}", h) for h in hosts)]:
+        lines += [
+            f'[http "{url}/"]',
+            f"\tsslCAInfo = {_q(ca_path)}",
+            f"\tpinnedPubkey = {pinned_pubkey}",
+            f"\tsslCert = {_q(cert_path)}",
+            f"\tsslKey = {_q(key_path)}",
+            "\tsslVerify = true",
+            "\tfollowRedirects = false",
+            # Straight to the gateway: never through HTTPS_PROXY (the egress proxy).
+            '\tproxy = ""',
+        ]
+        if resolve or name != endpoint.name:
+            # Neither name need be in DNS: curl is told where the gateway is.
+            lines.append(f"\tcurloptResolve = {name}:{endpoint.port}:{endpoint.address}")
     lines += [
         "[http]",
         "\tfollowRedirects = false",
@@ -101,7 +107,10 @@ def render_gitconfig(
             f'echo "password=$(cat {password_path})"; }}; f'
         )
         # git matches the URL with its port; git2-rs (cargo) looks up scheme://host only.
-        for url in (base, f"https://{endpoint.name}"):
+        urls = [base, f"https://{endpoint.name}"]
+        for host in hosts:
+            urls += [f"https://{host}:{endpoint.port}", f"https://{host}"]
+        for url in urls:
             lines += [f'[credential "{url}"]', f"\thelper = {_q(helper)}"]
     lines.append("")
     return "\n".join(lines)

@@ -573,7 +573,12 @@ class SandboxManager:
             nano_cpus=plan.nano_cpus,
             read_only=plan.read_only,
             mounts=self._mounts(sb, plan),
-            extra_hosts={self.config.gateway.public_name: str(sb.gateway_ip)},
+            # The upstream hosts too, for git clients that do not read curloptResolve
+            # (libgit2): git's host-form URLs (https://github.com:PORT/...) reach the gateway.
+            extra_hosts={
+                **{h: str(sb.gateway_ip) for h in self.config.upstream_hosts},
+                self.config.gateway.public_name: str(sb.gateway_ip),
+            },
             dns=[str(sb.gateway_ip)],
             tmpfs=plan.tmpfs,
             init=plan.init,

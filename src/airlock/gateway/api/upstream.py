@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from airlock.config import UpstreamConfig
 
@@ -68,10 +69,13 @@ class UpstreamApi:
         headers: Mapping[str, str],
         body: bytes,
     ) -> aiohttp.ClientResponse:
-        """Send one relayed request; the caller reads and releases the response."""
+        """Send one relayed request; the caller reads and releases the response.
+
+        ``url`` goes out byte for byte as the policy saw it (``encoded=True``: no quoting
+        or normalising here that could make the upstream read another path)."""
         return await self.client().request(
             method,
-            url,
+            URL(url, encoded=True),
             headers=dict(headers),
             data=body if body else None,
             allow_redirects=False,
