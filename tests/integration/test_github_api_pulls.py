@@ -616,6 +616,7 @@ def test_an_app_token_without_pull_requests_write_cannot_create_a_pr(pulls: Pull
         "message": MSG_INTEGRATION,
         "documentation_url": "https://docs.github.com/rest",
     }
+    assert reply.headers["x-accepted-github-permissions"] == "pull_requests=write"
     repo_id = pulls.curl("GET", f"/repos/{OWNER}/{repo}", read_only).body["node_id"]
     gql = pulls.graphql(
         'mutation($r: ID!) { createPullRequest(input: {repositoryId: $r, baseRefName: "main", '

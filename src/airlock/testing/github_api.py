@@ -204,6 +204,7 @@ class _ApiError(Exception):
         documentation_url: str = DOCUMENTATION_URL,
         api: str = "app",
         actor: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -212,6 +213,7 @@ class _ApiError(Exception):
         self.documentation_url = documentation_url
         self.api = api
         self.actor = actor
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -536,7 +538,9 @@ class GitHubApiDouble:
             if err.errors:
                 payload["errors"] = err.errors
             payload["documentation_url"] = err.documentation_url
-            reply = _Reply(err.status, payload, err.message, api=err.api, actor=err.actor)
+            reply = _Reply(
+                err.status, payload, err.message, err.headers, api=err.api, actor=err.actor
+            )
         reply.headers.setdefault("X-GitHub-Request-Id", request_id)
         reply.headers.setdefault("X-GitHub-Media-Type", "github.v3; format=json")
         self.requests.append(
@@ -609,6 +613,7 @@ class GitHubApiDouble:
                 err.errors,
                 api="rest",
                 actor=actor.login if actor else None,
+                headers=err.headers,
             ) from err
         headers = dict(answer.headers)
         headers.update(self._rate_headers("core"))

@@ -180,7 +180,11 @@ class GitHubRest:
         if actor is None:
             raise StateError(401, MSG_REQUIRES_AUTHENTICATION)
         if not actor.can_see(repo) or not actor.has_any(permissions, needed):
-            raise StateError(403, actor.denied_message)
+            # GitHub names what would have been enough, for App and fine-grained tokens.
+            accepted = "; ".join(f"{p}={needed}" for p in permissions)
+            raise StateError(
+                403, actor.denied_message, headers={"X-Accepted-GitHub-Permissions": accepted}
+            )
         return repo
 
     def _actor(self, request: RestRequest) -> Actor:

@@ -280,7 +280,8 @@ class Mutation:
 class StateError(Exception):
     """A request GitHub refuses: ``status`` and GitHub's message (and its REST ``errors``).
 
-    ``graphql_type`` is the ``type`` GitHub's GraphQL API gives the same refusal.
+    ``graphql_type`` is the ``type`` GitHub's GraphQL API gives the same refusal; ``headers``
+    go with the REST answer.
     """
 
     def __init__(
@@ -289,11 +290,13 @@ class StateError(Exception):
         message: str,
         errors: list[dict[str, Any]] | None = None,
         graphql_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = errors
+        self.headers = dict(headers or {})
         self.graphql_type = graphql_type or {
             401: "UNAUTHORIZED",
             403: "FORBIDDEN",
