@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host.bundle import GatewayEndpoint, write_bundle
 from airlock.host.control_client import ControlClient
+from airlock.testing.github_api import GitHubApiDouble
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
@@ -227,6 +228,30 @@ ca_file = "{self.tls.ca_cert}"
 
     def audit_for(self, session_id: str) -> list[dict[str, Any]]:
         return [e for e in self.audit() if e.get("session") == session_id]
+
+
+class ApiWorld(World):
+    """A World whose upstream has a GitHub API too: the double over the same bare repositories
+    and token file, which the gateway's ``[upstream.api]`` points at (``api_extra``: more
+    keys for that table, e.g. ``labels = ["agent"]``)."""
+
+    def __init__(
+        self, root: Path, *, config_extra: str = "", gateway_extra: str = "", api_extra: str = ""
+    ) -> None:
+        super().__init__(root, config_extra=config_extra, gateway_extra=gateway_extra)
+        self.api = GitHubApiDouble(self.tls, repos_root=self.repos, token_file=self.token_file)
+        self.loop.run(self.api.start())
+        self.api_extra = api_extra
+
+    def upstream_credential(self) -> str:
+        return (
+            super().upstream_credential()
+            + f'[upstream.api]\nurl = "{self.api.url}"\n{self.api_extra}\n'
+        )
+
+    def stop(self) -> None:
+        self.loop.run(self.api.stop())
+        super().stop()
 
 
 def system_user(name: str) -> pwd.struct_passwd:

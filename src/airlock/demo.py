@@ -1,9 +1,11 @@
 """`airlock demo`: the whole story on this machine, with nothing from outside.
 
-A local upstream (git's own http-backend behind HTTPS, requiring a token), the gateway, a
-sandbox granted one repository, and a decoy service the sandbox must not reach. The sandbox
-clones, commits and pushes through its plain https://github.com/... URL, then tries the decoy
-and looks for the token; the demo checks each outcome from the host side and prints a report.
+A local upstream (git's own http-backend behind HTTPS, requiring a token, and a GitHub API
+double over the same repositories), the gateway, a sandbox granted one repository, and a
+decoy service the sandbox must not reach. The sandbox clones, commits and pushes through its
+plain https://github.com/... URL, opens a pull request with gh (and is refused a merge),
+then tries the decoy and looks for the token; the demo checks each outcome from the host
+side and prints a report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from airlock.gateway.server import Gateway, StartupError
 from airlock.host.containerspec import RunSpec
 from airlock.host.images import ImageBuildError, ensure_sandbox_image
 from airlock.host.sandbox import SandboxError, SandboxManager, docker_client
+from airlock.testing.github_api import GitHubApiDouble
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
@@ -57,6 +60,10 @@ elif grep -q "remote rejected.*(airlock: main is outside" /tmp/force.txt; then
   say force_main refused; else say force_main failed; fi
 git ls-remote https://github.com/{other} >/dev/null 2>&1 \
   && say ungranted reached || say ungranted refused
+gh pr create --title "demo" --body "opened from the sandbox" --head agent/demo --base main \
+  >/tmp/pr.txt 2>&1 && grep -q "/pull/1" /tmp/pr.txt && say pr_create ok || say pr_create fail
+if gh pr merge 1 --merge 2>/tmp/merge.txt; then say pr_merge merged
+elif grep -q "airlock:" /tmp/merge.txt; then say pr_merge refused; else say pr_merge failed; fi
 cd /tmp
 git clone -q --mirror https://github.com/{many} many.git \
   && [ "$(git -C many.git for-each-ref | wc -l)" -ge {many_refs} ] \
@@ -143,6 +150,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
     loop = _Loop()
     gateway: Gateway | None = None
     upstream: GitUpstream | None = None
+    api: GitHubApiDouble | None = None
     decoy: http.server.ThreadingHTTPServer | None = None
     downloads: _Downloads | None = None
     try:
@@ -169,10 +177,13 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         upstream = GitUpstream(repos, token_file, tls)
         loop.run(upstream.start())
         console.log(f"upstream: git http-backend at {upstream.url}, token required")
+        api = GitHubApiDouble(tls, repos_root=repos, token_file=token_file)
+        loop.run(api.start())
+        console.log(f"upstream API: a GitHub API double at {api.url}, same repositories and token")
 
         downloads = _Downloads(root / "downloads-tls")
         console.log(f"allowlisted host: downloads.demo.test -> HTTPS on 127.0.0.1:{downloads.port}")
-        config = _config(root, upstream.url, token_file, tls.ca_cert, downloads.port)
+        config = _config(root, upstream.url, api.url, token_file, tls.ca_cert, downloads.port)
         try:
             gateway = Gateway(config)
             loop.run(gateway.start())
@@ -235,6 +246,9 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
         )
         pushed = _upstream_has_file(bare, root)
+        pulls = api.pulls(*DEMO_REPO.split("/"))
+        pulls_opened = len(pulls)
+        merged = any(p.merged for p in pulls)
         main_after = _rev(bare, root, "main")
         host_reaches_decoy = _host_reaches(host_ip, decoy_port)
         sandbox_hits = [h for h in _Decoy.hits if h != host_ip and not h.startswith("127.")]
@@ -253,6 +267,14 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 results.get("force_main") == "refused" and main_after == main_before,
             ),
             ("ungranted repository refused", results.get("ungranted") == "refused"),
+            (
+                "gh pr create opens a pull request from agent/demo (no real token inside)",
+                results.get("pr_create") == "ok" and pulls_opened == 1,
+            ),
+            (
+                "gh pr merge refused by the gateway, gh shows why; nothing merged",
+                results.get("pr_merge") == "refused" and not merged,
+            ),
             (
                 f"mirror clone of a repository with {MANY_REFS} refs",
                 results.get("many_refs") == "ok",
@@ -298,6 +320,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             decoy.shutdown()
         if gateway is not None:
             loop.run(gateway.stop())
+        if api is not None:
+            loop.run(api.stop())
         if upstream is not None:
             loop.run(upstream.stop())
         loop.close()
@@ -345,7 +369,9 @@ class _Downloads:
         self.server.shutdown()
 
 
-def _config(root: Path, upstream_url: str, token_file: Path, ca: Path, https_port: int) -> Config:
+def _config(
+    root: Path, upstream_url: str, api_url: str, token_file: Path, ca: Path, https_port: int
+) -> Config:
     data: dict[str, Any] = {
         "gateway": {
             "state_dir": str(root / "state"),
@@ -359,6 +385,8 @@ def _config(root: Path, upstream_url: str, token_file: Path, ca: Path, https_por
                 "url": upstream_url,
                 "token_file": str(token_file),
                 "ca_file": str(ca),
+                # Sandboxes use api.github.com; the gateway relays what their grants allow.
+                "api": {"url": api_url},
             }
         ],
         # Demo-only: both names point at the loopback decoy, which the proxy may dial

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 
 from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
-from airlock.testing.github_api import GitHubApiDouble
 from tests.github_cli import GH, gh_env, run
-from tests.world import HOST, TOKEN, Bundle, World, free_port
+from tests.world import HOST, TOKEN, ApiWorld, Bundle, free_port
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
 
@@ -32,27 +31,8 @@ LOOP = "127.0.0.1"
 LISTEN = "127.0.0.80"  # the "sandbox network's" gateway address
 OTHER_SOURCE = "127.0.0.81"  # another "sandbox"
 OWNER = "octo"
+PROXY_PORT = free_port()  # the egress proxy's port on LISTEN
 REQUEST_ID = re.compile(r"\(request (e-[0-9a-f]{16}-\d+)\)")
-
-
-class ApiWorld(World):
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, gateway_extra=f"dns_port = {free_port()}\n")
-        self.api = GitHubApiDouble(self.tls, repos_root=self.repos, token_file=self.token_file)
-        self.loop.run(self.api.start())
-        self.proxy_port = free_port()
-        self.config_extra = f"""
-[upstream.api]
-url = "{self.api.url}"
-labels = ["agent"]
-
-[sandbox]
-proxy_port = {self.proxy_port}
-"""
-
-    def stop(self) -> None:
-        self.loop.run(self.api.stop())
-        super().stop()
 
 
 @dataclass
@@ -75,7 +55,7 @@ class Sandbox:
 
     @property
     def proxy(self) -> str:
-        return f"http://airlock:{self.issued['proxy_token']}@{LISTEN}:{self.w.proxy_port}"
+        return f"http://airlock:{self.issued['proxy_token']}@{LISTEN}:{PROXY_PORT}"
 
     def env(self, token: str | None = None) -> dict[str, str]:
         env = gh_env(
@@ -142,7 +122,12 @@ def make_sandbox(w: ApiWorld, root: Path, source: str, *grants: str) -> Sandbox:
 
 @pytest.fixture(scope="module")
 def aw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
-    w = ApiWorld(tmp_path_factory.mktemp("api-relay"))
+    w = ApiWorld(
+        tmp_path_factory.mktemp("api-relay"),
+        gateway_extra=f"dns_port = {free_port()}\n",
+        api_extra='labels = ["agent"]',
+        config_extra=f"[sandbox]\nproxy_port = {PROXY_PORT}\n",
+    )
     w.start()
     w.control.add_listener(LISTEN)
     try:
@@ -374,7 +359,7 @@ def test_the_api_token_works_from_its_own_sandbox_only(aw: ApiWorld, tmp_path: P
             "--max-time",
             "10",
             "--proxy",
-            f"http://{LISTEN}:{aw.proxy_port}",
+            f"http://{LISTEN}:{PROXY_PORT}",
             "--proxy-user",
             f"airlock:{mine.issued['proxy_token']}",
             "--interface",
