@@ -846,3 +846,33 @@ def test_gh_fills_a_pr_from_the_pushed_branch_and_rebases_it_in(pulls: Pulls) ->
     kinds = [m.kind for m in pulls.mutations(repo)]
     assert kinds == ["pull_request.create", "pull_request.merge", "ref.delete"]
     assert pulls.mutations(repo, "pull_request.merge")[0].detail["method"] == "rebase"
+
+
+def test_branch_protection_holds_for_the_app_but_not_an_admin(pulls: Pulls) -> None:
+    repo = pulls.new_repo()
+    pulls.clone_with_branch(repo)
+    pulls.api.state.add_protection(
+        OWNER, repo, "main", requiresApprovingReviews=True, requiredApprovingReviewCount=1
+    )
+    install_app(pulls, repo)
+    app = pulls.mint({"contents": "write", "pull_requests": "write"}, [repo])
+    created = pulls.curl(
+        "POST",
+        f"/repos/{OWNER}/{repo}/pulls",
+        app,
+        {"title": "T", "head": "agent/x", "base": "main"},
+    )
+    assert created.status == 201
+    refused = pulls.curl("PUT", f"/repos/{OWNER}/{repo}/pulls/1/merge", app, {})
+    assert refused.status == 405
+    assert refused.body["message"] == (
+        "At least 1 approving review is required by reviewers with write access."
+    )
+    main = pulls.bare_sha(repo, "refs/heads/main")
+    gone = pulls.curl("DELETE", f"/repos/{OWNER}/{repo}/git/refs/heads/main", app)
+    assert gone.status == 422 and pulls.bare_sha(repo, "refs/heads/main") == main
+    assert gone.body["errors"][0]["message"] == "Cannot delete this protected branch"
+    # The token file's token is an administrator's, and the rule does not bind admins.
+    merged = pulls.curl("PUT", f"/repos/{OWNER}/{repo}/pulls/1/merge", TOKEN, {})
+    assert merged.status == 200 and merged.body["merged"] is True
+    assert pulls.bare_sha(repo, "refs/heads/main") == merged.body["sha"]

@@ -557,13 +557,8 @@ class GitHubGraphQL:
         }
 
     def _rule_for(self, repo: Repository, qualified: str) -> dict[str, Any] | None:
-        import fnmatch
-
-        branch = qualified.removeprefix("refs/heads/")
-        for rule in repo.protection_rules:
-            if fnmatch.fnmatchcase(branch, rule.pattern):
-                return self.protection_obj(repo, rule)
-        return None
+        rule = self.state.protection_for(repo, qualified.removeprefix("refs/heads/"))
+        return None if rule is None else self.protection_obj(repo, rule)
 
     def commit_obj(
         self, repo: Repository, sha: str, detail: dict[str, str] | None = None

@@ -43,7 +43,6 @@ from airlock.testing.github_state import (
     Workflow,
     iso_utc,
     validation_failed,
-    validation_message,
 )
 
 READ = "read"
@@ -871,8 +870,5 @@ class GitHubRest:
     def _delete_ref(self, request: RestRequest, m: re.Match[str]) -> RestReply:
         repo = self._repo(request, m, ("contents",), WRITE)
         ref = "refs/" + unquote(m["ref"])
-        try:
-            self.state.delete_ref(repo, self._actor(request), "rest", ref)
-        except StateError as exc:
-            raise validation_message("Reference", "Reference does not exist") from exc
+        self.state.delete_ref(repo, self._actor(request), "rest", ref)
         return RestReply(204)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fnmatch
 import hashlib
 import re
 import struct
@@ -834,6 +835,20 @@ class GitHubState:
             raise StateError(
                 405, f"{method.capitalize()} merges are not allowed on this repository."
             )
+        rule = self.protection_for(repo, pr.base_ref)
+        if rule is not None and not self._bypasses(actor, rule):
+            needed = int(rule.settings.get("requiredApprovingReviewCount") or 0)
+            if rule.settings.get("requiresApprovingReviews") and needed > 0:
+                # The double models no reviews: a rule that needs approvals blocks the merge.
+                plural = "reviews are" if needed > 1 else "review is"
+                raise StateError(
+                    405,
+                    f"At least {needed} approving {plural} required by reviewers with write "
+                    "access.",
+                )
+            contexts = rule.settings.get("requiredStatusCheckContexts") or []
+            if rule.settings.get("requiresStatusChecks") and contexts:
+                raise StateError(405, f'Required status check "{contexts[0]}" is expected.')
         git = self.git(repo)
         head = git.branch_sha(pr.head_ref)
         base = git.branch_sha(pr.base_ref)
@@ -1022,6 +1037,10 @@ class GitHubState:
 
     def delete_ref(self, repo: Repository, actor: Actor, api: str, ref: str) -> None:
         git = self.git(repo)
+        if ref.startswith("refs/heads/"):
+            rule = self.protection_for(repo, ref.removeprefix("refs/heads/"))
+            if rule is not None and not rule.settings.get("allowsDeletions"):
+                raise validation_message("Reference", "Cannot delete this protected branch")
         old = git.ref_sha(ref)
         if old is None or not git.delete_ref(ref, old):
             raise validation_message("Reference", "Reference does not exist")
@@ -1057,6 +1076,19 @@ class GitHubState:
         self.register_node(rule.node_id, "BranchProtectionRule", rule, repo)
         self.record("branch_protection.create", repo, api, actor, pattern=pattern, **settings)
         return rule
+
+    def protection_for(self, repo: Repository, branch: str) -> BranchProtectionRule | None:
+        """The first rule whose pattern (fnmatch-style, like GitHub's) matches ``branch``."""
+        for rule in repo.protection_rules:
+            if fnmatch.fnmatchcase(branch, rule.pattern):
+                return rule
+        return None
+
+    @staticmethod
+    def _bypasses(actor: Actor, rule: BranchProtectionRule) -> bool:
+        """Repository admins may merge past a rule that is not enforced for admins."""
+        admin = actor.kind == "static" and actor.has("administration", "admin")
+        return admin and not rule.settings.get("isAdminEnforced")
 
     def add_protection(
         self, owner: str, name: str, pattern: str, **settings: Any
