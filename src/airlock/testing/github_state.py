@@ -10,8 +10,13 @@ found on disk when first asked for (so a repository made after the double starte
 there); branches, commits and workflow files are read with git at request time (so a branch
 pushed with git becomes PR-able at once), and merging a pull request, ``createRef`` and
 ``deleteRef`` change the bare repository for real. What git does not know (pull requests,
-comments, labels, review requests, secrets, collaborators, workflow dispatches, deleted
-repositories) lives here.
+comments, labels, review requests, secrets, collaborators, workflow dispatches, branch
+protection rules, deleted repositories) lives here. Branch protection is enforced where the
+double can: a rule that needs approving reviews or status checks blocks merging into its
+branch (the double models neither reviews nor checks), and a protected branch cannot be
+deleted unless the rule allows it; repository admins (static tokens with every permission)
+pass a rule that is not enforced for admins, as on GitHub. git pushes are not checked
+against rules (the git upstream does not know them).
 
 Every change is appended to :attr:`GitHubState.mutations` as a :class:`Mutation`, so a test
 can prove that a dangerous call reached (or never reached) GitHub.
