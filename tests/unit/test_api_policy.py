@@ -135,6 +135,8 @@ def test_head_is_a_read() -> None:
         "/repos/octo/hello/traffic/views",
         "/repos/octo/hello/actions/artifacts/1/zip",
         "/repos/octo/hello/pulls/07",  # no leading zeros: one spelling per pull request
+        "/repos/octo/hello/issues/7/timeline",  # cross-references show other repositories
+        "/repos/octo/hello/commits/abc/pulls",  # pull requests of forks and upstreams
     ],
 )
 def test_reads_outside_the_allowlist_are_refused(target: str) -> None:

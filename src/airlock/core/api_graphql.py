@@ -9,11 +9,14 @@ names and missing variables are refused rather than guessed at.
 What a document may do:
 
 - query root: ``repository(owner:, name:)`` naming a granted repository on the host;
-  ``viewer`` with only login, id, name, databaseId; ``rateLimit``; ``__typename``.
+  ``viewer`` with only login, id, name, databaseId; ``rateLimit``; ``__typename``; and
+  ``node(id:)`` naming a pull request this session created (``gh pr checks``), nothing else.
 - mutation root: ``createPullRequest`` (a branch this session may push into an allowed base,
-  within the pull-request limit, title prefix and draft rewritten), and on the pull requests
-  this session created ``updatePullRequest``, ``addComment``, ``requestReviews``. One
-  operation per document when it holds a mutation.
+  within the pull-request limit, title prefix and draft rewritten; one per document), and on
+  the pull requests this session created ``updatePullRequest``, ``closePullRequest``,
+  ``reopenPullRequest``, ``markPullRequestReadyForReview`` (not when drafts are required),
+  ``addComment``, ``addPullRequestReview`` (event COMMENT or pending only) and
+  ``requestReviews``. A document holding a mutation holds that one operation only.
 - below the root, in queries and mutation payloads alike, GitHub's graph leads out of a
   repository. Three lists keep a document inside the granted ones:
 

@@ -494,7 +494,7 @@ _READ_ROUTES: tuple[str, ...] = (
     "issues/{number}/comments",
     "issues/{number}/events",
     "issues/{number}/labels",
-    "issues/{number}/timeline",
+    # not issues/{number}/timeline: its cross-references carry other repositories' issues
     "check-runs/{id}",
     "check-runs/{id}/annotations",
     "check-suites/{id}",
