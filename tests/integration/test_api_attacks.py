@@ -350,13 +350,6 @@ def audit_api(w: ApiWorld, sb: Sandbox) -> list[dict[str, Any]]:
 # =============================================================================== pull ownership
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a GraphQL createPullRequest that GitHub refuses is still HTTP 200 (errors "
-    "in the body); relay._forward then runs _remember_pull, whose find_pull(head, base) finds "
-    "the EXISTING open pull request from that branch (another session's or a person's) and "
-    "records it as this session's own: it may then retitle, close, rebase, comment on it",
-)
 def test_a_refused_graphql_create_does_not_adopt_someone_elses_pull_request(
     aw: ApiWorld,
 ) -> None:
@@ -422,13 +415,6 @@ def test_another_sessions_pull_request_is_not_own(aw: ApiWorld) -> None:
 # =============================================================================== upstream request
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: relay._forward relays the client's Content-Type with the policy's re-"
-    "serialised JSON body; a form content type makes a form-reading upstream parse "
-    "'event=APPROVE' out of a review body the policy read as a COMMENT. Fix: send "
-    "'application/json' whenever decision.body is set (and for every write)",
-)
 def test_the_upstream_reads_the_checked_body_as_json(aw: ApiWorld) -> None:
     repo = new_repo(aw)
     sb = write_sandbox(aw, repo)
@@ -448,12 +434,6 @@ def test_the_upstream_reads_the_checked_body_as_json(aw: ApiWorld) -> None:
     assert up.headers.get("Content-Type", "").startswith("application/json"), up.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: as above for GraphQL: the canonical JSON body goes upstream under the "
-    "client's Content-Type; read as a form, a %-encoded string in a harmless query carries a "
-    "second 'query=mutation {...}' parameter the policy never parsed",
-)
 def test_the_upstream_reads_the_checked_graphql_body_as_json(aw: ApiWorld) -> None:
     repo = new_repo(aw, branch=None)
     sb = make_sandbox(aw, f"{HOST}/{OWNER}/{repo}:read")
@@ -932,15 +912,6 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
         w.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (low): max_pulls is checked in decide_api against session.pulls, which "
-    "_remember_pull fills only after the upstream answered; creates in parallel tunnels are "
-    "all decided before any is recorded, so a session opens as many as it has tunnels. Fix: "
-    "reserve a slot per session in ApiRelay before forwarding a create (a per-session count "
-    "of creates in flight added to len(pulls) in check_pull_limit, or an asyncio.Lock per "
-    "session held from decision to record)",
-)
 def test_parallel_creates_do_not_outrun_the_pull_request_limit(limited: ApiWorld) -> None:
     branches = [f"agent/p{i}" for i in range(4)]
     repo = new_repo(limited, *branches)

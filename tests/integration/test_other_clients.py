@@ -155,10 +155,18 @@ class ResolvingPoolManager(urllib3.PoolManager):
         return super().connection_from_host(host, port, scheme, pool_kwargs)
 
 
-def dulwich_pool(world: World, bundle: Bundle) -> ResolvingPoolManager:
-    return ResolvingPoolManager(
-        "airlock.internal",
-        "127.0.0.1",
+def dulwich_pool(
+    world: World, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> urllib3.PoolManager:
+    """What dulwich uses in a sandbox: the bundle's url.insteadOf sends github.com to
+    https://github.com:PORT (host form), and the hosts file says where that is."""
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kw: Any) -> Any:
+        return real("127.0.0.1" if host == HOST else host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return urllib3.PoolManager(
         cert_file=str(bundle.dir / "client.pem"),
         key_file=str(bundle.dir / "client.key"),
         ca_certs=str(bundle.dir / "ca.pem"),
@@ -191,7 +199,7 @@ def test_dulwich_clones_fetches_and_pushes_with_a_host_bundle(
     # As with git: the bundle's gitconfig is the user's global config (url.insteadOf).
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(b.gitconfig))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    pool = dulwich_pool(world, b)
+    pool = dulwich_pool(world, b, monkeypatch)
     url = f"https://{HOST}/acme/dulwich"
     err = io.BytesIO()
     first = tmp_path / "a"
@@ -258,11 +266,12 @@ def test_pygit2_with_a_host_bundle_is_refused_at_the_handshake(
 
 
 def _run_pygit2(bundle: Bundle, url: str, work: Path, *extra: str) -> str:
-    """The pygit2 script with ``airlock.internal`` resolving to the sandbox's gateway address:
-    in its own mount namespace, a hosts file says so (the sandbox's /etc/hosts does)."""
+    """The pygit2 script with ``airlock.internal`` and the upstream host resolving to the
+    sandbox's gateway address: in its own mount namespace, a hosts file says so (the sandbox's
+    /etc/hosts does)."""
     work.mkdir(parents=True)
     hosts = work / "hosts"
-    hosts.write_text(f"127.0.0.1 localhost\n{SANDBOX_GW} airlock.internal\n")
+    hosts.write_text(f"127.0.0.1 localhost\n{SANDBOX_GW} airlock.internal {HOST}\n")
     cmd = (
         f"mount --bind {hosts} /etc/hosts && exec {sys.executable} {PYGIT2_SCRIPT} "
         f"{bundle.dir} {url} {work} {' '.join(extra)}"
@@ -287,7 +296,7 @@ def test_pygit2_clones_fetches_and_pushes_with_basic_from_its_sandbox(
     )
     out = _run_pygit2(b, f"https://{HOST}/acme/libgit2", tmp_path / "w")
     assert "OK fetch" in out, out
-    assert f"origin=https://airlock.internal:{world.port}/git/{HOST}/acme/libgit2" in out, out
+    assert f"origin=https://{HOST}:{world.port}/acme/libgit2" in out, out
     pushed = next(ln.split("pushed=")[1] for ln in out.splitlines() if ln.startswith("OK fetch"))
     fetched = next(ln.split()[2] for ln in out.splitlines() if ln.startswith("OK fetch"))
     assert fetched == pushed

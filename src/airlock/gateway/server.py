@@ -281,6 +281,7 @@ class Gateway:
                 max_header_bytes=eg.max_header_bytes,
                 max_headers=eg.max_headers,
             ),
+            rate_limits=self.limits,  # API requests count like git requests
             connect_timeout=eg.connect_timeout,
             read_timeout=config.git.idle_timeout,
         )

@@ -58,6 +58,7 @@ from airlock.gateway.api.tls_stream import TlsClosed, TlsServerStream
 from airlock.gateway.api.upstream import UpstreamApi, UpstreamApiError
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.intercept_ca import InterceptAuthority
+from airlock.gateway.ratelimits import RateLimits
 from airlock.gateway.store import SessionStore
 
 __all__ = ["ApiRelay", "ApiTunnel", "RelayLimits"]
@@ -102,6 +103,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Payload Too Large",
     421: "Misdirected Request",
     422: "Unprocessable Entity",
@@ -119,6 +121,7 @@ class RelayLimits:
     max_header_bytes: int
     max_headers: int
     max_requests_per_tunnel: int = 10_000
+    request_timeout: float = 60  # one request, head and body, must arrive within this
 
 
 @dataclass
@@ -184,6 +187,27 @@ def _bearer(value: str) -> str | None:
     return None
 
 
+def created_pull(answer: bytes, graphql: bool) -> bool:
+    """Whether the upstream's 2xx answer to a create says a pull request was opened.
+
+    GitHub answers a refused GraphQL mutation (a pull request already exists for the head,
+    say) with 200 and ``errors``: that answer must not make the open pull request for that
+    head, someone else's, the session's own. A REST create is 201 with the pull request.
+    """
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    if not graphql:
+        return isinstance(data.get("number"), int) and isinstance(data.get("node_id"), str)
+    if data.get("errors"):
+        return False
+    payload = (data.get("data") or {}).get("createPullRequest")
+    return isinstance(payload, dict) and isinstance(payload.get("pullRequest"), dict)
+
+
 def error_body(message: str, status: int, request_id: str) -> bytes:
     """GitHub's error shape; the request id is in the message so that tools print it."""
     return json.dumps(
@@ -206,9 +230,14 @@ class ApiRelay:
         log: Callable[..., None],
         limits: RelayLimits,
         *,
+        rate_limits: RateLimits | None = None,
         connect_timeout: float = 10,
         read_timeout: float = 120,
     ) -> None:
+        self.rate_limits = rate_limits
+        # One create at a time per session, decided again under the lock: parallel tunnels
+        # cannot open more pull requests than api.max_pulls between decision and record.
+        self._create_locks: dict[str, asyncio.Lock] = {}
         self.store = store
         self.authority = authority
         self.log = log
@@ -237,6 +266,10 @@ class ApiRelay:
         """Drop what is cached for sessions not in ``live``."""
         for key in [k for k in self._repo_ids if k[0] not in live]:
             del self._repo_ids[key]
+        for sid in [
+            k for k, lock in self._create_locks.items() if k not in live and not lock.locked()
+        ]:
+            del self._create_locks[sid]
 
     # ----------------------------------------------------------------------- tunnel
 
@@ -307,7 +340,22 @@ class ApiRelay:
         began = time.time()
         try:
             try:
-                body = await self._body(conn, stream, event, upstream.api.max_body)
+                if event.http_version != b"1.1":
+                    raise _Answer(400, "http_version", "airlock: HTTP/1.1 only", True)
+                try:
+                    # The whole request within a bound: a byte-at-a-time drip ends here.
+                    body = await asyncio.wait_for(
+                        self._body(conn, stream, event, upstream.api.max_body),
+                        self.limits.request_timeout,
+                    )
+                except TimeoutError:
+                    raise _Answer(
+                        408, "request_timeout", "airlock: request too slow", True
+                    ) from None
+                if not tunnel.charge(len(body)):
+                    raise _Answer(
+                        429, "byte_rate", "airlock: this session's byte budget is used up"
+                    )
                 await self._handle(tunnel, upstream, stream, conn, event, body, call)
             except _Answer as a:
                 call.status, call.rule = a.status, a.rule
@@ -407,6 +455,36 @@ class ApiRelay:
             )
         ctype = headers.get("content-type")
         api_request = ApiRequest(call.method, request.target.decode("latin-1"), body, ctype)
+        decision = await self._decide(session, upstream, api_request, call)
+        if self.rate_limits is not None:
+            over = await self.rate_limits.admit_request(session.id)
+            if over is not None:
+                raise _Answer(
+                    429, over.limit, f"airlock: over this session's {over.limit} limit; retry later"
+                )
+        try:
+            if decision.creates_pull is None:
+                await self._forward(tunnel, upstream, stream, conn, request, body, decision, call)
+                return
+            lock = self._create_locks.setdefault(session.id, asyncio.Lock())
+            async with lock:
+                # Decided again with the pull requests recorded meanwhile.
+                current = self.store.get(session.id) or session
+                decision = await self._decide(current, upstream, api_request, call)
+                await self._forward(tunnel, upstream, stream, conn, request, body, decision, call)
+        finally:
+            if self.rate_limits is not None:
+                await self.rate_limits.done(session.id, call.bytes_down + len(body))
+
+    async def _decide(
+        self,
+        session: lifecycle.Session,
+        upstream: UpstreamConfig,
+        api_request: ApiRequest,
+        call: _Call,
+    ) -> Allow:
+        """The policy's decision, with repository ids looked up when it needs them; a
+        refusal is raised as the answer."""
         decision = decide_api(api_request, self._context(session, upstream, None))
         if isinstance(decision, NeedRepoIds):
             ids = await self._repo_node_ids(session, upstream, decision.repos)
@@ -420,7 +498,7 @@ class ApiRelay:
             raise _Answer(decision.status, decision.reason, decision.message)
         call.route, call.repo, call.operation = decision.route, decision.repo, decision.operation
         call.decision, call.rule = "allowed", "api_policy"
-        await self._forward(tunnel, upstream, stream, conn, request, body, decision, call)
+        return decision
 
     def _context(
         self,
@@ -511,15 +589,20 @@ class ApiRelay:
         }
         out_headers["authorization"] = f"token {token}"
         send = decision.body if decision.body is not None else body
+        out_headers.pop("content-type", None)
+        if call.method in ("GET", "HEAD"):
+            send = b""  # a read carries nothing the policy did not look at
+        elif send:
+            # The body the policy read as JSON is what the upstream reads, as JSON.
+            out_headers["content-type"] = "application/json"
         graphql = decision.route.startswith("graphql")
         url = api.url_for(decision.upstream_target, graphql)
         try:
             resp = await api.open(call.method, url, out_headers, send)
         except (aiohttp.ClientError, OSError) as exc:
             call.decision = "error"
-            raise _Answer(
-                502, "upstream_error", f"airlock: the API did not answer: {exc}"
-            ) from None
+            call.extra["error"] = f"{type(exc).__name__}: {exc}"[:300]  # for the audit log
+            raise _Answer(502, "upstream_error", "airlock: the API did not answer") from None
         except TimeoutError:
             call.decision = "error"
             raise _Answer(
@@ -532,7 +615,10 @@ class ApiRelay:
                 # The answer waits until the pull request is the session's own and labelled:
                 # when gh prints its URL, the gateway's part is done too.
                 held = await resp.content.read(MAX_HELD_ANSWER)
-                await self._remember_pull(tunnel, upstream, decision.creates_pull, call)
+                if created_pull(held, graphql):
+                    await self._remember_pull(tunnel, upstream, decision.creates_pull, call)
+                else:
+                    call.extra["pull_created"] = False  # refused upstream: nothing adopted
             headers: list[tuple[str, str]] = [
                 (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
             ]
