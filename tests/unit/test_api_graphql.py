@@ -773,6 +773,39 @@ def test_edges_out_of_the_repository_show_only_identity(inner: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "inner",
+    [
+        # a user reached through a hovercard is the upstream credential's own account
+        "pullRequest(number: 8) { hovercard { contexts { ... on ViewerHovercardContext "
+        "{ viewer { pullRequests(first: 5) { nodes { body } } } } } } }",
+        "pullRequest(number: 8) { h: hovercard { contexts { message } } }",
+        # mentioned users, a commit's organization, a review's teams
+        "latestRelease { mentions(first: 5) { nodes { login "
+        "issues(first: 5) { nodes { body } } } } }",
+        'object(expression: "HEAD") { ... on Commit { onBehalfOf { login '
+        "auditLog { totalCount } } } }",
+        "pullRequest(number: 8) { reviews(first: 5) { nodes { onBehalfOf(first: 5) "
+        "{ nodes { slug discussions(first: 5) { nodes { body } } } } } } }",
+        "owner { ... on User { lists(first: 5) { nodes { name } } } }",
+        "issues(first: 1) { nodes { subscribable: closedByPullRequestsReferences(first: 1) "
+        "{ nodes { body } } } }",
+    ],
+)
+def test_edges_the_schema_says_lead_out_are_held_to_identity(inner: str) -> None:
+    decision = q(f"{{ {REPO} {{ {inner} }} }}")
+    assert isinstance(decision, Refuse) and decision.status == 403, decision
+
+
+def test_commit_authors_keep_their_name_email_and_date() -> None:
+    doc = (
+        f"{{ {REPO} {{ pullRequest(number: 7) {{ commits(first: 5) {{ nodes {{ commit {{ "
+        "authors(first: 5) { nodes { name email user { id login } } } "
+        "author { name email date } messageHeadline oid } } } } } }"
+    )
+    allowed(q(doc))
+
+
 def test_identity_below_outward_edges_is_allowed() -> None:
     doc = (
         f"{{ {REPO} {{ owner {{ login }} "
@@ -789,6 +822,8 @@ def test_identity_below_outward_edges_is_allowed() -> None:
 def test_outside_fields_and_outward_edges_overlap_only_where_meant() -> None:
     # identity fields that lead out keep their restriction below them
     assert OUTSIDE_FIELDS & OUTWARD_FIELDS == {"owner", "organization", "user"}
+    # a few the schema derivation must have caught
+    assert {"mentions", "onBehalfOf", "viewer", "relevantTeams", "sponsorable"} <= OUTWARD_FIELDS
     assert not DENIED_FIELDS & OUTSIDE_FIELDS
 
 

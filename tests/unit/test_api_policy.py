@@ -145,7 +145,13 @@ def test_reads_outside_the_allowlist_are_refused(target: str) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["/repos/octo/nothere", "/repos/someone/hello/pulls", "/repos/octo/secret", "/repos/o~/x"],
+    [
+        "/repos/octo/nothere",
+        "/repos/someone/hello/pulls",
+        "/repos/octo/secret",
+        "/repos/o~/x",
+        "/repos/%6fcto/hello",  # an escaped name is no name: the same 404
+    ],
 )
 def test_ungranted_repositories_get_one_404_whether_or_not_they_exist(target: str) -> None:
     refusal = refused(decide("GET", target), 404, "ungranted_repo")
@@ -190,6 +196,10 @@ def test_enterprise_targets_must_carry_the_rest_prefix() -> None:
         "/repos/octo/hello/pulls%00",
         "/repos/octo/hello/contents/%zz",
         "/repos/octo/hello/contents/%2",
+        "/repos/octo/hello/branches/main/%70rotection",  # "protection", escaped
+        "/repos/octo/hello/branches/main/protectio%6E",
+        "/repos/octo/hello/actions/s%65crets",
+        "/repos/octo/hello/pulls%2D7",
         "/repos/octo/hello/contents/caf\u00e9",
         "/repos/octo/hello/pulls ",
         "http://api.github.com/repos/octo/hello",

@@ -139,8 +139,16 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _BRANCH = re.compile(r"[A-Za-z0-9._/+@-]{1,255}")
 _NUMBER = re.compile(r"[1-9][0-9]{0,9}")
 _PERCENT = re.compile(r"%(..)?", re.DOTALL)
-# Percent-encodings refused in a path: they would change how the path splits or normalises.
-_AMBIGUOUS_ESCAPES = frozenset({"2f", "5c", "2e"})
+# Percent-encodings refused in a path: "/" and "\\" would re-split it, and an unreserved
+# character (letters, digits, "-._~") is the same character escaped or not (RFC 3986 6.2.2.2),
+# so "%70rotection" would be "protection" to GitHub and something else to the route table.
+_SEPARATOR_ESCAPES = frozenset({"2f", "5c", "2e"})
+_AMBIGUOUS_ESCAPES = frozenset(
+    {"2d", "5f", "7e"}
+    | {f"{c:02x}" for c in range(0x30, 0x3A)}
+    | {f"{c:02x}" for c in range(0x41, 0x5B)}
+    | {f"{c:02x}" for c in range(0x61, 0x7B)}
+)
 
 
 class MalformedJson(ValueError):
@@ -424,7 +432,10 @@ def _bad_target(target: object) -> str | None:
 
 
 def _bad_segments(segments: list[str]) -> str | None:
-    for seg in segments:
+    # An owner or repository name never holds an escape; any "%" there is answered by the
+    # uniform 404 (the name regex), so only separators and controls are refused here.
+    names = {1, 2} if segments[0] == "repos" else set()
+    for index, seg in enumerate(segments):
         if seg in ("", ".", ".."):
             return "empty, '.' or '..' path segment"
         for m in _PERCENT.finditer(seg):
@@ -432,8 +443,10 @@ def _bad_segments(segments: list[str]) -> str | None:
             if code is None or not re.fullmatch(r"[0-9A-Fa-f]{2}", code):
                 return "a bad percent-encoding in the path"
             lowered = code.lower()
-            if lowered in _AMBIGUOUS_ESCAPES or int(lowered, 16) < 0x20 or lowered == "7f":
+            if int(lowered, 16) < 0x20 or lowered == "7f" or lowered in _SEPARATOR_ESCAPES:
                 return "an encoded '/', '\\', '.' or control character in the path"
+            if lowered in _AMBIGUOUS_ESCAPES and index not in names:
+                return "an encoded letter, digit or '-._~' in the path (send it unencoded)"
     return None
 
 
