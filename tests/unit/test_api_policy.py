@@ -137,6 +137,8 @@ def test_head_is_a_read() -> None:
         "/repos/octo/hello/pulls/07",  # no leading zeros: one spelling per pull request
         "/repos/octo/hello/issues/7/timeline",  # cross-references show other repositories
         "/repos/octo/hello/commits/abc/pulls",  # pull requests of forks and upstreams
+        "/repos/octo/hello/compare/main...mallory:secret",  # a fork's branch
+        "/repos/octo/hello/compare/main...mallory%3Asecret",
     ],
 )
 def test_reads_outside_the_allowlist_are_refused(target: str) -> None:

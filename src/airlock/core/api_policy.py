@@ -632,6 +632,10 @@ def _decide_repo(
         found = _find(_READ_ROUTES, rest)
         if found is None or (found[0] == "branches/{branch}" and "protection" in rest[1:]):
             return _route_refused(method, rest, key)
+        compared = found[1].get("{path}", "").lower() if found[0] == "compare/{path}" else ""
+        if ":" in compared or "%3a" in compared:
+            # "base...user:branch" compares with a fork: another repository of the network
+            return _route_refused(method, rest, key)
         return Allow(route=f"{method} {_template(found[0])}", upstream_target=upstream, repo=key)
     for write_method, pattern in _WRITE_ROUTES:
         if write_method != method:
