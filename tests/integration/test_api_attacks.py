@@ -698,13 +698,6 @@ def test_a_write_with_a_method_override_in_the_query_is_refused(aw: ApiWorld) ->
     assert upstream_since(aw, mark) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: GET .../branches/main/protectio%6E passes the policy's literal 'protection' "
-    "check and the upstream, decoding the path, serves .../branches/main/protection. Fix: in "
-    "api_policy._bad_segments refuse %-escapes of unreserved characters (ALPHA DIGIT - . _ ~), "
-    "or match routes on the decoded segment",
-)
 def test_branch_protection_is_not_readable_with_escapes(aw: ApiWorld) -> None:
     repo = new_repo(aw)
     sb = write_sandbox(aw, repo)
