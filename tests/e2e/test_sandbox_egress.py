@@ -475,7 +475,10 @@ def test_pip_download_from_an_allowlisted_decoy_index(
     sandboxes: Sandboxes, sbx_world: World, restricted: Sandbox, decoys: Decoys
 ) -> None:
     script = (
-        "rm -rf /tmp/dl; pip download --no-deps --no-cache-dir --disable-pip-version-check "
+        # requests (pip's HTTP) prefers REQUESTS_CA_BUNDLE, which a sandbox has (the API's
+        # CA bundle), even to --cert: a private index's CA goes there (README).
+        "rm -rf /tmp/dl; REQUESTS_CA_BUNDLE=/tools/ca.pem "
+        "pip download --no-deps --no-cache-dir --disable-pip-version-check "
         "--index-url https://pypi.decoy.test/simple/ --cert /tools/ca.pem -d /tmp/dl "
         f"{PACKAGE}=={VERSION} 2>&1; echo EXIT $?; cd /tmp/dl && sha256sum *"
     )

@@ -334,7 +334,8 @@ def attacker(
         network_mode=b.network,
         cap_add=["NET_RAW", "NET_ADMIN"],
         binds={str(bundles): {"bind": "/bundles", "mode": "ro"}},
-        extra_hosts={"airlock.internal": str(b.gateway_ip)},
+        # As a sandbox's hosts file: the gateway's name and the upstream host (git's host form).
+        extra_hosts={"airlock.internal": str(b.gateway_ip), HOST: str(b.gateway_ip)},
         sysctls={"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0"},
     )
     networking = api.create_networking_config(
@@ -617,7 +618,10 @@ def test_an_attacker_on_a_sandbox_segment_cannot_impersonate_another_sandbox(
     attempts = []
     for bundle in ("a", "b"):
         for gateway in (b.gateway_ip, a.gateway_ip):
-            resolve = f"-c http.curloptResolve=airlock.internal:{port}:{gateway}"
+            resolve = (
+                f"-c http.curloptResolve=airlock.internal:{port}:{gateway} "
+                f"-c http.curloptResolve={HOST}:{port}:{gateway}"
+            )
             cmd = ls_remote_cmd(f"/bundles/{bundle}/gitconfig", resolve, timeout=6)
             attempts.append(f'({cmd} >/dev/null 2>&1; echo "RESULT {bundle}@{gateway} $?") &')
     _, out = attacker.sh("\n".join([*attempts, "wait"]))
@@ -675,6 +679,8 @@ def test_a_stolen_session_certificate_is_refused(
                 None,
                 "-c",
                 f"http.curloptResolve=airlock.internal:{port}:{address}",
+                "-c",
+                f"http.curloptResolve={HOST}:{port}:{address}",
                 "ls-remote",
                 f"https://{HOST}/{REPO}",
                 env={"GIT_CONFIG_GLOBAL": str(copied)},

@@ -84,8 +84,9 @@ def render_gitconfig(
             # Straight to the gateway: never through HTTPS_PROXY (the egress proxy).
             '\tproxy = ""',
         ]
-        if resolve or name != endpoint.name:
-            # Neither name need be in DNS: curl is told where the gateway is.
+        if resolve:
+            # Host bundles: neither name need be in DNS, curl is told where the gateway is.
+            # (A sandbox's hosts file names both: a copied bundle points nowhere else.)
             lines.append(f"\tcurloptResolve = {name}:{endpoint.port}:{endpoint.address}")
     lines += [
         "[http]",

@@ -540,7 +540,10 @@ class SandboxManager:
         }
         api = sb.issued.get("api") or {}
         if api.get("ca_pem") and sb.issued.get("api_token"):
-            env.update(api_environment(MOUNT_POINT, sb.issued["api_token"], api.get("hosts", {})))
+            trust = api_environment(MOUNT_POINT, sb.issued["api_token"], api.get("hosts", {}))
+            # A CA variable the user set (-e) stays theirs: e.g. REQUESTS_CA_BUNDLE for a
+            # private index, which requests prefers even to pip's --cert.
+            env.update({k: v for k, v in trust.items() if k not in spec.env})
         return env
 
     def _mounts(self, sb: Sandbox, plan: ContainerPlan) -> list[Mount]:
