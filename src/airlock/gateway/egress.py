@@ -8,6 +8,9 @@ each network's gateway address. Per connection, in order (the first failure answ
    (an ended session's token: 407 with ``X-Airlock-Refused: session_expired`` or
    ``session_revoked``, and an audit line naming the session);
 3. the target: no IP literals, allowed port, allowlisted name, not a DoH endpoint -> else 403;
+   a CONNECT to one of the GitHub API's names (``api``: gateway/api/) is never tunnelled
+   upstream: after the ClientHello check below, TLS ends here and the API relay decides each
+   request inside; plain HTTP to those names is refused (403 ``api_needs_https``);
 4. the per-session tunnel cap -> else 429;
 5. the name is resolved ONCE; every answer must be a public unicast address -> else 403;
 6. CONNECT: ``200``, then the client's ClientHello must carry an SNI naming the CONNECT host
