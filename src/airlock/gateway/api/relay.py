@@ -65,6 +65,7 @@ __all__ = ["ApiRelay", "ApiTunnel", "RelayLimits"]
 
 CHUNK = 64 * 1024
 MAX_HELD_ANSWER = 4 * 1024 * 1024  # a pull request's creation answer, read whole
+CACHE_SESSIONS = 512  # sessions whose repository ids and create locks are kept without a check
 DOCUMENTATION_URL = "https://docs.github.com/rest"
 # Request headers a client's API call may carry upstream; everything else stays here
 # (cookies, forwarded-for, the sandbox's own Authorization above all).
@@ -271,10 +272,23 @@ class ApiRelay:
         ]:
             del self._create_locks[sid]
 
+    def _prune(self) -> None:
+        """Bound the per-session caches: past CACHE_SESSIONS sessions, ended ones go."""
+        cached = {sid for sid, _ in self._repo_ids} | set(self._create_locks)
+        if len(cached) <= CACHE_SESSIONS:
+            return
+        live = set()
+        for sid in cached:
+            s = self.store.get(sid)
+            if s is not None and s.state is not lifecycle.SessionState.REVOKED:
+                live.add(sid)
+        self.forget(live)
+
     # ----------------------------------------------------------------------- tunnel
 
     async def serve(self, tunnel: ApiTunnel) -> str:
         """Serve the tunnel's requests until it ends; why it ended."""
+        self._prune()
         upstream = self._upstreams[tunnel.name.lower()]
         stream = TlsServerStream(
             self.authority.context_for(tunnel.name), tunnel.reader, tunnel.writer, tunnel.hello
