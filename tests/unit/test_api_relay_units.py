@@ -63,7 +63,9 @@ def test_the_per_session_caches_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SessionStore(tmp_path / "s.sqlite3")
-    upstream = UpstreamConfig(host="github.com", url="https://git.example.com", token_file="/x")
+    upstream = UpstreamConfig(
+        host="github.com", url="https://git.example.com", token_file=Path("/x")
+    )
     r = ApiRelay(
         [upstream],
         {},
