@@ -473,6 +473,7 @@ class ApiRelay:
         if self.rate_limits is not None:
             over = await self.rate_limits.admit_request(session.id)
             if over is not None:
+                call.decision = "refused"
                 raise _Answer(
                     429, over.limit, f"airlock: over this session's {over.limit} limit; retry later"
                 )
@@ -508,7 +509,7 @@ class ApiRelay:
                     502, "repo_ids_unknown", "airlock: the repositories' ids could not be read"
                 )
         if isinstance(decision, Refuse):
-            call.route, call.repo = decision.route, decision.repo
+            call.route, call.repo, call.decision = decision.route, decision.repo, "refused"
             raise _Answer(decision.status, decision.reason, decision.message)
         call.route, call.repo, call.operation = decision.route, decision.repo, decision.operation
         call.decision, call.rule = "allowed", "api_policy"
