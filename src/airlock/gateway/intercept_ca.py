@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from airlock.gateway.pki import CA_KEY_USAGE, key_pem, new_private_key, write_private
+
 __all__ = ["InterceptAuthority", "InterceptError"]
 
 CA_LIFETIME = dt.timedelta(days=3650)
@@ -45,20 +47,6 @@ _NO_IPS = [
 
 class InterceptError(Exception):
     pass
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def permitted_names(cert: x509.Certificate) -> list[str] | None:
@@ -117,7 +105,7 @@ class InterceptAuthority:
                 assert isinstance(key, ec.EllipticCurvePrivateKey)
                 return key, cert
         # New names (or none yet): a new CA whose constraints are exactly these names.
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_private_key()
         subject = x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, "airlock GitHub API interception CA")]
         )
@@ -130,20 +118,7 @@ class InterceptAuthority:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + CA_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(CA_KEY_USAGE, critical=True)
             .add_extension(
                 x509.NameConstraints(
                     permitted_subtrees=[x509.DNSName(n) for n in self.names],
@@ -154,7 +129,7 @@ class InterceptAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, key_pem(key))
         tmp = cert_path.with_suffix(".tmp")
         tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         os.replace(tmp, cert_path)
@@ -188,7 +163,7 @@ class InterceptAuthority:
         leaf = self._leaves.get(name)
         if leaf is not None and leaf.not_after - self.clock() > LEAF_RENEW_BEFORE:
             return leaf.context
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_private_key()
         cert = self.issue(name, key)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -196,8 +171,8 @@ class InterceptAuthority:
         # ssl loads a chain only from files: a private temporary directory, gone at once.
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
             chain, key_file = Path(tmp) / "chain.pem", Path(tmp) / "leaf.key"
-            _write_private(key_file, _key_pem(key))
-            _write_private(
+            write_private(key_file, key_pem(key))
+            write_private(
                 chain,
                 cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem,
             )

@@ -25,11 +25,26 @@ SESSION_URI_PREFIX = "spiffe://airlock/session/"
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write key material, mode 0600, never through a symlink."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, 0o600)
+
+
+# What a CA certificate may do: sign certificates and CRLs, nothing else.
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -97,24 +112,11 @@ class CertificateAuthority:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
 
@@ -244,7 +246,7 @@ def load_or_create_identity(
         key = loaded
     else:
         key = new_private_key()
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
     want = {f"dns:{n}" for n in names} | {f"ip:{ipaddress.ip_address(i)}" for i in ips}
     if cert_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
