@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from airlock.testing.repos import git_env
 from airlock.testing.upstream import TOKEN_USER
@@ -159,3 +161,53 @@ def run(
     return subprocess.run(
         argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def bound_sandbox_env(
+    world: Any,
+    grants: list[str],
+    root: Path,
+    *,
+    listen: str,
+    proxy_port: int,
+    source: str = "127.0.0.1",
+    enterprise_host: str | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A session bound to ``source`` behind the listener ``listen`` (a sandbox, as the host
+    side makes one), and the environment its tools get: the bundle's gitconfig for git
+    (its own trust, never a CA variable), the proxy, GH_TOKEN and the API's CA bundle."""
+    from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
+
+    issued, key = world.issue(*grants, require_activation=True)
+    world.control.activate(
+        issued["session"]["id"],
+        container_id=os.urandom(32).hex(),
+        network="test",
+        address=source,
+        gateway_address=listen,
+    )
+    d = root / f"bundle-{issued['session']['id'][:10]}"
+    write_bundle(d, issued, key, endpoint=GatewayEndpoint("airlock.internal", listen, world.port))
+    write_api_trust(d, issued["api"]["ca_pem"], None)
+    env = gh_env(
+        root / f"home-{issued['session']['id'][:10]}",
+        proxy=f"http://airlock:{issued['proxy_token']}@{listen}:{proxy_port}",
+        ca_file=d / "ca-bundle.pem",
+        token=issued["api_token"],
+        enterprise_host=enterprise_host,
+    )
+    env.pop("GIT_SSL_CAINFO", None)
+    env["GIT_CONFIG_GLOBAL"] = str(d / "gitconfig")
+    return issued, env
+
+
+def clone_and_push(env: dict[str, str], url: str, work: Path, branch: str) -> None:
+    """Clone ``url`` into ``work``, commit on a new ``branch`` and push it."""
+    for args in (
+        ["clone", "-q", url, str(work)],
+        ["-C", str(work), "checkout", "-q", "-b", branch],
+        ["-C", str(work), "commit", "-q", "--allow-empty", "-m", f"work on {branch}"],
+        ["-C", str(work), "push", "-q", "origin", branch],
+    ):
+        p = run(["git", "-c", "user.name=a", "-c", "user.email=a@example.com", *args], env)
+        assert p.returncode == 0, p.stderr

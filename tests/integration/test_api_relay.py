@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
-from tests.github_cli import GH, gh_env, run
+from tests.github_cli import GH, clone_and_push, gh_env, run
 from tests.world import HOST, TOKEN, ApiWorld, Bundle, free_port
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
@@ -162,15 +162,7 @@ def new_repo(w: ApiWorld) -> str:
 def pushed_clone(sb: Sandbox, repo: str, branch: str = "agent/x") -> Path:
     """Clone through the gateway (the remote still says github.com), push ``branch``."""
     work = sb.home / repo
-    env = sb.env()
-    for args in (
-        ["clone", "-q", f"https://{HOST}/{OWNER}/{repo}", str(work)],
-        ["-C", str(work), "checkout", "-q", "-b", branch],
-        ["-C", str(work), "commit", "-q", "--allow-empty", "-m", f"work on {branch}"],
-        ["-C", str(work), "push", "-q", "origin", branch],
-    ):
-        p = run(["git", "-c", "user.name=a", "-c", "user.email=a@example.com", *args], env)
-        assert p.returncode == 0, p.stderr
+    clone_and_push(sb.env(), f"https://{HOST}/{OWNER}/{repo}", work, branch)
     return work
 
 

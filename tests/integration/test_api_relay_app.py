@@ -16,10 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
 from airlock.testing.github_api import GitHubApiDouble
 from airlock.testing.upstream import GitUpstream
-from tests.github_cli import GH, gh_env, run
+from tests.github_cli import GH, bound_sandbox_env, clone_and_push, run
 from tests.world import HOST, World, free_port
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
@@ -104,35 +103,11 @@ def test_a_pull_request_opens_with_the_sessions_own_installation_token(
     appw: AppApiWorld, tmp_path: Path
 ) -> None:
     w = appw
-    issued, key = w.issue(f"{HOST}/{OWNER}/app:write", require_activation=True)
-    sid = issued["session"]["id"]
-    w.control.activate(
-        sid,
-        container_id=os.urandom(32).hex(),
-        network="test",
-        address="127.0.0.1",
-        gateway_address=LISTEN,
+    _, env = bound_sandbox_env(
+        w, [f"{HOST}/{OWNER}/app:write"], tmp_path, listen=LISTEN, proxy_port=PROXY_PORT
     )
-    d = tmp_path / "bundle"
-    write_bundle(d, issued, key, endpoint=GatewayEndpoint("airlock.internal", LISTEN, w.port))
-    write_api_trust(d, issued["api"]["ca_pem"], None)
-    env = gh_env(
-        tmp_path / "home",
-        proxy=f"http://airlock:{issued['proxy_token']}@{LISTEN}:{PROXY_PORT}",
-        ca_file=d / "ca-bundle.pem",
-        token=issued["api_token"],
-    )
-    env.pop("GIT_SSL_CAINFO", None)
-    env["GIT_CONFIG_GLOBAL"] = str(d / "gitconfig")
     work = tmp_path / "app"
-    for args in (
-        ["clone", "-q", f"https://{HOST}/{OWNER}/app", str(work)],
-        ["-C", str(work), "checkout", "-q", "-b", "agent/app"],
-        ["-C", str(work), "commit", "-q", "--allow-empty", "-m", "work"],
-        ["-C", str(work), "push", "-q", "origin", "agent/app"],
-    ):
-        p = run(["git", "-c", "user.name=a", "-c", "user.email=a@example.com", *args], env)
-        assert p.returncode == 0, p.stderr
+    clone_and_push(env, f"https://{HOST}/{OWNER}/app", work, "agent/app")
     created = run(
         [
             GH,

@@ -10,14 +10,12 @@ refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
-from tests.github_cli import GH, gh_env, run
+from tests.github_cli import GH, bound_sandbox_env, clone_and_push, run
 from tests.world import ApiWorld, free_port
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
@@ -56,37 +54,17 @@ proxy_port = {PROXY_PORT}
 def test_gh_opens_a_pull_request_on_an_enterprise_host(gw: ApiWorld, tmp_path: Path) -> None:
     w = gw
     w.make_repo(OWNER, "ent", files={"README.md": b"# ent\n"})
-    issued, key = w.issue(f"{GHE}/{OWNER}/ent:write", require_activation=True)
-    w.control.activate(
-        issued["session"]["id"],
-        container_id=os.urandom(32).hex(),
-        network="test",
-        address="127.0.0.1",
-        gateway_address=LISTEN,
-    )
-    assert issued["api"]["hosts"] == {"api.github.com": "github.com", GHE: GHE}
-    d = tmp_path / "bundle"
-    write_bundle(d, issued, key, endpoint=GatewayEndpoint("airlock.internal", LISTEN, w.port))
-    write_api_trust(d, issued["api"]["ca_pem"], None)
-    proxy = f"http://airlock:{issued['proxy_token']}@{LISTEN}:{PROXY_PORT}"
-    env = gh_env(
-        tmp_path / "home",
-        proxy=proxy,
-        ca_file=d / "ca-bundle.pem",
-        token=issued["api_token"],
+    issued, env = bound_sandbox_env(
+        w,
+        [f"{GHE}/{OWNER}/ent:write"],
+        tmp_path,
+        listen=LISTEN,
+        proxy_port=PROXY_PORT,
         enterprise_host=GHE,
     )
-    env.pop("GIT_SSL_CAINFO", None)
-    env["GIT_CONFIG_GLOBAL"] = str(d / "gitconfig")
+    assert issued["api"]["hosts"] == {"api.github.com": "github.com", GHE: GHE}
     work = tmp_path / "ent"
-    for args in (
-        ["clone", "-q", f"https://{GHE}/{OWNER}/ent", str(work)],
-        ["-C", str(work), "checkout", "-q", "-b", "agent/ghe"],
-        ["-C", str(work), "commit", "-q", "--allow-empty", "-m", "work"],
-        ["-C", str(work), "push", "-q", "origin", "agent/ghe"],
-    ):
-        p = run(["git", "-c", "user.name=a", "-c", "user.email=a@example.com", *args], env)
-        assert p.returncode == 0, p.stderr
+    clone_and_push(env, f"https://{GHE}/{OWNER}/ent", work, "agent/ghe")
     created = run(
         [
             GH,
