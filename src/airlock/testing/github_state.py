@@ -43,6 +43,7 @@ _LEVELS = {"read": 1, "write": 2, "admin": 3}
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _WORKFLOW_DIR = ".github/workflows"
 _GIT_TIMEOUT = 30.0
+GITHUB_COMMITTER = {"GIT_COMMITTER_NAME": "GitHub", "GIT_COMMITTER_EMAIL": "noreply@github.com"}
 _BOT_ID_BASE = 41_000_000
 # Permissions a static (personal access) token holds unless it is told otherwise.
 ALL_PERMISSIONS = (
@@ -340,11 +341,13 @@ class Git:
     def __init__(self, git_dir: Path) -> None:
         self.git_dir = git_dir
 
-    def _run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def _run(
+        self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         with tempfile.TemporaryDirectory(prefix="airlock-gh-double-") as home:
             return subprocess.run(
                 ["git", f"--git-dir={self.git_dir}", *args],
-                env=git_env(Path(home)),
+                env=git_env(Path(home), **(env or {})),
                 input=stdin,
                 capture_output=True,
                 check=False,
@@ -447,7 +450,9 @@ class Git:
         args = ["commit-tree", tree]
         for parent in parents:
             args += ["-p", parent]
-        proc = self._run(*args, stdin=message.encode())
+        # GitHub commits merges, squashes and rebased commits as itself: a replayed commit
+        # is a new commit even when its parent and tree are the original's, in the same second.
+        proc = self._run(*args, stdin=message.encode(), env=GITHUB_COMMITTER)
         if proc.returncode != 0:
             raise RuntimeError(f"git commit-tree failed: {proc.stderr.decode(errors='replace')}")
         return proc.stdout.decode().strip()
