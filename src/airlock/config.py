@@ -10,7 +10,7 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -68,7 +68,48 @@ def _check_listen(v: str) -> str:
     return v
 
 
+class GatewayContainerConfig(_Strict):
+    """`[gateway.container]`: the gateway as a hardened container (host/gateway_container.py).
+
+    It reaches the upstreams over a network of its own and joins each sandbox's network at
+    a fixed address (the subnet's third address) instead of listening on the host's bridges.
+    """
+
+    name: str = Field(default="airlock-gateway", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+    image: str | None = None  # default: the image `airlock image --gateway` builds
+    # Its own network to the upstreams and allowlisted hosts (a NAT'd bridge), and the
+    # subnet of it (unset: Docker picks one; it must not overlap the host's networks).
+    network: str = Field(default="airlock-gateway", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+    subnet: str | None = None
+    uid: int = Field(default=10001, gt=0)  # never root inside the gateway's container
+    # Where the host-side git listener (for `session create --out` bundles) is published.
+    publish_address: str = "127.0.0.1"
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Network(v))
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not an IPv4 network ({exc})") from None
+
+    @field_validator("publish_address")
+    @classmethod
+    def _publish(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address") from None
+        return v
+
+
 class GatewayConfig(_Strict):
+    # "host": a process on the host, listening on each sandbox bridge's host address.
+    # "container": a container that joins each sandbox network ([gateway.container]).
+    mode: Literal["host", "container"] = "host"
+    container: GatewayContainerConfig = Field(default_factory=GatewayContainerConfig)
     state_dir: Path = Path("/var/lib/airlock")
     control_socket: Path = Path("/run/airlock/control.sock")
     git_listen: str = "127.0.0.1:8443"
