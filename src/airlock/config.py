@@ -112,6 +112,9 @@ class GatewayConfig(_Strict):
     container: GatewayContainerConfig = Field(default_factory=GatewayContainerConfig)
     state_dir: Path = Path("/var/lib/airlock")
     control_socket: Path = Path("/run/airlock/control.sock")
+    # What `airlock install` and the image builders recorded (unit hashes, image ids), checked
+    # by `airlock doctor`; root's, and never where the gateway can write (host/integrity.py).
+    integrity_manifest: Path = Path("/var/lib/airlock-host/integrity.json")
     git_listen: str = "127.0.0.1:8443"
     public_name: HostName = "airlock.internal"
     control_uids: list[int] = Field(default_factory=lambda: [0])
