@@ -10,6 +10,12 @@ packets that arrived on that bridge (or from the host itself, via ``lo``): so th
 trust that a connection to that address came from that sandbox's network, which is what binds a
 session to its network.
 
+With the gateway in a container on the sandbox's bridge (``bridged``; gateway.mode =
+"container") the same holds one layer down: the sandbox's packets to the gateway container's
+address cross the bridge (br_netfilter hands bridged IPv4 to these hooks, with the bridge as
+both interfaces), the sandbox may open connections to its ports only, the gateway container may
+only answer, and neither reaches anything on the host (its address on the bridge included).
+
 Why nftables, in a table of our own:
 
 * **Separate table.** Docker 20.10 writes its rules with ``iptables`` (here the iptables-nft
@@ -116,6 +122,9 @@ class SandboxRules:
     # The gateway id this sandbox belongs to, kept in every rule's comment: two gateways on
     # one host share this table, and each may touch only its own sandboxes' rules.
     owner: str = ""
+    # The gateway is a container on the sandbox's bridge (gateway.mode = "container"): the
+    # sandbox talks to it across the bridge, and to nothing on the host at all.
+    bridged: bool = False
 
     def __post_init__(self) -> None:
         if self.owner and not _OWNER_RE.fullmatch(self.owner):
@@ -193,6 +202,8 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
     """The sandbox's own chains and their rules (each rule a list of expressions)."""
     src = _match(_payload("ip", "saddr"), str(r.sandbox_ip))
     dst = _match(_payload("ip", "daddr"), str(r.gateway_ip))
+    if r.bridged:
+        return {name: [_canon(rule) for rule in rules] for name, rules in _bridged(r).items()}
     pre = [
         _IPV6_DROP,
         [_match(_payload("ip", "saddr"), str(r.sandbox_ip), "!="), _DROP],
@@ -223,6 +234,54 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
         _chain_name(r.name, "fwd"): fwd,
     }
     return {name: [_canon(rule) for rule in rules] for name, rules in chains.items()}
+
+
+def _bridged(r: SandboxRules) -> dict[str, list[list[Expr]]]:
+    """The chains when the gateway is a container on the bridge.
+
+    Bridged IPv4 frames pass the inet hooks (br_netfilter, which Docker turns on) with the
+    bridge as both input and output interface, so ``prerouting`` and ``forward`` see every
+    packet between the two containers. The sandbox may open connections to the gateway's
+    ports and nothing else; the gateway may only answer (conntrack). The host's own address on
+    the bridge (Docker's bridge gateway) answers nothing, from either of them.
+    """
+    src = _match(_payload("ip", "saddr"), str(r.sandbox_ip))
+    dst = _match(_payload("ip", "daddr"), str(r.gateway_ip))
+    back_src = _match(_payload("ip", "saddr"), str(r.gateway_ip))
+    back_dst = _match(_payload("ip", "daddr"), str(r.sandbox_ip))
+    across = [_match(_meta("iifname"), r.bridge), _match(_meta("oifname"), r.bridge)]
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    pre = [
+        _IPV6_DROP,
+        # The gateway's answers (and nothing else it sends: checked by state in forward).
+        [back_src, back_dst, _ACCEPT],
+        [_match(_payload("ip", "saddr"), str(r.sandbox_ip), "!="), _DROP],
+        [_match(_payload("ip", "daddr"), str(r.gateway_ip), "!="), _DROP],
+        [_ACCEPT],
+    ]
+    gw_only_here = [
+        [_match(_meta("iifname"), {"set": ["lo", r.bridge]}), {"return": None}],
+        [_DROP],
+    ]
+    fwd: list[list[Expr]] = [
+        [*across, src, dst, established, _ACCEPT],
+        [*across, back_src, back_dst, established, _ACCEPT],
+    ]
+    if r.tcp_ports:
+        fwd.append(
+            [*across, src, dst, _match(_payload("tcp", "dport"), _ports(r.tcp_ports)), _ACCEPT]
+        )
+    if r.udp_ports:
+        fwd.append(
+            [*across, src, dst, _match(_payload("udp", "dport"), _ports(r.udp_ports)), _ACCEPT]
+        )
+    fwd.append([_DROP])
+    return {
+        _chain_name(r.name, "pre"): pre,
+        _chain_name(r.name, "dst"): gw_only_here,
+        _chain_name(r.name, "in"): [_IPV6_DROP, [_DROP]],  # nothing on the host, at all
+        _chain_name(r.name, "fwd"): fwd,
+    }
 
 
 def _jump(interface_key: str, bridge: str, target: str) -> list[Expr]:

@@ -4,7 +4,9 @@ Order of a start (each step is undone, in reverse, if a later one fails):
   1. a subnet from the pool (checked against the host's own networks),
   2. an ``--internal`` bridge network with ICC off,
   3. nftables rules for its bridge, read back and verified,
-  4. the gateway listening (git + DNS) on the bridge address,
+  4. the gateway listening (git + DNS) on the bridge address; in container mode
+     (``gateway.mode = "container"``) the gateway's container joins the network at the
+     subnet's third address first, and listens there,
   5. a session waiting for activation,
   6. the session bundle on a tmpfs,
   7. the container, created (not started) with the bundle mounted read-only,
@@ -73,6 +75,10 @@ LABEL_SESSION = "airlock.session"
 LABEL_NAME = "airlock.name"
 LABEL_GATEWAY = "airlock.gateway_ip"
 LABEL_SANDBOX_IP = "airlock.sandbox_ip"
+# "container" when the gateway is a container on the sandbox's bridge (its rules differ).
+LABEL_GATEWAY_MODE = "airlock.gateway_mode"
+# What the gateway's container carries (host/gateway_container.py): its configured name.
+LABEL_GATEWAY_CONTAINER = "airlock.gateway-container"
 # The id of the gateway a sandbox belongs to (the gateway keeps it in its state_dir and says
 # it in /v1/health): `ps`, `stop`, `rm`, `supervise` and clean-up act on their own only.
 LABEL_OWNER = "airlock.owner"
@@ -111,6 +117,8 @@ class Sandbox:
     claimed: Path | None = None  # the claim marker of the spare network this one uses
     uid: int | None = None  # the uid the container is meant to run as (checked after start)
     revoked: bool = False  # its session, by release_started or revoke_started
+    # The gateway is a container on this network (at gateway_ip), not the host's bridge.
+    bridged: bool = False
 
 
 def _push_branches(grants: list[str]) -> str:
@@ -260,7 +268,60 @@ class SandboxManager:
             tcp_ports=[gw.git_port, self.config.sandbox.proxy_port, gw.dns_port],
             udp_ports=[gw.dns_port],
             owner=self.gateway_id,
+            bridged=sb.bridged,
         )
+
+    # --- the gateway as a container on each sandbox network -----------------------------
+
+    @property
+    def container_mode(self) -> bool:
+        return self.config.gateway.mode == "container"
+
+    def gateway_container(self) -> str:
+        """The id of this config's running gateway container (checked by its label; asked
+        each time, since a long-lived supervisor outlives a re-created gateway container)."""
+        name = self.config.gateway.container.name
+        try:
+            info = self.client.api.inspect_container(name)
+        except docker.errors.NotFound:
+            raise SandboxError(
+                f"gateway.mode is container, but there is no container {name!r}: start the "
+                "gateway first (`airlock gateway`)"
+            ) from None
+        labels = info["Config"].get("Labels") or {}
+        if labels.get(LABEL_GATEWAY_CONTAINER) != name:
+            raise SandboxError(
+                f"container {name!r} is not airlock's gateway (no {LABEL_GATEWAY_CONTAINER} "
+                "label): refusing to connect it to a sandbox network"
+            )
+        if not info["State"].get("Running"):
+            raise SandboxError(f"the gateway container {name!r} is not running")
+        return str(info["Id"])
+
+    def _join_gateway(self, sb: Sandbox) -> None:
+        """Connect the gateway's container to the sandbox network at its fixed address."""
+        cid = self.gateway_container()
+        try:
+            self.client.api.connect_container_to_network(
+                cid, sb.network, ipv4_address=str(sb.gateway_ip)
+            )
+        except docker.errors.APIError as exc:
+            if "already exists" not in str(exc.explanation or ""):
+                raise SandboxError(
+                    f"cannot connect the gateway container to {sb.network}: {exc.explanation}"
+                ) from None
+
+    def _leave_gateway(self, network: str) -> None:
+        if not self.container_mode:
+            return
+        try:
+            cid = self.gateway_container()
+            self.client.api.disconnect_container_from_network(cid, network, force=True)
+        except (docker.errors.NotFound, SandboxError):
+            pass  # the network or the gateway container is gone: nothing is connected
+        except docker.errors.APIError as exc:
+            if "is not connected" not in str(exc.explanation or "") and not _already_going(exc):
+                raise
 
     # --- start ----------------------------------------------------------------------------
 
@@ -353,7 +414,15 @@ class SandboxManager:
                 subnet = allocate_subnet(pool, cfg.prefixlen, self._taken_subnets())
             except PoolError as exc:
                 raise SandboxError(f"sandbox.pool: {exc}") from None
-            gateway_ip, sandbox_ip = subnet[1], subnet[2]
+            bridged = self.container_mode
+            if bridged and cfg.prefixlen > 29:
+                raise SandboxError(
+                    "sandbox.prefixlen: a gateway container needs an address of its own on "
+                    "each sandbox network; use 29 or less"
+                )
+            # Docker's bridge gateway (the host's address on the bridge) is always the
+            # first address; a gateway container takes the second, the sandbox the next.
+            gateway_ip, sandbox_ip = (subnet[2], subnet[3]) if bridged else (subnet[1], subnet[2])
             bridge = f"al-{sid}"
             network = f"airlock-{sid}"
             try:
@@ -363,11 +432,14 @@ class SandboxManager:
                     internal=True,
                     enable_ipv6=False,
                     ipam=IPAMConfig(
-                        pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(gateway_ip))]
+                        pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet[1]))]
                     ),
                     options={
                         "com.docker.network.bridge.name": bridge,
-                        "com.docker.network.bridge.enable_icc": "false",
+                        # Off: Docker drops container-to-container traffic. With a gateway
+                        # container on the bridge it must pass; our rules (firewall.py,
+                        # "bridged") allow the sandbox to reach its ports and nothing else.
+                        "com.docker.network.bridge.enable_icc": "true" if bridged else "false",
                         "com.docker.network.bridge.enable_ip_masquerade": "false",
                     },
                     labels={
@@ -376,6 +448,7 @@ class SandboxManager:
                         LABEL_NAME: name,
                         LABEL_GATEWAY: str(gateway_ip),
                         LABEL_SANDBOX_IP: str(sandbox_ip),
+                        LABEL_GATEWAY_MODE: "container" if bridged else "host",
                     },
                 )
             except docker.errors.APIError as exc:
@@ -383,7 +456,7 @@ class SandboxManager:
                     f"cannot create the sandbox network: {exc.explanation}"
                 ) from None
         undo.append(lambda: self._remove_network(network))
-        return Sandbox(sid, name, network, bridge, subnet, gateway_ip, sandbox_ip)
+        return Sandbox(sid, name, network, bridge, subnet, gateway_ip, sandbox_ip, bridged=bridged)
 
     # --- spare networks: made ahead of need (by supervise), so a start skips two steps ----
 
@@ -447,6 +520,9 @@ class SandboxManager:
             except (docker.errors.APIError, KeyError, ValueError):
                 self.teardown(sid, "spare network unusable")
                 continue
+            if sb.bridged != self.container_mode:  # made for the other gateway mode
+                self.teardown(sid, "spare network of the other gateway mode")
+                continue
             sb.name = name
             sb.claimed = claimed
             undo.append(partial(firewall.remove_rules, sid))
@@ -466,6 +542,11 @@ class SandboxManager:
 
     def _listen(self, sb: Sandbox, undo: list[Callable[[], object]]) -> None:
         address = str(sb.gateway_ip)
+        if sb.bridged:
+            if not self.container_mode:
+                raise SandboxError("a container-mode network, but gateway.mode is host")
+            undo.append(lambda: self._leave_gateway(sb.network))
+            self._join_gateway(sb)
         undo.append(lambda: self.control.remove_listener(address))
         try:
             self.control.add_listener(address)
@@ -691,7 +772,13 @@ class SandboxManager:
             # bundle to (a name Docker reads differently from us fails here, closed).
             problems.append(f"it runs as uid/gid {ids}, not {sb.uid}")
         others = self.client.api.inspect_network(sb.network).get("Containers") or {}
-        if set(others) - {sb.container_id}:
+        gateway: set[str] = set()
+        if sb.bridged:
+            gateway = {self.gateway_container()}
+            seen = (others.get(next(iter(gateway))) or {}).get("IPv4Address", "")
+            if seen.partition("/")[0] != str(sb.gateway_ip):
+                problems.append(f"the gateway container is at {seen!r}, not {sb.gateway_ip}")
+        if set(others) - {sb.container_id} - gateway:
             problems.append("another container joined the sandbox network")
         if problems:
             raise SandboxError("container verification failed: " + "; ".join(problems))
@@ -848,6 +935,12 @@ class SandboxManager:
             }
         for gw in sorted(addresses - {""}):
             attempt(f"remove listener {gw}", partial(self.control.remove_listener, gw))
+        for n in nets:
+            if (n.get("Labels") or {}).get(LABEL_GATEWAY_MODE) == "container":
+                attempt(
+                    f"disconnect the gateway from {n['Name']}",
+                    partial(self._leave_gateway, n["Id"]),
+                )
         if errors:
             raise SandboxError(f"sandbox {sandbox_id} not fully released: " + "; ".join(errors))
         return did
@@ -869,7 +962,9 @@ class SandboxManager:
                 os.chmod(sb.bundle_dir, 0o700)
                 shutil.rmtree(sb.bundle_dir)
             self.control.remove_listener(str(sb.gateway_ip))
-        except (ControlError, OSError):
+            if sb.bridged:
+                self._leave_gateway(sb.network)
+        except (ControlError, OSError, SandboxError, docker.errors.APIError):
             return False
         return True
 
@@ -1016,6 +1111,7 @@ def sandbox_from_network(sid: str, net: dict[str, Any]) -> Sandbox:
         subnet=subnet,
         gateway_ip=ipaddress.IPv4Address(labels[LABEL_GATEWAY]),
         sandbox_ip=ipaddress.IPv4Address(labels[LABEL_SANDBOX_IP]),
+        bridged=labels.get(LABEL_GATEWAY_MODE) == "container",
     )
 
 

@@ -217,6 +217,10 @@ class Supervisor:
             if running and net is not None:
                 detail = client.api.inspect_network(net["Id"])
                 own = {c["Id"] for c in containers}
+                sb = sandbox_from_network(sid, detail)
+                if sb.bridged:  # the gateway's container belongs on it, at its address
+                    with contextlib.suppress(SandboxError):
+                        own.add(m.gateway_container())
                 foreign = set(detail.get("Containers") or {}) - own
                 if foreign:
                     # Someone with Docker access attached another container to a sandbox's
@@ -225,13 +229,14 @@ class Supervisor:
                     self._teardown(sid, "foreign container on the sandbox network")
                     counts["removed"] += 1
                     continue
-                sb = sandbox_from_network(sid, detail)
                 rules = m.rules_for(sb)
                 if not firewall.verify_rules(rules):
                     firewall.apply_rules(rules)
                     self.say(f"restored firewall rules of sandbox {sid}")
                     counts["restored"] += 1
-                with contextlib.suppress(ControlError):
+                with contextlib.suppress(ControlError, SandboxError):
+                    if sb.bridged:  # a re-created gateway container lost its networks
+                        m._join_gateway(sb)
                     m.control.add_listener(str(sb.gateway_ip))
                 counts["ok"] += 1
                 continue
