@@ -148,6 +148,8 @@ _CHANGES = [
 ]
 
 Progress = Callable[[str], None]
+#: Shapes a debootstrapped tree before it is trimmed and tarred: (root, log file, progress).
+Customize = Callable[[Path, Path, Progress], None]
 
 
 class ImageBuildError(RuntimeError):
@@ -187,14 +189,14 @@ def ensure_sandbox_image(
     if mirror is not None:
         mirror = check_mirror(mirror)
     tag = sandbox_image_tag()
-    if _image_exists(client, tag):
+    if image_exists(client, tag):
         return tag
 
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Two test processes may race for the first build; the lock makes the second one wait
     # and then find the image (or at least the tarball) ready.
-    with _locked(cache_dir / ".sandbox-image.lock"):
-        if _image_exists(client, tag):
+    with locked(cache_dir / ".sandbox-image.lock"):
+        if image_exists(client, tag):
             return tag
         tarball = cache_dir / f"sandbox-rootfs-{IMAGE_KEY}.tar"
         digest_file = tarball.with_suffix(".tar.sha256")
@@ -210,7 +212,7 @@ def ensure_sandbox_image(
     return tag
 
 
-def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
@@ -219,7 +221,7 @@ def _image_exists(client: docker.DockerClient, tag: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -228,9 +230,19 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build_rootfs_tarball(
-    cache_dir: Path, tarball: Path, digest_file: Path, say: Progress, mirror: str
+def build_rootfs_tarball(
+    cache_dir: Path,
+    tarball: Path,
+    digest_file: Path,
+    say: Progress,
+    mirror: str,
+    *,
+    packages: tuple[str, ...] = PACKAGES,
+    customize: Customize | None = None,
 ) -> None:
+    """debootstrap ``packages`` into a scratch directory under ``cache_dir``, let
+    ``customize(root, log)`` shape the tree, trim it and write ``tarball`` with its sha256.
+    (The sandbox image and the gateway's base image, host/gateway_image.py.)"""
     if not KEYRING.is_file():
         # debootstrap would otherwise carry on without checking signatures.
         raise ImageBuildError(f"{KEYRING} missing: install debian-archive-keyring")
@@ -244,45 +256,23 @@ def _build_rootfs_tarball(
     try:
         root = work / "rootfs"
         log = work / "debootstrap.log"
-        _run(
+        run_logged(
             [
                 "debootstrap",
                 f"--variant={VARIANT}",
                 f"--keyring={KEYRING}",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages)}",
                 SUITE,
                 str(root),
                 mirror,
             ],
             log,
         )
-        say("adding the sandbox user")
-        _run(["chroot", str(root), "groupadd", "--gid", str(SANDBOX_GID), SANDBOX_USER], log)
-        _run(
-            [
-                "chroot",
-                str(root),
-                "useradd",
-                "--uid",
-                str(SANDBOX_UID),
-                "--gid",
-                str(SANDBOX_GID),
-                "--create-home",
-                "--home-dir",
-                SANDBOX_HOME,
-                "--shell",
-                "/bin/bash",
-                SANDBOX_USER,
-            ],
-            log,
-        )
-        say(f"creating {VENV} for the sandbox user")
-        _run(["chroot", str(root), "python3", "-m", "venv", VENV], log)
-        _run(["chroot", str(root), "chown", "-R", f"{SANDBOX_UID}:{SANDBOX_GID}", VENV], log)
+        (customize or _customize_sandbox)(root, log, say)
         _trim_rootfs(root)
         say("writing rootfs tarball")
         partial = work / "rootfs.tar"
-        _run(
+        run_logged(
             [
                 "tar",
                 "--numeric-owner",
@@ -300,11 +290,37 @@ def _build_rootfs_tarball(
             ],
             log,
         )
-        digest = _sha256(partial)
+        digest = sha256_file(partial)
         os.replace(partial, tarball)
         digest_file.write_text(f"{digest}  {tarball.name}\n")
     finally:
-        _remove_tree(work)
+        remove_tree(work)
+
+
+def _customize_sandbox(root: Path, log: Path, say: Progress) -> None:
+    say("adding the sandbox user")
+    run_logged(["chroot", str(root), "groupadd", "--gid", str(SANDBOX_GID), SANDBOX_USER], log)
+    run_logged(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_GID),
+            "--create-home",
+            "--home-dir",
+            SANDBOX_HOME,
+            "--shell",
+            "/bin/bash",
+            SANDBOX_USER,
+        ],
+        log,
+    )
+    say(f"creating {VENV} for the sandbox user")
+    run_logged(["chroot", str(root), "python3", "-m", "venv", VENV], log)
+    run_logged(["chroot", str(root), "chown", "-R", f"{SANDBOX_UID}:{SANDBOX_GID}", VENV], log)
 
 
 NO_SOURCES = (
@@ -331,9 +347,16 @@ def _trim_rootfs(root: Path) -> None:
     (root / "etc/apt/sources.list").write_text(NO_SOURCES)
 
 
-def _import(client: docker.DockerClient, tarball: Path, digest_file: Path, tag: str) -> None:
+def import_rootfs(
+    client: docker.DockerClient,
+    tarball: Path,
+    digest_file: Path,
+    tag: str,
+    changes: list[str] | None = None,
+) -> None:
+    """``docker import`` a tarball (checked against its recorded sha256) as ``tag``."""
     expected = digest_file.read_text().split()[0]
-    if _sha256(tarball) != expected:
+    if sha256_file(tarball) != expected:
         # A damaged or altered cache must not become the sandbox image; rebuild next time.
         tarball.unlink()
         digest_file.unlink()
@@ -343,13 +366,21 @@ def _import(client: docker.DockerClient, tarball: Path, digest_file: Path, tag: 
     # URL for the daemon to fetch.
     with open(tarball, "rb") as f:
         result: Any = client.api.import_image(
-            src=f, repository=repository, tag=version, changes=_CHANGES
+            src=f,
+            repository=repository,
+            tag=version,
+            changes=_CHANGES if changes is None else changes,
         )
-    if not _image_exists(client, tag):
+    if not image_exists(client, tag):
         raise ImageBuildError(f"docker import did not produce {tag}: {result!r}"[:2000])
 
 
-def _sha256(path: Path) -> str:
+# The sandbox build's steps by their old names (tests replace them).
+_build_rootfs_tarball = build_rootfs_tarball
+_import = import_rootfs
+
+
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -357,7 +388,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run(argv: list[str], log: Path) -> None:
+def run_logged(argv: list[str], log: Path) -> None:
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -381,7 +412,7 @@ def _mounts_under(path: Path) -> list[str]:
     return found
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     # A failed debootstrap can leave /proc or /sys mounted inside the target; deleting
     # through those mounts would be disastrous, so unmount them first (deepest first) and
     # let `rm --one-file-system` refuse anything still mounted.
