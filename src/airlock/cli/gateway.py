@@ -15,12 +15,25 @@ from airlock.config import Config
 @click.command()
 @config_option
 @click.option("--ready-file", type=click.Path(path_type=Path), hidden=True)
-def gateway(config_path: Path, ready_file: Path | None) -> None:
-    """Run the gateway in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+@click.option(
+    "--container",
+    "as_container",
+    is_flag=True,
+    help='Run it as its hardened container (what gateway.mode = "container" does).',
+)
+def gateway(config_path: Path, ready_file: Path | None, as_container: bool) -> None:
+    """Run the gateway in the foreground (SIGTERM or Ctrl-C stops it cleanly).
+
+    In container mode (gateway.mode = "container" or --container) it starts the gateway's
+    container, follows its logs, and stops and removes it on SIGTERM (docs/gateway-container.md).
+    """
     from airlock.gateway.server import StartupError, run_gateway
     from airlock.gateway.unixsock import SocketPathError
 
     config = load(config_path)
+    if as_container or config.gateway.mode == "container":
+        _run_container(config, config_path, ready_file)
+        return
     if config.gateway.user is not None:
         _drop_privileges(config)
     try:
@@ -58,3 +71,42 @@ def _drop_privileges(config: Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(setpriv, argv, {**os.environ, priv.DROPPED_ENV: "1"})  # noqa: S606 (fixed argv)
+
+
+def _run_container(config: Config, config_path: Path | None, ready_file: Path | None) -> None:
+    """The gateway's container in the foreground: start, wait for /v1/health, follow its
+    logs; SIGTERM/SIGINT stop and remove it. Exits with the container's exit code."""
+    import os
+    import signal
+    import threading
+    import tomllib
+
+    from airlock.cli.common import err, resolve_config_path
+    from airlock.host.dockerclient import DockerUnavailable, docker_client
+    from airlock.host.gateway_container import GatewayContainer, GatewayContainerError
+    from airlock.host.images import ImageBuildError
+
+    if os.geteuid() != 0:
+        fail("the gateway container is started by root (it prepares the files it mounts)", 2)
+    raw = tomllib.loads(resolve_config_path(config_path).read_text())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        gc = GatewayContainer(
+            config, raw, docker_client(), say=lambda m: err.print(m, highlight=False)
+        )
+        gc.start()
+    except (DockerUnavailable, GatewayContainerError, ImageBuildError, OSError) as exc:
+        fail(str(exc), 2)
+    if ready_file is not None:
+        ready_file.write_text("ready\n")
+    def write(chunk: bytes) -> None:
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+
+    try:
+        code = gc.follow(stop, write)
+    finally:
+        gc.stop()
+    sys.exit(0 if stop.is_set() else code)

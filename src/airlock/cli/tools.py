@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from airlock.cli.common import err, fail, out
+from airlock.cli.common import config_option, err, fail, load, out
 
 
 @click.command()
@@ -19,8 +20,18 @@ from airlock.cli.common import err, fail, out
         "machine's own mirror from its apt sources). Used only when the image is built."
     ),
 )
-def image(mirror: str | None) -> None:
+@click.option(
+    "--gateway",
+    "gateway_image",
+    is_flag=True,
+    help="Build the gateway's container image instead (docs/gateway-container.md).",
+)
+@config_option
+def image(mirror: str | None, gateway_image: bool, config_path: Path | None) -> None:
     """Build (once, offline, from Debian packages) and import the default sandbox image."""
+    if gateway_image:
+        _gateway_image(mirror, config_path)
+        return
     from airlock.host.dockerclient import DockerUnavailable, docker_client
     from airlock.host.images import (
         ImageBuildError,
@@ -42,6 +53,24 @@ def image(mirror: str | None) -> None:
             )
         tag = ensure_sandbox_image(
             client, progress=lambda m: err.print(m, highlight=False, soft_wrap=True), mirror=mirror
+        )
+    except (DockerUnavailable, ImageBuildError) as exc:
+        fail(str(exc))
+    click.echo(tag)
+
+
+def _gateway_image(mirror: str | None, config_path: Path | None) -> None:
+    from airlock.host.dockerclient import DockerUnavailable, docker_client
+    from airlock.host.gateway_image import ensure_gateway_image
+    from airlock.host.images import ImageBuildError
+
+    config = load(config_path)
+    try:
+        tag = ensure_gateway_image(
+            docker_client(timeout=600),
+            config,
+            progress=lambda m: err.print(m, highlight=False, soft_wrap=True),
+            mirror=mirror,
         )
     except (DockerUnavailable, ImageBuildError) as exc:
         fail(str(exc))
