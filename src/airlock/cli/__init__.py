@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from airlock.cli import doctor, gateway, run, sandboxes, session, tools
+from airlock.cli import doctor, gateway, rotate, run, sandboxes, session, tools
 from airlock.cli.common import AirlockGroup
 
 
@@ -21,3 +21,5 @@ for _command in (sandboxes.ps, sandboxes.stop, sandboxes.supervise, tools.image,
 main.add_command(doctor.doctor)
 for _command in (sandboxes.rm, sandboxes.logs, sandboxes.exec_, sandboxes.agent):
     main.add_command(_command)
+main.add_command(rotate.rotate)
+main.add_command(rotate.revoke_all)

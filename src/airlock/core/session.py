@@ -108,6 +108,12 @@ class Session:
     # Pull requests this session opened, as "HOST/owner/repo#NUMBER NODE_ID" (repository key
     # lowercased): the only ones it may update, comment on and ask reviews for.
     pulls: tuple[str, ...] = ()
+    # CA rotation (gateway/rotation.py): the client certificate last issued (PEM), so the
+    # gateway can re-issue one for the same key; the one it replaced stays accepted until
+    # ``previous_cert_until`` (the end of the rotation's overlap).
+    client_cert_pem: str | None = None
+    previous_cert_fingerprint: str | None = None
+    previous_cert_until: float = 0.0
 
     @property
     def idle_deadline(self) -> float:
@@ -182,7 +188,9 @@ def check_usable(
     if s.state is SessionState.REVOKED:
         return Refusal.REVOKED
     if s.cert_fingerprint is not None and cert_fingerprint != s.cert_fingerprint:
-        return Refusal.WRONG_CERTIFICATE
+        overlap = s.previous_cert_fingerprint is not None and now < s.previous_cert_until
+        if not (overlap and cert_fingerprint == s.previous_cert_fingerprint):
+            return Refusal.WRONG_CERTIFICATE
     if now >= s.expires_at:
         return Refusal.EXPIRED
     if now >= s.last_used + s.idle_timeout:

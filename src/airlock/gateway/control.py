@@ -11,6 +11,10 @@ Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
   POST /v1/sessions/{id}/revoke        {"reason": str} -> Session
   POST /v1/sessions/{id}/activate      Binding -> Session
   POST /v1/revoke-all                  {"reason": str} -> {"revoked": N}
+  GET  /v1/rotation                    -> Rotation (phase, overlap end, the trust of the moment)
+  POST /v1/rotation/prepare            {"overlap": seconds} -> Rotation + {"reissued": [...],
+                                          "not_reissued": [...]} (gateway/rotation.py)
+  POST /v1/rotation/commit             -> Rotation (new server certificate from now on)
   GET  /v1/listeners                   -> {"addresses": [...]}
   POST /v1/listeners                   {"address": IP} -> listen there (git + DNS)
   POST /v1/listeners/remove            {"address": IP} -> stop listening there
@@ -18,6 +22,7 @@ Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import secrets
@@ -26,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from limits import parse
 from limits.storage import MemoryStorage
@@ -39,6 +46,7 @@ from pydantic import (
 )
 
 from airlock.config import Config
+from airlock.core import rotation as rotation_core
 from airlock.core import session as lifecycle
 from airlock.core.egress import InvalidAllowEntry, parse_allow_entry
 from airlock.core.grants import InvalidGrant, parse_grant
@@ -46,7 +54,8 @@ from airlock.core.hostnames import InvalidHostname
 from airlock.core.session import Binding, Limits, Session
 from airlock.gateway.audit import AuditLog
 from airlock.gateway.metrics import Metrics
-from airlock.gateway.pki import GatewayIdentity, cert_fingerprint
+from airlock.gateway.pki import CertificateAuthority, GatewayIdentity, cert_fingerprint
+from airlock.gateway.rotation import CARotation, RotationError
 from airlock.gateway.store import SessionStore
 from airlock.gateway.unixsock import peer_uid
 
@@ -90,6 +99,18 @@ class Revoke(_Body):
     reason: str = Field(default="revoked by operator", max_length=200)
 
 
+class RotationPrepare(_Body):
+    overlap: float = Field(ge=rotation_core.MIN_OVERLAP, le=rotation_core.MAX_OVERLAP)
+
+
+def _issued_by(cert_pem: str, ca: CertificateAuthority) -> bool:
+    try:
+        x509.load_pem_x509_certificate(cert_pem.encode()).verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 class Activate(_Body):
     container_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     network: str = Field(min_length=1, max_length=128)
@@ -130,6 +151,10 @@ class ControlAPI:
         self.clock = clock
         self.listeners: Any = None  # server.Listeners, set by the gateway
         self.metrics: Metrics | None = None
+        # CA rotation (set by the gateway): who issues, what clients trust; on_trust_change
+        # rebuilds the gateway's TLS contexts after each step.
+        self.rotation: CARotation | None = None
+        self.on_trust_change: Callable[[], None] = lambda: None
         self._control_limit = parse(config.limits.control_requests)
         self._control_limiter = MovingWindowRateLimiter(MemoryStorage())
 
@@ -144,6 +169,9 @@ class ControlAPI:
         app.router.add_post("/v1/sessions/{id}/revoke", self.revoke)
         app.router.add_post("/v1/sessions/{id}/activate", self.activate)
         app.router.add_post("/v1/revoke-all", self.revoke_all)
+        app.router.add_get("/v1/rotation", self.rotation_show)
+        app.router.add_post("/v1/rotation/prepare", self.rotation_prepare)
+        app.router.add_post("/v1/rotation/commit", self.rotation_commit)
         app.router.add_get("/v1/listeners", self.list_listeners)
         app.router.add_post("/v1/listeners", self.add_listener)
         app.router.add_post("/v1/listeners/remove", self.remove_listener)
@@ -186,28 +214,45 @@ class ControlAPI:
         (default: ``s`` with it). ``apply`` raising ValueError stores nothing."""
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         not_after = dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
+        ca = self.rotation.issuing_ca if self.rotation is not None else self.identity.ca
         try:
-            cert = self.identity.ca.issue_session(csr.encode(), s.id, now, not_after)
+            cert = ca.issue_session(csr.encode(), s.id, now, not_after)
         except ValueError as exc:
             raise _BadRequest(f"csr: {exc}") from None
         der = cert.public_bytes(serialization.Encoding.DER)
         fingerprint = cert_fingerprint(der)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         s = (apply or (lambda fp: lifecycle.renew_certificate(s, fp)))(fingerprint)
+        # Kept so that a CA rotation can re-issue for the same key; a new key (renew) ends
+        # whatever a rotation still accepted of the session's earlier certificate.
+        s = dataclasses.replace(
+            s, client_cert_pem=cert_pem, previous_cert_fingerprint=None, previous_cert_until=0.0
+        )
         self.store.put(s)
         gw = self.config.gateway
+        trust = self._trust()
         return {
             "session": s.to_json(),
-            "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "ca_pem": self.identity.ca.cert_pem.decode(),
-            "pinned_pubkey": self.identity.pinned_pubkey,
+            "cert_pem": cert_pem,
+            "ca_pem": trust["ca_pem"],
+            "pinned_pubkey": trust["pinned_pubkey"],
             "gateway": {"name": gw.public_name, "address": gw.git_host, "port": gw.git_port},
             "upstream_hosts": sorted(self.config.upstream_hosts),
             "api": {
-                "ca_pem": self.intercept_ca_pem,
+                "ca_pem": trust["api_ca_pem"] if self.intercept_ca_pem else None,
                 "names": self.api_names,
                 # Which upstream host each API name belongs to (GH_HOST for Enterprise).
                 "hosts": {u.api_name: u.host for u in self.config.upstream if u.api.enabled},
             },
+        }
+
+    def _trust(self) -> dict[str, Any]:
+        if self.rotation is not None:
+            return self.rotation.describe()
+        return {
+            "ca_pem": self.identity.ca.cert_pem.decode(),
+            "pinned_pubkey": self.identity.pinned_pubkey,
+            "api_ca_pem": self.intercept_ca_pem,
         }
 
     async def metrics_text(self, request: web.Request) -> web.Response:
@@ -347,7 +392,97 @@ class ControlAPI:
             if s.state is not lifecycle.SessionState.REVOKED:
                 self._revoke(s, body.reason)
                 n += 1
+        self.audit.event("sessions_revoked_all", revoked=n, reason=body.reason)
         return web.json_response({"revoked": n})
+
+    # --- CA rotation (gateway/rotation.py, core/rotation.py) ------------------------------
+
+    def _rotation(self) -> CARotation:
+        if self.rotation is None:
+            raise web.HTTPConflict(reason="this gateway cannot rotate its CA")
+        return self.rotation
+
+    async def rotation_show(self, request: web.Request) -> web.Response:
+        return web.json_response(self._rotation().describe())
+
+    async def rotation_prepare(self, request: web.Request) -> web.Response:
+        rot = self._rotation()
+        try:
+            body: RotationPrepare = await self._json(request, RotationPrepare)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        # No await from here on: every session is re-issued against one view of the store.
+        now = self.clock()
+        try:
+            rot.prepare(body.overlap, now)
+        except (RotationError, OSError) as exc:
+            return _error(409, f"cannot prepare the rotation: {exc}")
+        ca = rot.issuing_ca
+        deadline = rotation_core.previous_cert_deadline(rot.state, now)
+        reissued: list[str] = []
+        skipped: list[str] = []
+        when = dt.datetime.fromtimestamp(now, dt.UTC)
+        for s in self.store:
+            if lifecycle.is_finished(s, now):
+                continue
+            if s.client_cert_pem is None:
+                skipped.append(s.id)  # made before certificates were kept: a new session
+                continue
+            if not _issued_by(s.client_cert_pem, ca):
+                not_after = dt.datetime.fromtimestamp(s.expires_at, dt.UTC)
+                try:
+                    cert = ca.reissue_session(s.client_cert_pem.encode(), s.id, when, not_after)
+                except ValueError:
+                    skipped.append(s.id)
+                    continue
+                self.store.put(
+                    dataclasses.replace(
+                        s,
+                        cert_fingerprint=cert_fingerprint(
+                            cert.public_bytes(serialization.Encoding.DER)
+                        ),
+                        client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                        previous_cert_fingerprint=s.cert_fingerprint,
+                        previous_cert_until=deadline,
+                    )
+                )
+            reissued.append(s.id)
+        self.on_trust_change()
+        self.audit.event(
+            "ca_rotation_prepared",
+            overlap=body.overlap,
+            reissued=len(reissued),
+            not_reissued=skipped,
+            next_ca=rot.describe()["ca_fingerprints"],
+        )
+        return web.json_response({**rot.describe(), "reissued": reissued, "not_reissued": skipped})
+
+    async def rotation_commit(self, request: web.Request) -> web.Response:
+        rot = self._rotation()
+        now = self.clock()
+        try:
+            self.identity = rot.commit(now)
+        except (RotationError, OSError, ValueError) as exc:
+            return _error(409, f"cannot commit the rotation: {exc}")
+        until = rotation_core.previous_cert_deadline(rot.state, now)
+        for s in self.store:
+            if s.previous_cert_fingerprint is not None and s.previous_cert_until > now:
+                self.store.put(dataclasses.replace(s, previous_cert_until=until))
+        self.on_trust_change()
+        self.audit.event(
+            "ca_rotation_committed",
+            overlap_until=until,
+            server_pin=self.identity.pinned_pubkey,
+            ca=rot.describe()["ca_fingerprints"],
+        )
+        return web.json_response(rot.describe())
+
+    def finish_rotation(self) -> None:
+        """The overlap is over (the gateway's timer): the old CA and certificates are out."""
+        rot = self._rotation()
+        rot.finish()
+        self.on_trust_change()
+        self.audit.event("ca_rotation_finished", ca=rot.describe()["ca_fingerprints"])
 
     async def activate(self, request: web.Request) -> web.Response:
         self._session(request)  # 404 before the body is read

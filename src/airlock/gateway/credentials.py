@@ -76,11 +76,18 @@ class SecretFile(Generic[T]):
     gateway's user or root, its mode 0600 or stricter. The checks and the read are made on
     one open file, so the file checked is the file read."""
 
-    def __init__(self, path: Path, what: str, parse: Callable[[bytes], T]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        what: str,
+        parse: Callable[[bytes], T],
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.what = what  # "token file", "App private key": how messages name it
         self._parse = parse  # raises ValueError with what is wrong with the content
         self._cached: tuple[tuple[int, int, int, int, int], T] | None = None
+        self._on_reload = on_reload  # called when a new version replaced a loaded one
 
     def _name(self) -> str:
         """How messages name the file: the path, and where it leads if it is a symlink."""
@@ -114,9 +121,12 @@ class SecretFile(Generic[T]):
                 except OSError as exc:
                     raise self._fail(exc) from None
                 try:
+                    reloaded = self._cached is not None
                     self._cached = (version, self._parse(data))
                 except ValueError as exc:
                     raise CredentialError(f"{self.what} {self._name()}: {exc}") from None
+                if reloaded and self._on_reload is not None:
+                    self._on_reload()
         finally:
             os.close(fd)
         return self._cached[1]
@@ -147,7 +157,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_token(data: bytes) -> str:
+def parse_token(data: bytes) -> str:
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -158,10 +168,17 @@ def _parse_token(data: bytes) -> str:
 
 
 class FileCredential:
-    """The token file's token, for every session alike."""
+    """The token file's token, for every session alike. ``log`` gets a
+    ``token_file_reloaded`` event when a replaced file is first used (a rotation)."""
 
-    def __init__(self, path: Path) -> None:
-        self.file = SecretFile(path, "token file", _parse_token)
+    def __init__(
+        self, path: Path, log: Callable[..., None] | None = None, host: str | None = None
+    ) -> None:
+        def reloaded() -> None:
+            if log is not None:
+                log("token_file_reloaded", upstream=host, path=str(path))
+
+        self.file = SecretFile(path, "token file", parse_token, reloaded)
 
     def check(self) -> None:
         self.file.get()

@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from airlock.gateway.pki import CA_KEY_USAGE, key_pem, new_private_key, write_private
 
-__all__ = ["InterceptAuthority", "InterceptError"]
+__all__ = ["InterceptAuthority", "InterceptError", "generate_ca", "read_ca", "write_ca"]
 
 CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=30)
@@ -56,6 +56,59 @@ def permitted_names(cert: x509.Certificate) -> list[str] | None:
     except x509.ExtensionNotFound:
         return None
     return sorted(g.value for g in nc.permitted_subtrees or () if isinstance(g, x509.DNSName))
+
+
+def write_ca(directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    """The key (0600) and certificate in ``directory``, each renamed into place."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(directory / "ca.key.tmp", key_pem(key))
+    os.replace(directory / "ca.key.tmp", directory / "ca.key")
+    tmp = directory / "ca.pem.tmp"
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, directory / "ca.pem")
+
+
+def read_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA :func:`write_ca` wrote; InterceptError if it is missing or unreadable."""
+    try:
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    except (ValueError, OSError) as exc:
+        raise InterceptError(f"{directory}: unreadable interception CA: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or cert.public_key() != key.public_key():
+        raise InterceptError(f"{directory}: the key is not the CA certificate's")
+    return key, cert
+
+
+def generate_ca(
+    names: Sequence[str], now: dt.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new interception CA whose name constraints permit exactly ``names``."""
+    key = new_private_key()
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "airlock GitHub API interception CA")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName(n) for n in sorted(names)],
+                excluded_subtrees=_NO_IPS,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
 
 
 @dataclass
@@ -105,35 +158,17 @@ class InterceptAuthority:
                 assert isinstance(key, ec.EllipticCurvePrivateKey)
                 return key, cert
         # New names (or none yet): a new CA whose constraints are exactly these names.
-        key = new_private_key()
-        subject = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, "airlock GitHub API interception CA")]
-        )
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(CA_KEY_USAGE, critical=True)
-            .add_extension(
-                x509.NameConstraints(
-                    permitted_subtrees=[x509.DNSName(n) for n in self.names],
-                    excluded_subtrees=_NO_IPS,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        write_private(key_path, key_pem(key))
-        tmp = cert_path.with_suffix(".tmp")
-        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        os.replace(tmp, cert_path)
+        key, cert = generate_ca(self.names, now)
+        write_ca(d, key, cert)
         return key, cert
+
+    def adopt(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        """Serve certificates of another CA from now on (CA rotation): the next handshake
+        already shows a leaf of ``cert``; leaves of the old CA are dropped."""
+        if permitted_names(cert) != self.names:
+            raise InterceptError("the new interception CA does not cover this gateway's names")
+        self.key, self.cert = key, cert
+        self._leaves.clear()
 
     def issue(self, name: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
         """A server certificate for ``name`` (one of :attr:`names`) and ``key``."""

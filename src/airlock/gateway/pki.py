@@ -101,6 +101,29 @@ class CertificateAuthority:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{key_path}: not an EC private key")
             return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        ca = cls.generate(now)
+        ca.save(directory)
+        return ca
+
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA in ``directory``; FileNotFoundError if there is none (nothing created)."""
+        key_path, cert_path = directory / "ca.key", directory / "ca.pem"
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path}: not an EC private key")
+        return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+
+    def save(self, directory: Path) -> None:
+        """The key (0600) and the certificate, each written to a temporary name and renamed."""
+        write_private(directory / "ca.key.tmp", _key_pem(self.key))
+        os.replace(directory / "ca.key.tmp", directory / "ca.key")
+        (directory / "ca.pem.tmp").write_bytes(self.cert_pem)
+        os.replace(directory / "ca.pem.tmp", directory / "ca.pem")
+
+    @classmethod
+    def generate(cls, now: dt.datetime) -> CertificateAuthority:
+        """A new CA, in memory only (:meth:`save` writes it)."""
         key = new_private_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "airlock CA")])
         cert = (
@@ -116,8 +139,6 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
 
     def _leaf(
@@ -169,6 +190,29 @@ class CertificateAuthority:
         pub = csr.public_key()
         if not isinstance(pub, ec.EllipticCurvePublicKey):
             raise ValueError("CSR key must be an EC key")
+        return self.issue_session_for_key(pub, session_id, now, not_after)
+
+    def reissue_session(
+        self, cert_pem: bytes, session_id: str, now: dt.datetime, not_after: dt.datetime
+    ) -> x509.Certificate:
+        """A certificate from this CA for the key of ``cert_pem`` (a session's certificate from
+        any CA): CA rotation, the session key never leaves the host side. ValueError when
+        the certificate is not a session certificate of ``session_id`` with an EC key."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        if session_id_from_cert(cert.public_bytes(serialization.Encoding.DER)) != session_id:
+            raise ValueError("the certificate is not this session's")
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey):
+            raise ValueError("the session key must be an EC key")
+        return self.issue_session_for_key(pub, session_id, now, not_after)
+
+    def issue_session_for_key(
+        self,
+        pub: ec.EllipticCurvePublicKey,
+        session_id: str,
+        now: dt.datetime,
+        not_after: dt.datetime,
+    ) -> x509.Certificate:
         return self._leaf(
             pub,
             f"airlock session {session_id}",
@@ -227,6 +271,42 @@ class GatewayIdentity:
     @property
     def pinned_pubkey(self) -> str:
         return pinned_pubkey(self.server_cert)
+
+
+def server_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses a gateway certificate covers."""
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return (
+        list(san.get_values_for_type(x509.DNSName)),
+        [str(i) for i in san.get_values_for_type(x509.IPAddress)],
+    )
+
+
+def create_identity(
+    directory: Path, names: list[str], ips: list[str], now: dt.datetime
+) -> GatewayIdentity:
+    """A new CA and a new gateway key and certificate, written to ``directory`` (the next
+    identity of a CA rotation; gateway/rotation.py)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca = CertificateAuthority.generate(now)
+    ca.save(directory)
+    key = new_private_key()
+    key_path, cert_path = directory / "gateway.key", directory / "gateway.pem"
+    write_private(key_path, _key_pem(key))
+    cert = ca.issue_server(key, names, ips, now)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return GatewayIdentity(ca, key_path, cert_path, cert)
+
+
+def load_identity(directory: Path) -> GatewayIdentity:
+    """An identity :func:`create_identity` wrote (ValueError/OSError if it is not whole)."""
+    ca = CertificateAuthority.load(directory)
+    key_path, cert_path = directory / "gateway.key", directory / "gateway.pem"
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or cert.public_key() != key.public_key():
+        raise ValueError(f"{key_path}: not the key of {cert_path}")
+    return GatewayIdentity(ca, key_path, cert_path, cert)
 
 
 def load_or_create_identity(

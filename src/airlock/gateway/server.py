@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from airlock.config import Config
+from airlock.core import rotation as rotation_core
 from airlock.core import session as lifecycle
 from airlock.core.backoff import AuthBackoff
 from airlock.core.egress import parse_proxy_authorization
@@ -44,6 +45,7 @@ from airlock.gateway.resolver import (
     StaticResolver,
     nameservers_from_resolv_conf,
 )
+from airlock.gateway.rotation import CARotation, RotationError, recover
 from airlock.gateway.store import SessionStore
 from airlock.gateway.tlslistener import ConnectionGuard, ConnectionLimits, TLSListener
 from airlock.gateway.unixsock import ControlSocket, SocketPathError
@@ -77,7 +79,7 @@ def preflight(
                 raise StartupError(f"upstream {u.host}: app.ca_file {u.app.ca_file} does not exist")
         else:
             assert u.token_file is not None  # the config allows exactly one of the two
-            cred = FileCredential(u.token_file)
+            cred = FileCredential(u.token_file, log, u.host)
         try:
             cred.check()
         except CredentialError as exc:
@@ -92,11 +94,16 @@ def preflight(
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 
-def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
+def server_ssl_context(
+    identity: GatewayIdentity, client_cas: list[bytes] | None = None
+) -> ssl.SSLContext:
+    """``client_cas``: the CAs whose client certificates verify (default: the identity's);
+    during a CA rotation the old and the new (gateway/rotation.py)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(identity.server_cert_path, identity.server_key_path)
-    ctx.load_verify_locations(cadata=identity.ca.cert_pem.decode())
+    cas = client_cas if client_cas is not None else [identity.ca.cert_pem]
+    ctx.load_verify_locations(cadata=b"".join(cas).decode())
     ctx.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no TLS session
     # A session certificate ends with its session (notAfter = the session's lifetime). Were
     # OpenSSL to check the time, the handshake of an expired session's certificate would
@@ -107,11 +114,13 @@ def server_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
     return ctx
 
 
-def sandbox_ssl_context(identity: GatewayIdentity) -> ssl.SSLContext:
+def sandbox_ssl_context(
+    identity: GatewayIdentity, client_cas: list[bytes] | None = None
+) -> ssl.SSLContext:
     """Sandbox listeners: the same server certificate, a client certificate optional (one
     that is presented must still verify), for clients that can only do HTTP Basic with the
     session's git secret (libgit2, cargo); gitauth.py accepts that only from the sandbox."""
-    ctx = server_ssl_context(identity)
+    ctx = server_ssl_context(identity, client_cas)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
@@ -224,6 +233,11 @@ class Gateway:
         # The upstream hosts too: sandboxes reach git as https://github.com:PORT/owner/repo
         # (host form, gitpath.host_form_target), trusting this CA for that URL only.
         names = [gw.public_name, *sorted(config.upstream_hosts - {gw.public_name})]
+        try:
+            # A CA rotation's commit cut short is completed before the identity is read.
+            rotation_state = recover(gw.state_dir, time.time())
+        except (RotationError, OSError) as exc:
+            raise StartupError(f"CA rotation: {exc}") from None
         self.identity = load_or_create_identity(gw.state_dir, names, ips, dt.datetime.now(dt.UTC))
         self.store = SessionStore(gw.state_dir / "sessions.sqlite3")
         self.audit = AuditLog(gw.audit_log, self._secrets)
@@ -296,9 +310,18 @@ class Gateway:
             api_names=sorted(api_names),
         )
         self.control.metrics = self.metrics
+        try:
+            self.rotation = CARotation(
+                gw.state_dir, self.identity, self.intercept if api_names else None, rotation_state
+            )
+        except RotationError as exc:
+            raise StartupError(f"CA rotation: {exc}") from None
+        self.control.rotation = self.rotation
+        self.control.on_trust_change = self._trust_changed
+        self._overlap_timer: asyncio.TimerHandle | None = None
         self._runners: list[web.BaseRunner] = []
-        self.ssl = server_ssl_context(self.identity)
-        self.sandbox_ssl = sandbox_ssl_context(self.identity)
+        self.ssl = server_ssl_context(self.identity, self.rotation.ca_pems())
+        self.sandbox_ssl = sandbox_ssl_context(self.identity, self.rotation.ca_pems())
         self._git_server: web.Server | None = None
         self._git_listeners: list[TLSListener] = []
         self.proxy_backoff = AuthBackoff(
@@ -422,9 +445,43 @@ class Gateway:
         """A new git listener sharing the one HTTP server and guard. The host listener
         requires a client certificate; a sandbox's (``sandbox=True``) also lets HTTP Basic in."""
         assert self._git_server is not None
-        ctx = self.sandbox_ssl if sandbox else self.ssl
+        # Read at every handshake: a CA rotation swaps the contexts (_trust_changed).
+        ctx = (lambda: self.sandbox_ssl) if sandbox else (lambda: self.ssl)
         listener = TLSListener(self._git_server, ctx, self.guard)
         return listener
+
+    def _trust_changed(self) -> None:
+        """A CA rotation step: new connections get contexts with the server certificate and
+        the client CAs of the moment; when an overlap runs, its end is scheduled."""
+        self.identity = self.rotation.identity
+        cas = self.rotation.ca_pems()
+        self.ssl = server_ssl_context(self.identity, cas)
+        self.sandbox_ssl = sandbox_ssl_context(self.identity, cas)
+        self._schedule_overlap_end()
+
+    def _schedule_overlap_end(self) -> None:
+        if self._overlap_timer is not None:
+            self._overlap_timer.cancel()
+            self._overlap_timer = None
+        state = self.rotation.state
+        if state.phase is not rotation_core.Phase.OVERLAP or state.overlap_until is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not started yet: start() schedules it
+        delay = max(0.0, state.overlap_until - time.time())
+        self._overlap_timer = loop.call_later(delay, self._overlap_ended)
+
+    def _overlap_ended(self) -> None:
+        self._overlap_timer = None
+        if not rotation_core.overlap_ended(self.rotation.state, time.time()):
+            self._schedule_overlap_end()  # the wall clock moved: wait again
+            return
+        try:
+            self.control.finish_rotation()
+        except OSError as exc:
+            self.audit.event("ca_rotation_finish_failed", error=str(exc)[:200])
 
     def _secrets(self) -> list[str]:
         return [t for cred in self.tokens.values() for t in cred.secrets()]
@@ -482,6 +539,9 @@ class Gateway:
             await self.stop()
             raise StartupError(str(exc)) from None
         await self.listeners.restore()
+        # A rotation's overlap that ended while the gateway was down ends now; one still
+        # running gets its timer back.
+        self._schedule_overlap_end()
         self._sweeper = asyncio.create_task(self._sweep_credentials())
         self.audit.event(
             "gateway_started",
@@ -505,6 +565,8 @@ class Gateway:
         self._runners.clear()
         await self.proxy.close()
         await self.api.close()
+        if self._overlap_timer is not None:
+            self._overlap_timer.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

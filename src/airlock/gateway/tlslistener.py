@@ -176,13 +176,19 @@ class TLSListener:
     def __init__(
         self,
         factory: Callable[[], asyncio.Protocol],
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
         guard: ConnectionGuard,
     ) -> None:
+        """``ssl_context`` may be a function: asked at every handshake, so a CA rotation's
+        new server certificate and client CAs apply to the next connection."""
         self.factory = factory
-        self.ssl = ssl_context
+        self._ssl = ssl_context
         self.guard = guard
         self._server: asyncio.Server | None = None
+
+    @property
+    def ssl(self) -> ssl.SSLContext:
+        return self._ssl if isinstance(self._ssl, ssl.SSLContext) else self._ssl()
 
     async def start(self, host: str, port: int, backlog: int = 512) -> None:
         loop = asyncio.get_running_loop()

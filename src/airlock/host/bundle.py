@@ -3,9 +3,13 @@ its own session key (the upstream token never appears here)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,3 +233,96 @@ def api_environment(mount_point: Path, token: str, names: dict[str, str]) -> dic
         if "github.com" not in names.values() and len(enterprise) == 1:
             env["GH_HOST"] = enterprise[0]
     return env
+
+
+# --- CA rotation: the same bundle, new certificate and trust, each file renamed into place ---
+
+API_CA_MARKER = b"# airlock: the GitHub API interception CA\n"
+_PIN_LINE = re.compile(r"^(\s*pinnedPubkey = ).*$", re.MULTILINE)
+
+
+class BundleError(Exception):
+    """A bundle directory cannot be refreshed; the message names it and why."""
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, keeping its owner, group and mode: written
+    to a new name in the same directory, then renamed over it. A container that has the
+    directory bind-mounted sees the whole old file or the whole new one, never a mix."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: not a regular file; refusing to replace it")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def bundle_session_id(directory: Path) -> str | None:
+    """The session a bundle directory holds (its session.json), or None."""
+    try:
+        raw = json.loads((directory / "session.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sid = raw.get("id") if isinstance(raw, dict) else None
+    return sid if isinstance(sid, str) else None
+
+
+def with_pins(gitconfig: str, pins: str) -> str:
+    """The gitconfig with every ``pinnedPubkey`` set to ``pins`` (curl: ``sha256//A;sha256//B``;
+    quoted, or git would read the ``;`` as the start of a comment)."""
+    return _PIN_LINE.sub(lambda m: m.group(1) + _q(pins), gitconfig)
+
+
+def with_api_ca(ca_bundle: bytes, api_ca_pem: str) -> bytes:
+    """``ca-bundle.pem`` with its interception CA part replaced (the host's CAs kept)."""
+    system, _, _ = ca_bundle.partition(API_CA_MARKER)
+    return system + API_CA_MARKER + api_ca_pem.encode()
+
+
+def refresh_bundle(
+    directory: Path, *, cert_pem: str, ca_pem: str, pins: str, api_ca_pem: str | None
+) -> list[str]:
+    """Rewrite a bundle for a rotated CA: the session's new certificate (its key stays), the
+    CAs and server pins to trust, the API trust if the bundle has it, and the manifest.
+    Returns the names of the files replaced. Certificates first, then the trust: a client
+    reading between them has a new certificate (accepted) and the old trust (still served)."""
+    if not (directory / CERT_FILE).is_file() or not (directory / GITCONFIG_FILE).is_file():
+        raise BundleError(f"{directory}: not a session bundle (no {CERT_FILE} or {GITCONFIG_FILE})")
+    new: dict[str, bytes] = {CERT_FILE: cert_pem.encode(), CA_FILE: ca_pem.encode()}
+    gitconfig = (directory / GITCONFIG_FILE).read_text()
+    new[GITCONFIG_FILE] = with_pins(gitconfig, pins).encode()
+    if api_ca_pem is not None and (directory / API_CA_FILE).is_file():
+        new[API_CA_FILE] = api_ca_pem.encode()
+        if (directory / CA_BUNDLE_FILE).is_file():
+            new[CA_BUNDLE_FILE] = with_api_ca((directory / CA_BUNDLE_FILE).read_bytes(), api_ca_pem)
+    changed = []
+    for name, data in new.items():
+        path = directory / name
+        if path.is_file() and path.read_bytes() == data:
+            continue
+        replace_file(path, data)
+        changed.append(name)
+    manifest = directory / MANIFEST_FILE
+    if changed and manifest.is_file():
+        names = [
+            line.split("  ", 1)[1] for line in manifest.read_text().splitlines() if "  " in line
+        ]
+        lines = "".join(
+            f"{hashlib.sha256((directory / n).read_bytes()).hexdigest()}  {n}\n"
+            for n in names
+            if (directory / n).is_file()
+        )
+        replace_file(manifest, lines.encode())
+    return changed

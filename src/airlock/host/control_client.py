@@ -167,3 +167,19 @@ class ControlClient:
     def listeners(self) -> list[str]:
         result: list[str] = self.call("GET", "/v1/listeners")["addresses"]
         return result
+
+    def revoke_all(self, reason: str = "revoked by operator") -> int:
+        result: int = self.call("POST", "/v1/revoke-all", {"reason": reason})["revoked"]
+        return result
+
+    def rotation(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/v1/rotation")
+        return result
+
+    def rotation_prepare(self, overlap: float) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/v1/rotation/prepare", {"overlap": overlap})
+        return result
+
+    def rotation_commit(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/v1/rotation/commit", {})
+        return result
