@@ -6,6 +6,7 @@ import click
 
 from airlock.cli import doctor, gateway, rotate, run, sandboxes, session, tools
 from airlock.cli.common import AirlockGroup
+from airlock.cli.install import install
 
 
 @click.group(cls=AirlockGroup)
@@ -19,6 +20,7 @@ main.add_command(run.run)
 for _command in (sandboxes.ps, sandboxes.stop, sandboxes.supervise, tools.image, tools.demo):
     main.add_command(_command)
 main.add_command(doctor.doctor)
+main.add_command(install)
 for _command in (sandboxes.rm, sandboxes.logs, sandboxes.exec_, sandboxes.agent):
     main.add_command(_command)
 main.add_command(rotate.rotate)

@@ -42,6 +42,8 @@ __all__ = [
     "doctor",
     "find_init_binary",
     "init_finding",
+    "integrity_findings",
+    "lock_finding",
     "nft_finding",
     "secret_finding",
 ]
@@ -300,6 +302,85 @@ def bundle_dir_finding(
     return _ok(check, f"{path} is a directory; airlock run mounts a tmpfs on it")
 
 
+def lock_finding(path: Path, text: str | OSError | None) -> Finding:
+    """requirements.lock: every requirement pinned (``==``) with at least one ``--hash``,
+    so ``pip install --require-hashes`` installs exactly what was reviewed. ``text`` is
+    None when there is no lock file beside this airlock (installed from a wheel). Pure."""
+    check = "lock-file"
+    if text is None:
+        return _ok(check, "no requirements.lock beside this airlock (a wheel): nothing to check")
+    if isinstance(text, OSError):
+        return _bad(check, f"{path}: cannot read ({text.strerror})")
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        if line.strip():
+            logical.append(line.strip())
+    if pending.strip():
+        logical.append(pending.strip())
+    allowed_options = ("--index-url", "--extra-index-url", "--find-links", "-i ", "-f ")
+    bad: list[str] = []
+    pinned = 0
+    for line in logical:
+        if line.startswith("-"):
+            if not line.startswith(allowed_options):
+                bad.append(line.split()[0] + " " + (line.split()[1] if " " in line else ""))
+            continue
+        requirement = line.split("--hash", 1)[0].strip()
+        if "--hash=sha256:" not in line or "==" not in requirement:
+            bad.append(requirement.split(";")[0].strip() or line)
+        else:
+            pinned += 1
+    if bad:
+        shown = ", ".join(b.strip() for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        return _bad(
+            check,
+            f"{path}: {len(bad)} requirement(s) not pinned with ==VERSION and --hash "
+            f"({shown}); regenerate it: pip-compile --generate-hashes",
+        )
+    if pinned == 0:
+        return _bad(check, f"{path}: no requirements in it; regenerate it with pip-compile")
+    return _ok(check, f"{path}: all {pinned} requirements pinned by hash")
+
+
+def integrity_findings(
+    manifest_path: Path,
+    manifest: Any,
+    read: Callable[[str], bytes | OSError],
+    inspect: Callable[[str], str | None] | None,
+) -> list[Finding]:
+    """The integrity manifest's units and images (host/integrity.py) against the host.
+    ``manifest`` is a Manifest, None when none was written yet, or the IntegrityError
+    reading it raised; ``inspect`` is None when Docker cannot be asked. Pure."""
+    from airlock.host.integrity import IntegrityError, Manifest, verify_images, verify_units
+
+    if isinstance(manifest, IntegrityError):
+        return [_bad("integrity", f"{manifest}; re-run `airlock install` to rewrite it")]
+    if manifest is None:
+        return [
+            _ok(
+                "integrity",
+                f"no manifest at {manifest_path} yet (`airlock install` and `airlock image` "
+                "write it); nothing recorded to check",
+            )
+        ]
+    assert isinstance(manifest, Manifest)
+    found = [_ok("integrity", f"{manifest_path}: {len(manifest.entries)} entries")]
+    found += [Finding(v.name, v.ok, v.detail) for v in verify_units(manifest, read)]
+    if manifest.of_kind("image"):
+        if inspect is None:
+            found.append(_bad("images", "Docker does not answer: cannot check recorded images"))
+        else:
+            found += [Finding(v.name, v.ok, v.detail) for v in verify_images(manifest, inspect)]
+    return found
+
+
 # --- gathering the inputs -----------------------------------------------------------------
 
 
@@ -372,6 +453,51 @@ def _secrets(config: Config) -> list[Finding]:
     return found
 
 
+def _read_bytes(path: str) -> bytes | OSError:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        return exc
+
+
+def _image_id(client: Any, tag: str) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _integrity(config: Config, client: Any) -> list[Finding]:
+    from airlock.host.integrity import IntegrityError, load_manifest, manifest_path
+
+    try:
+        path = manifest_path(config)
+    except IntegrityError as exc:
+        return [_bad("integrity", str(exc))]
+    manifest: Any
+    try:
+        manifest = load_manifest(path)
+    except IntegrityError as exc:
+        manifest = exc
+    inspect = (lambda tag: _image_id(client, tag)) if client is not None else None
+    return integrity_findings(path, manifest, _read_bytes, inspect)
+
+
+def _lock() -> Finding:
+    import airlock
+
+    path = Path(airlock.__file__).resolve().parents[2] / "requirements.lock"
+    try:
+        text: str | OSError | None = path.read_text()
+    except FileNotFoundError:
+        text = None
+    except OSError as exc:
+        text = exc
+    return lock_finding(path, text)
+
+
 def run_checks(given: Path | None) -> list[Finding]:
     from airlock.host import dockerclient
     from airlock.host.control_client import ControlClient
@@ -392,8 +518,10 @@ def run_checks(given: Path | None) -> list[Finding]:
         found = find_init_binary(init_name, lambda p: os.path.isfile(p) and os.access(p, os.X_OK))
         findings.append(init_finding(init_name, found, local))
     findings.append(_run_nft())
+    findings.append(_lock())
     if config is None:
         return findings
+    findings.extend(_integrity(config, client))
     sb = config.sandbox
     try:
         used: list[IPv4Network] | Exception = host_networks()

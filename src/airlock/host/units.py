@@ -1,0 +1,253 @@
+"""The systemd units for a configuration: rendered from airlock's package data, purely.
+
+``render_units`` fills the templates in ``airlock/deploy/systemd`` (``@NAME@`` placeholders)
+from the config, the config's path and the airlock executable, and returns the files to
+write with what else `airlock install` must do (the user to create, the directories to
+make). It performs no I/O besides reading the templates; `airlock install`
+(cli/install.py) executes its plan.
+
+Upstream secrets come in through systemd credentials: a ``token_file`` (or an App's
+``private_key_file``) of ``/run/credentials/airlock-gateway.service/NAME`` becomes
+``LoadCredential=NAME:SOURCE``; systemd copies SOURCE (root's, 0600) there for the
+gateway alone at each start. SOURCE is ``/etc/airlock/credentials/NAME`` unless given.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from airlock.config import Config
+
+__all__ = [
+    "CREDENTIALS_DIR",
+    "CREDENTIAL_SOURCE_DIR",
+    "DEFAULT_USER",
+    "GATEWAY_UNIT",
+    "SUPERVISE_UNIT",
+    "TARGET",
+    "UNIT_DIR",
+    "UnitError",
+    "UnitPlan",
+    "credential_names",
+    "render_units",
+    "templates",
+]
+
+GATEWAY_UNIT = "airlock-gateway.service"
+SUPERVISE_UNIT = "airlock-supervise.service"
+TARGET = "airlock.target"
+UNIT_FILES = (GATEWAY_UNIT, SUPERVISE_UNIT, TARGET)
+UNIT_DIR = PurePosixPath("/etc/systemd/system")
+CREDENTIALS_DIR = PurePosixPath("/run/credentials") / GATEWAY_UNIT
+CREDENTIAL_SOURCE_DIR = PurePosixPath("/etc/airlock/credentials")
+DEFAULT_USER = "airlock-gateway"
+# Written by root's airlock, read by supervise (host/locks.py, agentproto.py).
+SUPERVISE_DIRS = ("/run/airlock-locks", "/run/airlock-agent")
+# ProtectHome=yes hides these from the gateway: airlock must not live there.
+HIDDEN = ("/home", "/root", "/run/user")
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Characters that a path in a unit file must not carry (quoting, specifiers, line breaks).
+_UNSAFE = re.compile(r"[\s'\"\\%$;`]")
+
+
+class UnitError(Exception):
+    """The config or the arguments cannot make sound units; worded for the operator."""
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    files: dict[str, str]  # file name (under UNIT_DIR) -> content
+    user: str
+    # Directories `airlock install` makes for the gateway's user (0700) when systemd does
+    # not (StateDirectory= and friends cover those under /var/lib, /run and /var/log).
+    gateway_dirs: tuple[str, ...]
+    audit_log: str | None  # a file for the gateway's user, created by install
+    credentials: tuple[tuple[str, str], ...]  # (name, source)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def templates() -> dict[str, str]:
+    base = importlib.resources.files("airlock") / "deploy" / "systemd"
+    return {name: (base / name).read_text() for name in UNIT_FILES}
+
+
+def _within(path: PurePosixPath, parent: PurePosixPath) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _abs(what: str, p: Path | str) -> PurePosixPath:
+    path = PurePosixPath(p)
+    if not path.is_absolute():
+        raise UnitError(f"{what} {p}: give an absolute path (systemd units need one)")
+    if _UNSAFE.search(str(path)):
+        raise UnitError(
+            f"{what} {p}: contains a space, quote, '%', '$' or other character that a unit "
+            "file line would misread; choose a plain path"
+        )
+    return path
+
+
+def credential_names(config: Config) -> list[tuple[str, str]]:
+    """(upstream host, credential name) of each secret given as a credential path."""
+    found = []
+    for u in config.upstream:
+        if u.token_file is not None:
+            path = u.token_file
+        elif u.app is not None:
+            path = u.app.private_key_file
+        else:
+            continue
+        p = PurePosixPath(path)
+        if p.parent == CREDENTIALS_DIR:
+            found.append((u.host, p.name))
+        elif _within(p, PurePosixPath("/run/credentials")):
+            raise UnitError(
+                f"upstream {u.host}: {path} is not the gateway unit's credential directory; "
+                f"use {CREDENTIALS_DIR}/NAME"
+            )
+    return found
+
+
+def _directory_line(key: str, root: str, path: PurePosixPath) -> str | None:
+    base = PurePosixPath(root)
+    if path != base and _within(path, base):
+        return f"{key}={path.relative_to(base)}"
+    return None
+
+
+def render_units(
+    config: Config,
+    config_path: Path,
+    airlock: Path,
+    *,
+    sources: Mapping[str, str] | None = None,
+    tmpl: Mapping[str, str] | None = None,
+) -> UnitPlan:
+    """The units for ``config`` (read from ``config_path``), run by the ``airlock``
+    executable. ``sources``: credential name -> the file systemd loads it from."""
+    gw = config.gateway
+    if gw.mode != "host":
+        raise UnitError(
+            f'gateway.mode = "{gw.mode}": these units run the gateway as a host process; '
+            'set gateway.mode = "host" (the container mode has its own start-up)'
+        )
+    exe = _abs("the airlock executable", airlock)
+    cfg = _abs("the config", config_path)
+    for hidden in HIDDEN:
+        for what, p in (("the airlock executable", exe), ("the config", cfg)):
+            if _within(p, PurePosixPath(hidden)):
+                raise UnitError(
+                    f"{what} {p} is under {hidden}, which the gateway unit hides "
+                    "(ProtectHome=yes); install airlock (and its config) elsewhere, e.g. "
+                    "/opt/airlock and /etc/airlock"
+                )
+    state = _abs("gateway.state_dir", gw.state_dir)
+    socket = _abs("gateway.control_socket", gw.control_socket)
+    socket_dir = socket.parent
+    bundles = _abs("sandbox.bundle_dir", config.sandbox.bundle_dir)
+    audit = _abs("gateway.audit_log", gw.audit_log) if gw.audit_log is not None else None
+    if len(state.parts) < 3:
+        raise UnitError(
+            f"gateway.state_dir {state} is not a directory of its own; use e.g. /var/lib/airlock"
+        )
+    for name, d in (("state_dir", state), ("control_socket's directory", socket_dir)):
+        if _within(bundles, d) or _within(d, bundles):
+            raise UnitError(
+                f"gateway.{name} {d} and sandbox.bundle_dir {bundles} overlap: the gateway's "
+                "user would own the sandboxes' bundles; give the gateway directories of its "
+                'own, e.g. control_socket = "/run/airlock/gateway/control.sock"'
+            )
+    if len(socket_dir.parts) < 3:
+        raise UnitError(
+            f"gateway.control_socket {socket}: its directory {socket_dir} must be one of its "
+            'own, e.g. control_socket = "/run/airlock/gateway/control.sock"'
+        )
+    user = gw.user or DEFAULT_USER
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
+        raise UnitError(f"gateway.user {user!r}: not a valid system user name")
+
+    given = dict(sources or {})
+    creds = []
+    for host, name in credential_names(config):
+        if not _CREDENTIAL_NAME.match(name):
+            raise UnitError(f"upstream {host}: credential name {name!r} is not a plain name")
+        source = given.pop(name, str(CREDENTIAL_SOURCE_DIR / name))
+        _abs(f"credential {name}'s source", source)
+        creds.append((name, source))
+    if given:
+        raise UnitError(
+            f"--credential {', '.join(sorted(given))}: no upstream's token_file or "
+            f"private_key_file is {CREDENTIALS_DIR}/NAME for that name"
+        )
+    notes = []
+    if not creds:
+        notes.append(
+            "no upstream secret is a systemd credential: the gateway reads them where they "
+            f"are; consider token_file = {CREDENTIALS_DIR}/NAME (LoadCredential=)"
+        )
+
+    directories = []
+    install_dirs = []
+    for key, root, path in (
+        ("StateDirectory", "/var/lib", state),
+        ("RuntimeDirectory", "/run", socket_dir),
+    ):
+        line = _directory_line(key, root, path)
+        if line is None:
+            install_dirs.append(str(path))
+        else:
+            directories.append(line)
+            directories.append(f"{key}Mode=0700")
+    if _directory_line("RuntimeDirectory", "/run", socket_dir) is not None:
+        # Restarting the gateway keeps the socket directory (the CLI may hold its path).
+        directories.append("RuntimeDirectoryPreserve=restart")
+    read_write = [str(state), str(socket_dir)]
+    if audit is not None:
+        read_write.append(str(audit))  # the file, not its (maybe shared) directory
+
+    t = dict(tmpl or templates())
+    common = {"@AIRLOCK@": str(exe), "@CONFIG@": str(cfg)}
+    gateway = _fill(
+        t[GATEWAY_UNIT],
+        {
+            **common,
+            "@USER@": user,
+            "@GROUP@": user,
+            "@CONTROL_SOCKET@": str(socket),
+            "@CREDENTIALS@": "\n".join(f"LoadCredential={n}:{s}" for n, s in creds)
+            or "# (no LoadCredential=: no upstream secret is a credential path)",
+            "@DIRECTORIES@": "\n".join(directories) or "# (directories made by airlock install)",
+            "@READ_WRITE_PATHS@": " ".join(read_write),
+            "@ADDRESS_FAMILIES@": "AF_UNIX AF_INET AF_INET6",
+        },
+    )
+    supervise_rw = [str(bundles.parent), *SUPERVISE_DIRS]
+    supervise = _fill(
+        t[SUPERVISE_UNIT],
+        {
+            **common,
+            "@BUNDLE_DIR@": str(bundles),
+            "@READ_WRITE_PATHS@": " ".join(f"-{p}" for p in supervise_rw),
+        },
+    )
+    return UnitPlan(
+        files={GATEWAY_UNIT: gateway, SUPERVISE_UNIT: supervise, TARGET: t[TARGET]},
+        user=user,
+        gateway_dirs=tuple(install_dirs),
+        audit_log=str(audit) if audit is not None else None,
+        credentials=tuple(creds),
+        notes=tuple(notes),
+    )
+
+
+def _fill(text: str, values: Mapping[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(key, value)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise UnitError(f"unit template: no value for {', '.join(sorted(set(left)))}")
+    return text
