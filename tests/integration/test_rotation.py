@@ -296,3 +296,49 @@ def test_revoke_all_ends_every_session_at_once(world: World, tmp_path: Path) -> 
     assert ev and ev[-1]["revoked"] == live and ev[-1]["reason"] == "incident 42"
     r = airlock(w, "revoke-all")
     assert r.returncode == 0 and r.stdout.strip() == "0"
+
+
+# --- the API interception CA rotates too ------------------------------------------------------
+
+
+def test_rotate_ca_rotates_the_api_interception_ca(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tests.integration.test_api_relay import LISTEN, LOOP, OWNER, PROXY_PORT, make_sandbox
+    from tests.world import ApiWorld, free_port
+
+    (tmp_path / "w").mkdir()
+    w = ApiWorld(
+        tmp_path / "w",
+        gateway_extra=f"dns_port = {free_port()}\n",
+        config_extra=f"[sandbox]\nproxy_port = {PROXY_PORT}\n",
+    )
+    w.start()
+    try:
+        w.control.add_listener(LISTEN)
+        w.make_repo(OWNER, "apirot")
+        sb = make_sandbox(w, tmp_path, LOOP, f"{HOST}/{OWNER}/apirot:read")
+        assert sb.curl("GET", f"/repos/{OWNER}/apirot")[0] == 200
+        old_dir = tmp_path / "old-api"
+        shutil.copytree(sb.bundle.dir, old_dir)
+        old_sb = dataclasses.replace(sb, bundle=Bundle(sb.session_id, old_dir))
+        r = airlock(
+            w, "rotate", "ca", "--overlap", "4s", "--settle", "0", "--out", str(sb.bundle.dir)
+        )
+        assert r.returncode == 0, r.stderr
+        assert (
+            len(x509.load_pem_x509_certificates((sb.bundle.dir / "api-ca.pem").read_bytes())) == 2
+        )
+        # The new interception CA serves already; the rewritten bundle trusts it.
+        assert sb.curl("GET", f"/repos/{OWNER}/apirot")[0] == 200
+        # A client with the old interception CA alone cannot verify the API any more.
+        assert old_sb.curl("GET", f"/repos/{OWNER}/apirot")[0] == 0
+        wait_overlap_end(w)
+        r = airlock(w, "rotate", "bundles", "--out", str(sb.bundle.dir))
+        assert r.returncode == 0, r.stderr
+        assert (
+            len(x509.load_pem_x509_certificates((sb.bundle.dir / "api-ca.pem").read_bytes())) == 1
+        )
+        assert sb.curl("GET", f"/repos/{OWNER}/apirot")[0] == 200
+    finally:
+        w.stop()
