@@ -43,6 +43,7 @@ control_uids = [0]
 
 [sandbox]
 bundle_dir = "/run/airlock/sandboxes"
+spare_networks = 0  # the supervisor talks to the host's Docker: no networks made in advance
 
 [[upstream]]
 host = "github.com"
