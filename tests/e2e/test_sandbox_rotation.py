@@ -161,6 +161,7 @@ def test_clones_keep_working_through_a_ca_rotation(sandboxes: Sandboxes, tmp_pat
         _, text = sandboxes.exec(sb, old_cert)
         print(f"[rotation] old client certificate: {text.strip()}")
         assert "rc=0" not in text
+        assert "remote: airlock" not in text  # refused at the handshake, no request answered
         current = (
             f"timeout {GIT_TIMEOUT} git clone -q https://github.com/{REPO} /tmp/o3; echo rc=$?"
         )
