@@ -25,6 +25,9 @@ def answer(packet: bytes, names: dict[str, str], ttl: int = 60) -> bytes | None:
         return None
     reply = query.reply()
     reply.header.ra = 0  # no recursion, ever
+    # reply() copies the query's flag bits, its RCODE among them: a query carrying RCODE 5
+    # for an answered name would get a "refused" answer (and count as a denial).
+    reply.header.rcode = RCODE.NOERROR
     q = query.questions[0]
     name = str(q.qname).rstrip(".").lower()
     address = names.get(name)
