@@ -138,7 +138,15 @@ def box(client: docker.DockerClient) -> Iterator[GatewayBox]:
         port = free_port()
         config = root / "airlock.toml"
         config.write_text(_config_text(root, name, port, upstream.url, tls.ca_cert))
-        ensure_gateway_image(client, load_config(config), progress=lambda m: print(f"[img] {m}"))
+        tag = ensure_gateway_image(
+            client, load_config(config), progress=lambda m: print(f"[img] {m}")
+        )
+        # The tag hashes airlock's sources: name the one built (the checkout may change).
+        config.write_text(
+            config.read_text().replace(
+                "[gateway.container]\n", f'[gateway.container]\nimage = "{tag}"\n'
+            )
+        )
         log = root / "gateway.log"
         ready = root / "ready"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
@@ -348,6 +356,8 @@ def test_escape_attempts_are_refused(box: GatewayBox, client: docker.DockerClien
     expected = {**ATTEMPTS, f"secret:{box.other_secret}": "not mounted"}
     not_refused = {k: results[k] for k in expected if results[k]["refused"] is not True}
     assert not not_refused, not_refused
+    for probe in ("/etc/airlock-escape", "/opt/airlock", "/run/secrets/airlock"):
+        assert results[f"write:{probe}"]["how"] == "EROFS", probe  # read-only, not just 0755
     assert results["ptrace"]["how"] in ("EPERM", "SIGSYS")
     assert results["bpf_map_create"]["how"] == "EPERM"
     assert results["keyctl"]["how"] == "EPERM"

@@ -532,6 +532,9 @@ class GatewayContainer:
         try:
             p = self.make_plan(self._subnet_of(net))
             account = priv.Account(name=f"uid {p.uid}", uid=p.uid, gid=p.uid)
+            audit = self.config.gateway.audit_log
+            if audit is not None:
+                audit.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             try:
                 priv.prepare(self.config, account)
             except priv.PrivilegeError as exc:

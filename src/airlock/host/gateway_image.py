@@ -195,7 +195,8 @@ def project_root() -> Path:
 def _source_files(root: Path) -> Iterator[Path]:
     yield root / "pyproject.toml"
     for p in sorted((root / "src" / "airlock").rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+        # deploy/ (the seccomp profile) is read on the host, never part of the image.
+        if p.is_file() and not {"__pycache__", "deploy"} & set(p.parts) and p.suffix != ".pyc":
             yield p
 
 

@@ -96,6 +96,15 @@ FORBIDDEN = frozenset(
     }
 )
 
+#: Made by the container runtime after it loaded the filter and before it executes the
+#: gateway (runc checks that /proc/self/fd is procfs); no trace of the gateway shows them.
+RUNTIME = frozenset({"fstatfs"})
+
+#: What the in-container checks (testing/escape_attempts.py, `docker exec`'d under this
+#: very profile) need to run and report: its process's groups, a pipe from each forked
+#: attempt, waiting for its answer. None grants a privilege or reaches a new kernel interface.
+CHECKS = frozenset({"getgroups", "pipe2", "pselect6", "select", "wait4"})
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # strace -f / -ff lines: "[pid 12] name(", "12 name(", "name(", "<... name resumed>".
 _CALL = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(?:\d+\.\d+\s+)?([a-z_][a-z0-9_]*)\(")
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         traced.add("clone")
     dropped = sorted(traced & FORBIDDEN)
     names = (traced - FORBIDDEN) | (set(current) if args.keep_list or not traced else set())
+    names |= RUNTIME | CHECKS
     LIST_PATH.parent.mkdir(parents=True, exist_ok=True)
     LIST_PATH.write_text(_list_text(names))
     PROFILE_PATH.write_text(render(names))
