@@ -228,20 +228,20 @@ def test_doctor_checks_the_installed_units(installed: Box) -> None:
     def lines() -> dict[str, str]:
         out = installed.run(AIRLOCK_BIN, "doctor", "--config", CONFIG, check=False).stdout
         return {
-            m.group(2): m.group(1) for m in re.finditer(r"^(ok|FAIL)\s+(\S+(?: \S+)?)\s", out, re.M)
+            m.group(2): m.group(1) for m in re.finditer(r"^(ok|FAIL)\s+(\S+)\s", out, re.M)
         }
 
     found = lines()
     for unit in ("airlock-gateway.service", "airlock-supervise.service", "airlock.target"):
-        assert found.get(f"unit {unit}") == "ok", found
+        assert found.get(f"unit:{unit}") == "ok", found
     assert found.get("lock-file") == "ok"
     # An edited unit is named; re-installing restores and re-records it.
     installed.run("sh", "-c", f"echo 'ExecStartPre=/bin/true' >> {UNIT_FILE}")
     try:
-        assert lines().get("unit airlock-gateway.service") == "FAIL"
+        assert lines().get("unit:airlock-gateway.service") == "FAIL"
     finally:
         installed.run(AIRLOCK_BIN, "install", "--config", CONFIG)
-    assert lines().get("unit airlock-gateway.service") == "ok"
+    assert lines().get("unit:airlock-gateway.service") == "ok"
 
 
 # --- escape attempts under the unit's confinement ----------------------------------------

@@ -147,11 +147,11 @@ def test_verify_units() -> None:
         return files[p] if p in files else FileNotFoundError(2, "No such file or directory")
 
     got = {v.name: v for v in ig.verify_units(m, read)}
-    assert got["unit same.service"].ok
+    assert got["unit:same.service"].ok
     assert (
-        not got["unit edited.service"].ok and "changed since" in got["unit edited.service"].detail
+        not got["unit:edited.service"].ok and "changed since" in got["unit:edited.service"].detail
     )
-    assert not got["unit gone.service"].ok and "airlock install" in got["unit gone.service"].detail
+    assert not got["unit:gone.service"].ok and "airlock install" in got["unit:gone.service"].detail
 
 
 def test_verify_images() -> None:
@@ -164,6 +164,6 @@ def test_verify_images() -> None:
     )
     now = {"s:1": "sha256:1", "g:1": "sha256:9"}
     got = {v.name: v for v in ig.verify_images(m, now.get)}
-    assert got["image sandbox"].ok
-    assert not got["image gateway"].ok and "other content" in got["image gateway"].detail
-    assert not got["image other"].ok and "not in Docker" in got["image other"].detail
+    assert got["image:sandbox"].ok
+    assert not got["image:gateway"].ok and "other content" in got["image:gateway"].detail
+    assert not got["image:other"].ok and "not in Docker" in got["image:other"].detail

@@ -176,7 +176,10 @@ def install(
         fail("airlock install writes system units and creates a user: run it as root", 2)
     try:
         if user_needed:
-            r = subprocess.run(useradd, capture_output=True, text=True, timeout=60, check=False)
+            try:
+                r = subprocess.run(useradd, capture_output=True, text=True, timeout=60, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                fail(f"useradd {plan.user}: {exc}; create the user yourself and re-run", 1)
             if r.returncode != 0:
                 fail(f"useradd {plan.user} failed: {r.stderr.strip() or r.returncode}", 1)
         uid, gid = _ids(root, plan.user)
@@ -205,9 +208,12 @@ def install(
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     if not no_reload:
-        r = subprocess.run(
-            ["systemctl", "daemon-reload"], capture_output=True, text=True, timeout=120
-        )
+        try:
+            r = subprocess.run(
+                ["systemctl", "daemon-reload"], capture_output=True, text=True, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            fail(f"systemctl daemon-reload: {exc}; the units are written, reload systemd", 1)
         if r.returncode != 0:
             fail(f"systemctl daemon-reload failed: {r.stderr.strip() or r.returncode}", 1)
     click.echo("start with: systemctl enable --now airlock.target")

@@ -156,7 +156,7 @@ def verify_units(manifest: Manifest, read: Callable[[str], bytes | OSError]) -> 
     verdicts = []
     for e in manifest.of_kind("unit"):
         got = read(e.location)
-        check = f"unit {e.name}"
+        check = f"unit:{e.name}"
         if isinstance(got, OSError):
             verdicts.append(
                 Verdict(
@@ -185,7 +185,7 @@ def verify_images(manifest: Manifest, inspect: Callable[[str], str | None]) -> l
     verdicts = []
     for e in manifest.of_kind("image"):
         got = inspect(e.location)
-        check = f"image {e.name}"
+        check = f"image:{e.name}"
         if got is None:
             verdicts.append(
                 Verdict(
