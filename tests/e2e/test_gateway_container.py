@@ -71,6 +71,7 @@ control_socket = "{root}/run/gateway/control.sock"
 git_listen = "127.0.0.1:{port}"
 control_uids = [0]
 audit_log = "{root}/log/audit.jsonl"
+integrity_manifest = "{root}/integrity.json"
 
 [gateway.container]
 name = "{name}"

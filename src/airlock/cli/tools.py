@@ -39,6 +39,7 @@ def image(mirror: str | None, gateway_image: bool, config_path: Path | None) -> 
         ensure_sandbox_image,
         sandbox_image_tag,
     )
+    from airlock.host.integrity import IntegrityError
 
     try:
         if mirror is not None:
@@ -52,9 +53,12 @@ def image(mirror: str | None, gateway_image: bool, config_path: Path | None) -> 
                 soft_wrap=True,
             )
         tag = ensure_sandbox_image(
-            client, progress=lambda m: err.print(m, highlight=False, soft_wrap=True), mirror=mirror
+            client,
+            progress=lambda m: err.print(m, highlight=False, soft_wrap=True),
+            mirror=mirror,
+            config=_config_if_any(config_path),
         )
-    except (DockerUnavailable, ImageBuildError) as exc:
+    except (DockerUnavailable, ImageBuildError, IntegrityError) as exc:
         fail(str(exc))
     click.echo(tag)
 
@@ -63,6 +67,7 @@ def _gateway_image(mirror: str | None, config_path: Path | None) -> None:
     from airlock.host.dockerclient import DockerUnavailable, docker_client
     from airlock.host.gateway_image import ensure_gateway_image
     from airlock.host.images import ImageBuildError
+    from airlock.host.integrity import IntegrityError
 
     config = load(config_path)
     try:
@@ -72,9 +77,20 @@ def _gateway_image(mirror: str | None, config_path: Path | None) -> None:
             progress=lambda m: err.print(m, highlight=False, soft_wrap=True),
             mirror=mirror,
         )
-    except (DockerUnavailable, ImageBuildError) as exc:
+    except (DockerUnavailable, ImageBuildError, IntegrityError) as exc:
         fail(str(exc))
     click.echo(tag)
+
+
+def _config_if_any(config_path: Path | None) -> Any:
+    """The config (to record the image in its integrity manifest), when there is one."""
+    from airlock.cli.common import ConfigNotFound, resolve_config_path
+
+    try:
+        resolve_config_path(config_path)
+    except ConfigNotFound:
+        return None
+    return load(config_path)
 
 
 def _has_image(client: Any, tag: str) -> bool:

@@ -416,8 +416,6 @@ def _docker_build(client: docker.DockerClient, context: Path, tag: str) -> None:
 
 
 def _record(config: Config, tag: str, image_id: str) -> None:
-    try:
-        from airlock.host import integrity  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return  # TEMP until host/integrity.py lands
+    from airlock.host import integrity
+
     integrity.record_image(config, "gateway", tag, image_id)

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import docker
 import docker.errors
 
+from airlock.config import Config
+
 __all__ = [
     "IMAGE_KEY",
     "IMAGE_REPOSITORY",
@@ -180,11 +182,28 @@ def ensure_sandbox_image(
     cache_dir: Path = Path("/var/cache/airlock"),
     progress: Progress | None = None,
     mirror: str | None = None,
+    config: Config | None = None,
 ) -> str:
     """Return the tag of the sandbox image, building and/or importing it first if needed.
 
     ``mirror`` is where debootstrap fetches from when it has to build (default: this
-    machine's own Debian mirror, :func:`debian_mirror`)."""
+    machine's own Debian mirror, :func:`debian_mirror`). With ``config``, the image's id is
+    recorded in its integrity manifest (host/integrity.py)."""
+    tag = _ensure_sandbox_image(client, cache_dir=cache_dir, progress=progress, mirror=mirror)
+    if config is not None:
+        from airlock.host import integrity
+
+        integrity.record_image(config, "sandbox", tag, str(client.images.get(tag).id))
+    return tag
+
+
+def _ensure_sandbox_image(
+    client: docker.DockerClient,
+    *,
+    cache_dir: Path,
+    progress: Progress | None,
+    mirror: str | None,
+) -> str:
     say: Progress = progress or (lambda _msg: None)
     if mirror is not None:
         mirror = check_mirror(mirror)
