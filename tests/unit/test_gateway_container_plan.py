@@ -157,7 +157,7 @@ def test_a_mount_holding_the_docker_socket_is_refused(tmp_path: Path) -> None:
     config, raw = _config(tmp_path)
     raw["gateway"]["audit_log"] = "/var/run/audit.jsonl"
     config = parse_config(raw, tmp_path / "x.toml")
-    with pytest.raises(GatewayContainerError, match="too broad|Docker socket"):
+    with pytest.raises(GatewayContainerError, match=r"too broad|Docker socket"):
         plan(config, raw, image="i", subnet="10.1.0.0/24", seccomp_profile="{}")
 
 

@@ -101,6 +101,7 @@ def _run_container(config: Config, config_path: Path | None, ready_file: Path | 
         fail(str(exc), 2)
     if ready_file is not None:
         ready_file.write_text("ready\n")
+
     def write(chunk: bytes) -> None:
         sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
