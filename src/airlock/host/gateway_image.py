@@ -309,6 +309,26 @@ def _download_wheels(closure: list[LockEntry], dest: Path, log: Path) -> None:
     )
 
 
+def _cached_wheels(
+    cache_dir: Path, closure: list[LockEntry], dest: Path, log: Path, say: Progress
+) -> None:
+    """The closure's wheels into ``dest``: downloaded once per set of pins, then copied
+    from the cache (pip checks every hash again when the build installs them)."""
+    pins = hashlib.sha256("\n".join(e.pin for e in closure).encode()).hexdigest()[:16]
+    cached = cache_dir / f"gateway-wheels-{pins}"
+    if not (cached / "requirements.txt").is_file():
+        say(f"downloading {len(closure)} pinned wheels (pip download --require-hashes)")
+        partial = Path(tempfile.mkdtemp(prefix="gateway-wheels-", dir=cache_dir))
+        try:
+            _download_wheels(closure, partial, log)
+            os.replace(partial, cached)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    for f in cached.iterdir():
+        shutil.copy2(f, dest / f.name)
+
+
 def _build_airlock_wheel(root: Path, dest: Path, log: Path) -> str:
     before = set(dest.glob("airlock-*.whl"))
     images.run_logged(
@@ -376,8 +396,7 @@ def _build(
         log = work / "build.log"
         wheels = work / "context" / "wheels"
         wheels.mkdir(parents=True)
-        say(f"downloading {len(closure)} pinned wheels (pip download --require-hashes)")
-        _download_wheels(closure, wheels, log)
+        _cached_wheels(cache_dir, closure, wheels, log, say)
         say("building airlock's wheel")
         wheel = _build_airlock_wheel(root, wheels, log)
         (work / "context" / "Dockerfile").write_text(dockerfile(base, uid, wheel, key))
