@@ -193,6 +193,14 @@ def test_both_services_start_under_the_target(installed: Box) -> None:
     assert re.search(r"^CapEff:\s+0000000000000400$", status, re.M), status  # NET_BIND only
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
     assert re.search(r"^Seccomp:\s+2$", status, re.M)
+    # The credential copy systemd makes for the gateway's user: its own, 0400 (the gateway's
+    # secret-file check accepts it); the source stays root's.
+    r = installed.run(
+        "systemd-run", "--wait", "--pipe", "--collect", "--quiet", "-p", "User=airlock-gw",
+        "-p", "LoadCredential=t:/etc/airlock/credentials/github-token",
+        "sh", "-c", 'stat -c "%U %a" "$CREDENTIALS_DIRECTORY/t"',
+    )  # fmt: skip
+    assert r.stdout.split() == ["airlock-gw", "400"], r.stdout
 
 
 def test_the_gateway_serves_and_a_restart_keeps_sessions(installed: Box) -> None:
@@ -227,9 +235,7 @@ def test_systemd_analyze_security_scores(installed: Box) -> None:
 def test_doctor_checks_the_installed_units(installed: Box) -> None:
     def lines() -> dict[str, str]:
         out = installed.run(AIRLOCK_BIN, "doctor", "--config", CONFIG, check=False).stdout
-        return {
-            m.group(2): m.group(1) for m in re.finditer(r"^(ok|FAIL)\s+(\S+)\s", out, re.M)
-        }
+        return {m.group(2): m.group(1) for m in re.finditer(r"^(ok|FAIL)\s+(\S+)\s", out, re.M)}
 
     found = lines()
     for unit in ("airlock-gateway.service", "airlock-supervise.service", "airlock.target"):
