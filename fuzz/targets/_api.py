@@ -51,6 +51,10 @@ METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS", "get")
 _STATUSES = frozenset({400, 403, 404, 405, 413})
 
 
+def _not_json(name: str) -> None:
+    raise AssertionError(f"an allowed body holds {name}, which is not JSON")
+
+
 def decide(request: ApiRequest, ctx: ApiContext) -> ApiDecision:
     """decide_api, with the checks every decision must pass.
 
@@ -73,7 +77,7 @@ def decide(request: ApiRequest, ctx: ApiContext) -> ApiDecision:
         assert decision.upstream_target.startswith("/")
         assert decision.repo is None or decision.repo in keys, decision
         if decision.body is not None:
-            json.loads(decision.body)
+            json.loads(decision.body, parse_constant=_not_json)  # strict: no NaN / Infinity
         if decision.creates_pull is not None:
             assert decision.creates_pull.repo in keys
             assert request.method == "POST"

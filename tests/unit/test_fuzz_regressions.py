@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from airlock.core.api_policy import Allow, ApiRequest, Refuse, decide_api
 from airlock.core.dnspolicy import answer
 from airlock.gateway.dns_stats import is_refused_reply
+from tests.unit.test_api_policy import make_ctx
 
 CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 NAMES = {"github.com": "10.203.0.2"}
@@ -37,3 +40,32 @@ def test_dns_reply_rcode_is_the_gateways_not_the_querys() -> None:
     other.header.rcode = RCODE.NOERROR
     reply = answer(other.pack(), NAMES)
     assert reply is not None and DNSRecord.parse(reply).header.rcode == RCODE.REFUSED
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body"),
+    [
+        ("POST", "/repos/octo/hello/pulls/7/requested_reviewers", b'{"reviewers":[1e999]}'),
+        ("PATCH", "/repos/octo/hello/pulls/7", b'{"body":"x","maintainer_can_modify":-1E400}'),
+        ("POST", "/repos/octo/hello/issues/7/comments", b'{"body":1e999}'),
+    ],
+)
+def test_api_json_number_out_of_range_is_malformed(method: str, target: str, body: bytes) -> None:
+    # fuzz/corpus/api_rest/regression-infinity-in-body: json.loads reads 1e999 as infinity,
+    # and the re-serialised body sent upstream said Infinity, which is not JSON (and not
+    # what the client sent); the policy's "strict JSON" now refuses it.
+    decision = decide_api(ApiRequest(method, target, body, "application/json"), make_ctx())
+    assert isinstance(decision, Refuse), decision
+    assert decision.status == 400 and decision.reason == "malformed"
+    assert "out of range" in decision.message
+
+
+def test_graphql_variables_number_out_of_range_is_malformed() -> None:
+    # fuzz/corpus/api_graphql/regression-infinity-in-variables
+    body = (CORPUS / "api_graphql" / "regression-infinity-in-variables").read_bytes()[1:]
+    decision = decide_api(ApiRequest("POST", "/graphql", body, "application/json"), make_ctx())
+    assert isinstance(decision, Refuse) and decision.status == 400, decision
+    finite = body.replace(b"1e999", b'"c"')
+    allowed = decide_api(ApiRequest("POST", "/graphql", finite, "application/json"), make_ctx())
+    assert isinstance(allowed, Allow), allowed  # the same request with a finite value passes
+    assert allowed.body is not None and b"Infinity" not in allowed.body

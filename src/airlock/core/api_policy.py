@@ -27,6 +27,7 @@ answer whether it exists or not); 405 a method the API has no use for, or GraphQ
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -169,6 +170,14 @@ def _no_constants(name: str) -> Any:
     raise MalformedJson(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # 1e999 parses to infinity, which json.dumps would send upstream as "Infinity" (not JSON).
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedJson(f"number {text[:32]} is out of range")
+    return value
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -189,7 +198,12 @@ def load_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting."""
     try:
         text = body.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_float=_finite,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedJson(str(exc)[:200]) from None
     if not _depth_ok(value, MAX_JSON_DEPTH):
