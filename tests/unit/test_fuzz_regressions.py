@@ -13,6 +13,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from airlock.core.api_policy import Allow, ApiRequest, Refuse, decide_api
 from airlock.core.dnspolicy import answer
+from airlock.gateway.dns import DNSServer
 from airlock.gateway.dns_stats import is_refused_reply
 from tests.unit.test_api_policy import make_ctx
 
@@ -69,3 +70,36 @@ def test_graphql_variables_number_out_of_range_is_malformed() -> None:
     allowed = decide_api(ApiRequest("POST", "/graphql", finite, "application/json"), make_ctx())
     assert isinstance(allowed, Allow), allowed  # the same request with a finite value passes
     assert allowed.body is not None and b"Infinity" not in allowed.body
+
+
+@pytest.mark.parametrize(
+    "name", ["regression-label-over-63-bytes", "regression-name-over-255-bytes"]
+)
+def test_dns_query_with_a_name_no_message_can_carry_is_dropped(name: str) -> None:
+    # dnslib parses a label length byte of 64..191 (and names over 255 bytes), then raised
+    # DNSLabelError packing the reply: an exception out of answer(), a traceback logged by
+    # the event loop for every such query, none of them counted as malformed.
+    packet = (CORPUS / "dns_query" / name).read_bytes()
+    assert answer(packet, NAMES) is None
+    logged: list[tuple[str, dict[str, object]]] = []
+    server = DNSServer(
+        "127.0.0.1",
+        0,
+        lambda: NAMES,
+        lambda event, **f: logged.append((event, f)),
+        clock=lambda: 0.0,
+    )
+    assert server.handle(packet, "10.203.0.9") is None
+    server._flush(0.0, force=True)
+    assert logged == [
+        (
+            "dns_denied_summary",
+            {
+                "listener": "127.0.0.1",
+                "interval_s": 0.0,
+                "total": 1,
+                "by_reason": {"malformed": 1},
+                "by_source": {"10.203.0.9": 1},
+            },
+        )
+    ]

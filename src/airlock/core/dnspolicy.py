@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.dns import DNSError
+from dnslib.label import DNSLabelError
 
 MAX_QUERY_BYTES = 512
 
@@ -36,5 +37,8 @@ def answer(packet: bytes, names: dict[str, str], ttl: int = 60) -> bytes | None:
     elif q.qtype in (QTYPE.A, QTYPE.ANY):
         reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(address), ttl=ttl))
     # Known name, other type (AAAA...): NOERROR with no answer, so clients fall back to A.
-    packed: bytes = reply.pack()
+    try:
+        packed: bytes = reply.pack()
+    except DNSLabelError:
+        return None  # dnslib parsed a label over 63 bytes or a name over 255: malformed
     return packed
