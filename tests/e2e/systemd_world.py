@@ -43,6 +43,7 @@ control_uids = [0]
 
 [sandbox]
 bundle_dir = "/run/airlock/sandboxes"
+pool = "10.231.0.0/16"  # apart from the default pool other tests on this host may use
 spare_networks = 0  # the supervisor talks to the host's Docker: no networks made in advance
 
 [[upstream]]

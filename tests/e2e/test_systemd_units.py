@@ -127,20 +127,24 @@ def box() -> Iterator[Box]:
         b.run(PY, WORLD, "setup")
         b.run("systemd-run", "--unit", "airlock-test-upstream", "--collect", PY, WORLD, "upstream")
         yield b
-        r = b.run(
-            PY,
-            "-c",
-            "from airlock.host.control_client import ControlClient as C; from pathlib import Path;"
-            "print(C(Path('/run/airlock/gateway/control.sock')).health()['gateway_id'])",
-            check=False,
-        )
-        gateway_id = r.stdout.strip()
+        gateway_id = _gateway_id(b)
         b.run("systemctl", "stop", "airlock.target", "airlock-gateway", check=False)
     finally:
         subprocess.run(["docker", "stop", "-t", "30", name], capture_output=True, timeout=90)
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
         if re.fullmatch(r"[0-9a-f]{8,64}", gateway_id):
             _remove_labelled(f"airlock.owner={gateway_id}")
+
+
+def _gateway_id(box: Box) -> str:
+    r = box.run(
+        PY,
+        "-c",
+        "from airlock.host.control_client import ControlClient as C; from pathlib import Path;"
+        "print(C(Path('/run/airlock/gateway/control.sock')).health()['gateway_id'])",
+        check=False,
+    )
+    return r.stdout.strip()
 
 
 def _remove_labelled(label: str) -> None:
@@ -248,6 +252,34 @@ def test_doctor_checks_the_installed_units(installed: Box) -> None:
     finally:
         installed.run(AIRLOCK_BIN, "install", "--config", CONFIG)
     assert lines().get("unit:airlock-gateway.service") == "ok"
+
+
+def test_the_supervisor_does_its_docker_and_nftables_work_under_its_confinement(
+    installed: Box,
+) -> None:
+    """A spare network (host/sandbox.py): a Docker network on the host's engine, its rules
+    in nftables (in this container's network namespace), a marker under the bundle
+    directory's parent: made by the supervisor as its unit confines it."""
+    installed.run("sed", "-i", "s/^spare_networks = 0/spare_networks = 1/", CONFIG)
+    try:
+        installed.run("systemctl", "restart", "airlock-supervise", timeout=120)
+        gateway_id = _gateway_id(installed)
+        deadline = time.monotonic() + 60
+        nets: list[str] = []
+        while time.monotonic() < deadline and not nets:
+            nets = subprocess.run(
+                ["docker", "network", "ls", "-q", "--filter", f"label=airlock.owner={gateway_id}"],
+                capture_output=True, text=True, timeout=60,
+            ).stdout.split()  # fmt: skip
+            time.sleep(0.5)
+        assert nets, installed.run("journalctl", "-u", "airlock-supervise", "-n", "30").stdout
+        assert "inet airlock" in installed.run("nft", "list", "tables").stdout
+        spares = installed.run("ls", f"/run/airlock/spares/{gateway_id}").stdout.split()
+        assert spares
+        assert installed.active("airlock-supervise.service") == "active"
+    finally:
+        installed.run("sed", "-i", "s/^spare_networks = 1/spare_networks = 0/", CONFIG)
+        installed.run("systemctl", "restart", "airlock-supervise", timeout=120, check=False)
 
 
 # --- escape attempts under the unit's confinement ----------------------------------------
