@@ -413,6 +413,8 @@ class ControlAPI:
             return _error(400, str(exc))
         # No await from here on: every session is re-issued against one view of the store.
         now = self.clock()
+        if rotation_core.overlap_ended(rot.state, now):
+            self.finish_rotation()  # the last overlap is over; its timer has not run yet
         try:
             rot.prepare(body.overlap, now)
         except (RotationError, OSError) as exc:
