@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shlex
 import subprocess
@@ -44,6 +45,23 @@ MAX_LEN: dict[str, int] = {
     "tlshello": 4096,
     "uploadpack": 4096,
 }
+#: The parser each target feeds (for the results table).
+PARSERS: dict[str, str] = {
+    "api_graphql": "core/api_graphql.py via decide_api (GraphQL body)",
+    "api_rest": "core/api_policy.py decide_api (REST path + body)",
+    "dns_query": "core/dnspolicy.py answer + gateway/dns.py handle",
+    "egress_request": "core/egress.py proxy head (h11), targets, Proxy-Authorization, DoH",
+    "gitpath": "core/gitpath.py parse_git_request + host_form_target",
+    "pktline": "core/pktline.py PktLineReader, section_end, encode_pkt",
+    "pushpack": "core/packfile.py + core/pushpolicy.py (push body, pack, decision)",
+    "receivepack": "core/pktline.py ReceivePackCommandParser",
+    "reportstatus": "core/reportstatus.py ReportStatusReader + AdvertisementFilter",
+    "requestbody": "core/requestbody.py decode_body (identity, gzip)",
+    "tlshello": "core/tlshello.py HelloGuard + core/egress.py extract_sni",
+    "uploadpack": "core/uploadpack.py v0/v1/v2 request + Git-Protocol",
+}
+#: libFuzzer's artifacts that are findings (a "slow-unit-" is reported, not counted).
+_FINDINGS = ("crash-", "timeout-", "oom-", "leak-")
 #: Bounds on each kept corpus (files, bytes): the repository stays small.
 MAX_FILES = 40
 MAX_BYTES = 256 * 1024
@@ -57,6 +75,7 @@ class Result:
     executions: int = 0
     seconds: float = 0.0
     crashes: int = 0
+    slow_units: int = 0
     corpus_files: int = 0
     corpus_bytes: int = 0
     error: str = ""
@@ -123,7 +142,8 @@ def run_target(target: str, runs: int, max_seconds: float | None, merge: bool) -
     if not _files(corpus):
         result.error = f"no corpus in {corpus}"
         return result
-    before = {p.name for p in _files(crashes)}
+    before = {p.name for p in _files(crashes) if p.name.startswith(_FINDINGS)}
+    slow_before = {p.name for p in _files(crashes) if p.name.startswith("slow-unit-")}
     max_len = MAX_LEN.get(target, 4096)
     with tempfile.TemporaryDirectory(prefix=f"airlock-fuzz-{target}-") as scratch:
         for _attempt in range(1 + MAX_RESTARTS):
@@ -146,7 +166,9 @@ def run_target(target: str, runs: int, max_seconds: float | None, merge: bool) -
             code, log = _libfuzzer(target, [*args, scratch, str(corpus)], limit)
             result.seconds += time.monotonic() - started
             result.executions += _executions(log)
-            crashed = len({p.name for p in _files(crashes)} - before)
+            now = {p.name for p in _files(crashes)}
+            crashed = len({n for n in now if n.startswith(_FINDINGS)} - before)
+            result.slow_units = len({n for n in now if n.startswith("slow-unit-")} - slow_before)
             if crashed > result.crashes:
                 result.crashes = crashed
                 with (crashes / "crashes.log").open("a") as out:
@@ -168,17 +190,20 @@ def run_target(target: str, runs: int, max_seconds: float | None, merge: bool) -
     return result
 
 
-def table(results: list[Result]) -> str:
-    lines = [
-        "| target | executions | rate (exec/s) | crashes | corpus (files / bytes) |",
-        "|---|---:|---:|---:|---:|",
-    ]
+def table(results: list[Result], parsers: bool = False) -> str:
+    head = "| target | executions | rate (exec/s) | crashes | corpus (files / bytes) |"
+    rule = "|---|---:|---:|---:|---:|"
+    if parsers:
+        head, rule = "| parser " + head, "|---" + rule
+    lines = [head, rule]
     for r in results:
         note = f" (error: {r.error})" if r.error else ""
-        lines.append(
-            f"| {r.target}{note} | {r.executions:,} | {r.rate:,.0f} | {r.crashes} "
+        slow = f" ({r.slow_units} slow)" if r.slow_units else ""
+        row = (
+            f"| {r.target}{note} | {r.executions:,} | {r.rate:,.0f} | {r.crashes}{slow} "
             f"| {r.corpus_files} / {r.corpus_bytes:,} |"
         )
+        lines.append(f"| {PARSERS.get(r.target, '?')} {row}" if parsers else row)
     return "\n".join(lines)
 
 
@@ -225,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     if args.markdown is not None:
-        command = "nice -n 19 .venv/bin/python fuzz/run.py " + shlex.join(sys.argv[1:])
+        niceness = os.nice(0)
+        command = (f"nice -n {niceness} " if niceness else "") + ".venv/bin/python fuzz/run.py "
+        command += shlex.join(sys.argv[1:])
         args.markdown.write_text(
             "# Fuzzing results (atheris / libFuzzer)\n\n"
             f"Date: {started:%Y-%m-%d %H:%M} UTC, {sum(r.seconds for r in results) / 60:.0f} "
             "minutes, one core (targets one after another).\n\n"
-            f"Command: `{command}`\n\n{text}\n"
+            f"Command: `{command}`\n\n{table(results, parsers=True)}\n"
         )
     crashed = [r.target for r in results if r.crashes or r.error]
     if crashed:

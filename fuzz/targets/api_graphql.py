@@ -4,8 +4,8 @@ the JSON envelope, the document, its variables and the rewrites.
 Input: byte 0 picks the session context; the rest is the POST body sent to the GraphQL
 endpoint.
 Invariants: those of every API decision (no exception, no internal error, documented
-refusals, granted repositories only, deterministic), and an allowed request's body is the
-canonical form of what was checked: it decides to itself again (a fixed point).
+refusals, granted repositories only, deterministic, strict JSON bodies). (That the canonical
+body decides to itself again is decide_graphql's own check: an allowed request passed it.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import graphql  # noqa: F401  (imported first: the GraphQL parser is not instrum
 with atheris.instrument_imports():
     from _api import CONTEXTS, decide
 
-    from airlock.core.api_graphql import decide_graphql
     from airlock.core.api_policy import Allow, ApiRequest
 
 from _harness import main
@@ -30,11 +29,8 @@ def check(data: bytes) -> bool:
     decision = decide(request, ctx)
     if not isinstance(decision, Allow):
         return False
-    assert decision.upstream_target in ("/graphql", "/api/graphql")
-    assert decide_graphql(request, ctx) == decision
-    assert decision.body is not None
-    again = decide(ApiRequest("POST", ctx.graphql_path, decision.body, "application/json"), ctx)
-    assert again == decision, (again, decision)
+    assert decision.upstream_target == "/graphql" and decision.body is not None
+    assert decision.operation is None or isinstance(decision.operation, str)
     return True
 
 

@@ -63,11 +63,11 @@ def check(data: bytes) -> bool:
     sideband = bool(data[0] & 0x40)
     pieces = chunks(stream, data[0])
     confirmed = _report([stream], sideband)
-    assert _report(pieces, sideband) == confirmed
+    assert len(pieces) == 1 or _report(pieces, sideband) == confirmed
     for ref in confirmed:
         assert ref.encode() in stream or sideband or "\ufffd" in ref
     filtered = _filter([stream])
-    chunked = _filter(pieces)
+    chunked = filtered if len(pieces) == 1 else _filter(pieces)
     if filtered is not None and chunked is not None:
         # (One feed of a long advertisement can trip the filter's limit where small feeds
         # do not: the limit bounds what one call holds, so only successes are compared.)
