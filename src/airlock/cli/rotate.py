@@ -8,6 +8,7 @@ gateway's part in gateway/rotation.py and gateway/control.py. See docs/operation
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,16 @@ def _dirs(config: Any, client: Any, out_dirs: tuple[Path, ...]) -> list[Path]:
     for d in out_dirs:
         if not (d / "session.json").is_file():
             fail(f"--out {d}: not a session bundle directory (no session.json)", 2)
-    return bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+    dirs = bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+    # Before the gateway changes anything: a bundle that cannot be rewritten would lose its
+    # access when the overlap ends.
+    blocked = [d for d in dirs if not os.access(d, os.W_OK | os.X_OK)]
+    if blocked:
+        fail(
+            f"cannot write the bundle directory {blocked[0]} as uid {os.geteuid()} "
+            f"({len(blocked)} such); run as root (sandbox bundles belong to their sandbox's user)"
+        )
+    return dirs
 
 
 def _report(report: Any) -> None:
