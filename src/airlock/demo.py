@@ -4,8 +4,9 @@ A local upstream (git's own http-backend behind HTTPS, requiring a token, and a 
 double over the same repositories), the gateway, a sandbox granted one repository, and a
 decoy service the sandbox must not reach. The sandbox clones, commits and pushes through its
 plain https://github.com/... URL, opens a pull request with gh (and is refused a merge),
-then tries the decoy and looks for the token; the demo checks each outcome from the host
-side and prints a report.
+then tries the decoy and looks for the token; while it waits, the host rotates the gateway's
+CA and key (`airlock rotate ca`) under it, and it clones again once the old CA's overlap has
+ended. The demo checks each outcome from the host side and prints a report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,7 +30,9 @@ from rich.table import Table
 from airlock.config import Config, parse_config
 from airlock.gateway.server import Gateway, StartupError
 from airlock.host.containerspec import RunSpec
+from airlock.host.control_client import ControlError
 from airlock.host.images import ImageBuildError, ensure_sandbox_image
+from airlock.host.rotation import bundle_dirs, refresh, rotate_ca, wait_for_overlap_end
 from airlock.host.sandbox import SandboxError, SandboxManager, docker_client
 from airlock.testing.github_api import GitHubApiDouble
 from airlock.testing.repos import create_bare_repo, git_env
@@ -40,6 +44,7 @@ DEMO_REPO = "demo/hello"
 MANY_REFS_REPO = "demo/many-refs"
 MANY_REFS = 2000  # tags and refs/pull/N/head: git gzips the negotiation of such a clone
 EXIT_CODE = 7  # the sandbox's command ends with it; `airlock run` would exit with it
+ROTATION_OVERLAP = 2.0  # seconds the old CA is still accepted after `rotate ca` (demo only)
 
 SCRIPT = r"""
 set -u
@@ -88,6 +93,10 @@ grep -qi "x-airlock-refused: not_allowlisted" /tmp/h.txt \
 if env | grep -q -- "{token}"; then say token_env found; else say token_env absent; fi
 if grep -rqs -- "{token}" /run/airlock /etc /home /tmp 2>/dev/null; then
   say token_files found; else say token_files absent; fi
+echo "RESULT rotation waiting"
+i=0; while [ ! -e /signal/rotated ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+cd /tmp && git clone -q https://github.com/{repo} after-rotation \
+  && say clone_after_rotation ok || say clone_after_rotation fail
 exit {exit_code}
 """
 
@@ -198,12 +207,14 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         console.log(f"decoy: HTTP on {host_ip}:{decoy_port} (not allowlisted)")
 
         manager = SandboxManager(config, say=console.log)
+        signal_dir = root / "signal"  # the host tells the sandbox "rotated" with a file here
+        signal_dir.mkdir(mode=0o755)
         spec = RunSpec(
             image=image,
             command=["sh", "-c", ""],
             grants=[f"github.com/{DEMO_REPO}:write", f"github.com/{MANY_REFS_REPO}:read"],
             allow_hosts=["downloads.demo.test"],
-            volumes=[f"{downloads.ca}:/decoy-ca.pem:ro"],
+            volumes=[f"{downloads.ca}:/decoy-ca.pem:ro", f"{signal_dir}:/signal:ro"],
         )
         # The subnet is only known once the network exists; the script asks the bundle.
         spec.command = [
@@ -230,6 +241,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             except SandboxError as exc:
                 raise DemoError(str(exc)) from None
             try:
+                rotated = _rotate_when_ready(manager, sb.container_id or "", signal_dir, console)
                 code = manager.wait(sb)
                 # As `airlock run` does at exit: the session goes now, the container stays.
                 manager.release(sb.id, "sandbox exited")
@@ -303,6 +315,11 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 revoked_at_exit and kept_exit,
             ),
             ("rm leaves no network, rules, bundle or container", gone),
+            (
+                "CA and gateway key rotated under the running sandbox; after the old CA's "
+                "overlap it clones again",
+                rotated and results.get("clone_after_rotation") == "ok",
+            ),
         ]
         table = Table("check", "result", title="airlock demo report")
         for name, ok in checks:
@@ -329,6 +346,42 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             console.log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _rotate_when_ready(
+    manager: SandboxManager, container_id: str, signal_dir: Path, console: Console
+) -> bool:
+    """When the sandbox says it waits: `airlock rotate ca` (prepare, its bundle rewritten in
+    place, commit), the overlap waited out, its bundle left trusting the new CA alone; then
+    the file that lets it clone again. True when all of that happened."""
+    api = manager.client.api
+    deadline = time.monotonic() + 300
+    while b"RESULT rotation waiting" not in api.logs(container_id):
+        if time.monotonic() > deadline or not api.inspect_container(container_id)["State"].get(
+            "Running"
+        ):
+            return False
+        time.sleep(0.2)
+    dirs = bundle_dirs(manager.bundle_root)
+    try:
+        result = rotate_ca(manager.control, dirs, ROTATION_OVERLAP, settle=0.5)
+        state = wait_for_overlap_end(manager.control, limit=60)
+        after = refresh(dirs, manager.control.list_sessions(), state)
+    except ControlError as exc:
+        console.log(f"rotation failed: {exc}")
+        return False
+    finally:
+        (signal_dir / "rotated").write_text("")
+    console.log(
+        f"rotated the CA: {len(result.bundles.updated)} bundle(s) rewritten in place; "
+        f"overlap over, {len(after.updated)} now trust the new CA only"
+    )
+    return (
+        bool(result.bundles.updated)
+        and not result.bundles.problems
+        and state.get("phase") != "overlap"
+        and not after.problems
+    )
 
 
 def _fill(template: str, **values: str) -> str:
