@@ -12,6 +12,7 @@ deterministic.
 from __future__ import annotations
 
 import atheris
+import graphql  # noqa: F401  (loaded first, so only airlock is instrumented, not graphql-core)
 
 with atheris.instrument_imports():
     from _api import CONTEXTS, METHODS, decide
