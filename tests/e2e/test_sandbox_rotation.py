@@ -203,3 +203,37 @@ def test_clones_keep_working_through_a_ca_rotation(sandboxes: Sandboxes, tmp_pat
     if measurements and stats_out:
         with open(measurements, "a") as f:
             f.write(json.dumps({"test": "sandbox_rotation", **json.loads(stats_out)}) + "\n")
+
+
+def test_supervise_leaves_bundles_trusting_the_new_ca_alone_after_the_overlap(
+    sandboxes: Sandboxes,
+) -> None:
+    """`airlock rotate ca` without --wait leaves the old CA in the bundles (its overlap);
+    once the gateway says the overlap is over, a supervise pass writes the new CA alone, and
+    the sandbox still clones."""
+    from airlock.config import load_config
+    from airlock.host.rotation import bundle_dirs, rotate_ca, wait_for_overlap_end
+    from airlock.host.sandbox import SandboxManager
+    from airlock.host.supervisor import Supervisor
+
+    world = sandboxes.world
+    sb = sandboxes.start("sleep 120", [f"{HOST}/{REPO}:read"])
+    try:
+        manager = SandboxManager(load_config(world.config), client=sandboxes.client)
+        ca_file = manager.bundle_root / sb.id / "ca.pem"
+        rotate_ca(world.control, bundle_dirs(manager.bundle_root), 1.0, settle=0.1)
+        assert ca_file.read_text().count("BEGIN CERTIFICATE") == 2  # old and new
+        state = wait_for_overlap_end(world.control, limit=30)
+        assert state["phase"] == "idle"
+        said: list[str] = []
+        Supervisor(manager, say=said.append).reconcile()
+        assert ca_file.read_text().count("BEGIN CERTIFICATE") == 1, said
+        assert ca_file.read_text().strip() == str(state["ca_pem"]).strip()
+        assert any("trust the current CA only" in s for s in said), said
+        code, out = sandboxes.exec(
+            sb,
+            f"timeout {GIT_TIMEOUT} git clone -q https://github.com/{REPO} /tmp/after && echo OK",
+        )
+        assert code == 0 and "OK" in out, out
+    finally:
+        sandboxes.teardown(sb)

@@ -34,6 +34,7 @@ import docker.errors
 
 from airlock.host import firewall
 from airlock.host.control_client import ControlError
+from airlock.host.rotation import bundle_dirs, refresh
 from airlock.host.sandbox import (
     LABEL,
     LABEL_OWNER,
@@ -172,6 +173,7 @@ class Supervisor:
         self.manager = manager
         self.say = say
         self._stop = threading.Event()
+        self._trust_written: tuple[str, ...] | None = None  # the CAs last put in bundles
 
     def _network_age(self, net: dict[str, Any]) -> float:
         created = str(net.get("Created", ""))
@@ -201,6 +203,8 @@ class Supervisor:
             sessions: list[dict[str, Any]] | None = m.control.list_sessions()
         except ControlError:
             sessions = None
+        if sessions is not None:
+            self._refresh_trust(sessions)
         spares = m.spare_ids()
         for sid in sorted(m.all_sandbox_ids()):
             containers = m._find_containers(sandbox=sid)
@@ -255,6 +259,26 @@ class Supervisor:
                 self.say(f"cleaned up sandbox {sid}")
                 counts["removed"] += 1
         return counts
+
+    def _refresh_trust(self, sessions: list[dict[str, Any]]) -> None:
+        """Once a CA rotation's overlap is over, the sandboxes' bundles trust the new CA
+        alone (what `airlock rotate bundles` does), written when the gateway's set of CAs
+        changes; during a rotation (prepared, overlap) `airlock rotate ca` owns them."""
+        try:
+            state = self.manager.control.rotation()
+        except ControlError:
+            return
+        cas = tuple(str(f) for f in state.get("ca_fingerprints") or ())
+        if state.get("phase") != "idle" or not cas or cas == self._trust_written:
+            return
+        try:
+            report = refresh(bundle_dirs(self.manager.bundle_root), sessions, state)
+        except OSError as exc:
+            self.say(f"cannot rewrite sandbox bundles after the CA rotation: {exc}")
+            return
+        if report.updated:
+            self.say(f"{len(report.updated)} sandbox bundle(s) now trust the current CA only")
+        self._trust_written = cas
 
     def _check_spare(self, sid: str, net: dict[str, Any], counts: dict[str, int]) -> None:
         """A spare network's rules are kept as a running sandbox's are."""
