@@ -177,6 +177,20 @@ def record_git(tmp: Path) -> list[Exchange]:
         _git(["reset", "-q", "--hard", "HEAD~1"], env, w2)
         _commit(w2, env, "d.txt", "d\n")
         _git(["push", "-q", "-f", "origin", "HEAD:refs/heads/agent/y"], env, w2)  # not ff
+        # Two similar files in one push (an OFS_DELTA), then one changed (a thin pack's
+        # REF_DELTA against a blob the server has).
+        text = "".join(f"line {i} of a file big enough to be deltified\n" for i in range(80))
+        (w2 / "big2.txt").write_text(text + "tail\n")
+        _git(["add", "big2.txt"], env, w2)
+        _commit(w2, env, "big1.txt", text)
+        _git(["push", "-q", "origin", "HEAD:refs/heads/agent/big"], env, w2)
+        _commit(w2, env, "big1.txt", text.replace("line 40", "LINE 40"))
+        _git(["push", "-q", "origin", "HEAD:refs/heads/agent/big"], env, w2)
+        for i in range(3):  # commits with long, similar messages: deltified commits
+            (w2 / "m.txt").write_text(f"{i}\n")
+            _git(["add", "m.txt"], env, w2)
+            _git(["commit", "-q", "-m", f"{'message ' * 200}{i}"], env, w2)
+        _git(["push", "-q", "origin", "HEAD:main"], env, w2)  # a fast-forward through them
         for i in range(40):  # many local commits: many haves, a gzipped negotiation
             _commit(w0, env, f"local{i}.txt", f"{i}\n")
         for v in ("0", "2"):
@@ -427,6 +441,7 @@ def write(out: Path, name: str, seeds: list[bytes], max_len: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "fuzz" / "corpus")
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="only these (default all)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "fuzz"))
     from run import MAX_LEN
@@ -439,6 +454,8 @@ def main() -> int:
     seeds["dns_query"] = dns_queries()
     seeds["api_rest"], seeds["api_graphql"] = api_seeds()
     for name, items in sorted(seeds.items()):
+        if args.targets and name not in args.targets:
+            continue
         items.append(REFUSED[name])
         count = write(args.out, name, items, MAX_LEN.get(name, 4096))
         print(f"{name}: {count} new seed(s) of {len(items)}")
