@@ -62,8 +62,9 @@ PARSERS: dict[str, str] = {
 }
 #: libFuzzer's artifacts that are findings (a "slow-unit-" is reported, not counted).
 _FINDINGS = ("crash-", "timeout-", "oom-", "leak-")
-#: Bounds on each kept corpus (files, bytes): the repository stays small.
-MAX_FILES = 40
+#: Bounds on what each corpus keeps beyond its seeds and regression inputs (files, bytes):
+#: the repository stays small.
+MAX_FILES = 25
 MAX_BYTES = 256 * 1024
 _KEEP_PREFIXES = ("seed-", "regression-")
 MAX_RESTARTS = 5  # never dropped when a corpus is trimmed
@@ -117,13 +118,13 @@ def _libfuzzer(target: str, args: list[str], timeout: float) -> tuple[int, str]:
 
 
 def _trim(corpus: Path) -> None:
-    """Keep the corpus within MAX_FILES / MAX_BYTES: seeds and regressions first, then the
-    smallest of the rest (libFuzzer's merge already kept only coverage-adding entries)."""
+    """Keep what the fuzzer added within MAX_FILES / MAX_BYTES (the smallest entries; seeds
+    and regression inputs always stay; libFuzzer's merge kept only coverage-adding ones)."""
     files = _files(corpus)
     kept = [p for p in files if p.name.startswith(_KEEP_PREFIXES)]
     rest = sorted((p for p in files if p not in kept), key=lambda p: (p.stat().st_size, p.name))
-    count = len(kept)
-    size = sum(p.stat().st_size for p in kept)
+    count = 0
+    size = 0
     for path in rest:
         if count < MAX_FILES and size + path.stat().st_size <= MAX_BYTES:
             count += 1
