@@ -71,7 +71,7 @@ control_socket = "{root}/run/gateway/control.sock"
 git_listen = "127.0.0.1:{port}"
 control_uids = [0]
 audit_log = "{root}/log/audit.jsonl"
-integrity_manifest = "{root}/integrity.json"
+integrity_manifest = "{root}/host/integrity.json"
 
 [gateway.container]
 name = "{name}"
@@ -362,3 +362,53 @@ def test_escape_attempts_are_refused(box: GatewayBox, client: docker.DockerClien
     assert results["ptrace"]["how"] in ("EPERM", "SIGSYS")
     assert results["bpf_map_create"]["how"] == "EPERM"
     assert results["keyctl"]["how"] == "EPERM"
+
+
+def _refused_start(
+    client: docker.DockerClient, tmp_path: Path, edit: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    name = f"airlock-gwtest-{uuid.uuid4().hex[:8]}"
+    root = tmp_path
+    (root / "secrets").mkdir(mode=0o700)
+    (root / "secrets" / "token").write_text(TOKEN + "\n")
+    (root / "secrets" / "token").chmod(0o600)
+    (root / "ca.pem").write_text("")
+    text = _config_text(root, name, free_port(), "https://127.0.0.1:9", root / "ca.pem")
+    for old, new in edit.items():
+        text = text.replace(old, new)
+    config = root / "airlock.toml"
+    config.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "airlock.cli", "gateway", "--config", str(config)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        # Nothing of the attempt is left: no container, no network, no copies.
+        assert not client.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
+        assert not client.networks.list(names=[name])
+        assert not (RUNTIME_ROOT / name).exists()
+    finally:
+        _cleanup(client, name)
+    return r
+
+
+def test_a_shared_socket_directory_is_refused_with_nothing_made(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    (tmp_path / "run" / "gateway").mkdir(parents=True)
+    (tmp_path / "run" / "gateway" / "sandboxes").mkdir()
+    r = _refused_start(client, tmp_path, {"uid = ": 'image = "airlock/gateway:absent"\nuid = '})
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "holds more than the gateway's socket and lock (sandboxes)" in r.stderr
+    assert 'control_socket = "/run/airlock/gateway/control.sock"' in r.stderr
+
+
+def test_a_missing_image_is_refused_with_nothing_made(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    r = _refused_start(client, tmp_path, {"uid = ": 'image = "airlock/gateway:absent"\nuid = '})
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "airlock/gateway:absent is not here; build it with: airlock image --gateway" in r.stderr

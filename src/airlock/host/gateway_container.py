@@ -541,7 +541,12 @@ class GatewayContainer:
                 raise GatewayContainerError(str(exc).replace("gateway.user: ", "")) from None
             _write_runtime(p)
             container = self._create(p)
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                raise GatewayContainerError(
+                    f"docker could not start the gateway container: {exc.explanation or exc}"
+                ) from None
             self.say(f"started {p.name} ({p.image}) at {p.address} on {p.network}")
             self.wait_healthy(container)
         except BaseException:
