@@ -4,6 +4,8 @@ decisions and refusals, the translated config."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from airlock.host.gateway_container import (
     GatewayContainerError,
     container_address,
     plan,
+    refresh_secrets,
     toml_text,
 )
 
@@ -170,3 +173,26 @@ def test_small_subnets_are_refused() -> None:
 def test_toml_text_round_trips() -> None:
     data = {"a": {"b": 1, "c": [1, 2], "d": {"e": 'x"y'}}, "u": [{"h": "h1"}, {"h": "h2"}]}
     assert tomllib.loads(toml_text(data)) == data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands the copies to the container's uid")
+def test_refresh_secrets_copies_again_as_a_new_file(tmp_path: Path) -> None:
+    config, _raw = _config(tmp_path)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("ghs_old\n")
+    (tmp_path / "ca.pem").write_text("ca\n")
+    with pytest.raises(GatewayContainerError, match="is not running"):
+        refresh_secrets(config, runtime_root=tmp_path / "rt")
+    secrets = tmp_path / "rt" / "airlock-gateway" / "secrets"
+    secrets.mkdir(parents=True)
+    assert refresh_secrets(config, runtime_root=tmp_path / "rt") == [
+        "upstream-0-token",
+        "upstream-0-ca.pem",
+    ]
+    first = (secrets / "upstream-0-token").stat()
+    (tmp_path / "secrets" / "token").write_text("ghs_new\n")
+    refresh_secrets(config, runtime_root=tmp_path / "rt")
+    st = (secrets / "upstream-0-token").stat()
+    assert (secrets / "upstream-0-token").read_text() == "ghs_new\n"
+    assert st.st_ino != first.st_ino  # renamed into place: a directory mount sees it
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o400)
