@@ -182,3 +182,45 @@ def test_supervise_keeps_a_sandbox_with_the_gateway_container_on_its_network(
     finally:
         sandboxes.teardown(sb)
     assert sandboxes.leftovers(sb.id) == []
+
+
+def test_rotate_token_reaches_the_gateway_container(
+    sandboxes: Sandboxes, sbx_world: ContainerWorld, repo: Path, tmp_path: Path
+) -> None:
+    """`airlock rotate token` swaps the host's token file (which the upstream reads on every
+    request) and copies it again into the gateway container's secrets: a sandbox clones with
+    the new token at once; had the copy not been refreshed, the upstream would refuse the
+    container's old token."""
+    import os
+    import subprocess
+    import sys
+
+    old = sbx_world.token_file.read_text()
+    new_file = tmp_path / "new-token"
+    new_file.write_text("ghs_" + "R0tatedInC0ntainer" + "y" * 18 + "\n")
+    os.chmod(new_file, 0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GH_", "GITHUB_"))}
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "airlock.cli", "rotate", "token", str(new_file)),
+                *("--config", str(sbx_world.config)),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sbx_world.token_file.read_text() == new_file.read_text()
+        result = sandboxes.run(
+            f"{GIT} clone -q https://github.com/{REPO} /tmp/r && echo CLONED",
+            [f"{HOST}/{REPO}:read"],
+        )
+        assert result.code == 0 and "CLONED" in result.output, result.output
+    finally:
+        sbx_world.token_file.write_text(old)
+        from airlock.config import load_config as _load
+        from airlock.host.gateway_container import refresh_secrets
+
+        refresh_secrets(_load(sbx_world.config))

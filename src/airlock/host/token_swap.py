@@ -177,6 +177,18 @@ def swap_token_file(
         raise TokenSwapError(
             f"cannot write next to token_file {target}: {exc.strerror}; nothing was changed"
         ) from None
+    if config.gateway.mode == "container":
+        # The gateway's container reads its own copy (host/gateway_container.py, mounted as a
+        # directory): copied again, it is what the gateway uses for its next request.
+        from airlock.host.gateway_container import GatewayContainerError, refresh_secrets
+
+        try:
+            refresh_secrets(config)
+        except (GatewayContainerError, OSError) as exc:
+            raise TokenSwapError(
+                f"token_file {target} now holds the new token, but the gateway container's "
+                f"copy could not be updated ({exc}); restart the gateway to use it"
+            ) from None
     return Swapped(upstream.host, target, check_repo is not None)
 
 
