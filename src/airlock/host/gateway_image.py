@@ -66,6 +66,8 @@ REPOSITORY = "airlock/gateway"
 VENV = "/opt/airlock"
 CONFIG_PATH = "/etc/airlock/airlock.toml"  # where the container reads its (translated) config
 USER_NAME = "airlock"
+#: On the build stage's image (the wheels and pip), removed once the final image exists.
+BUILD_STAGE_LABEL = "org.airlock.gateway-build-stage"
 # What stays in the binary directories: the interpreter and nothing else.
 _KEEP_BINARIES = re.compile(r"^python3(\.\d+)?$")
 _BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin", "bin", "sbin")
@@ -153,6 +155,7 @@ def dockerfile(base: str, uid: int, airlock_wheel: str, key: str) -> str:
     )
     steps = [
         f"FROM {base} AS build",
+        f"LABEL {BUILD_STAGE_LABEL}={key}",
         "COPY wheels /wheels",
         _run(["/usr/bin/python3", "-m", "venv", VENV]),
         _run([*pip, "install", *quiet, "--require-hashes", "-r", "/wheels/requirements.txt"]),
@@ -401,9 +404,22 @@ def _build(
         wheel = _build_airlock_wheel(root, wheels, log)
         (work / "context" / "Dockerfile").write_text(dockerfile(base, uid, wheel, key))
         say(f"docker build {tag} (network off)")
-        _docker_build(client, work / "context", tag)
+        try:
+            _docker_build(client, work / "context", tag)
+        finally:
+            _remove_build_stage(client, key)
     finally:
         images.remove_tree(work)
+
+
+def _remove_build_stage(client: docker.DockerClient, key: str) -> None:
+    try:
+        stages = client.images.list(filters={"label": f"{BUILD_STAGE_LABEL}={key}"})
+        for image in stages:
+            if not image.tags:
+                client.images.remove(image.id, noprune=False)
+    except docker.errors.APIError:
+        pass  # only disk space; `docker image prune` finds it
 
 
 def _docker_build(client: docker.DockerClient, context: Path, tag: str) -> None:
