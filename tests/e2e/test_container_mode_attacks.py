@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -237,3 +239,67 @@ def test_the_gateway_container_neither_forwards_nor_accepts_source_routes(
     values = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert values["/proc/sys/net/ipv4/ip_forward"] == "0", out
     assert values["/proc/sys/net/ipv4/conf/all/accept_source_route"] == "0", out
+
+
+@pytest.fixture
+def host_service() -> Iterator[int]:
+    """A service of the host's on every address (as sshd or a metrics endpoint may be)."""
+    srv = socket.create_server(("0.0.0.0", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"host-service\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield int(srv.getsockname()[1])
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def test_the_gateway_container_reaches_no_host_service_but_its_upstreams(
+    docker_client: docker.DockerClient,
+    sbx_world: ContainerWorld,
+    pair: tuple[Sandbox, Sandbox],
+    host_service: int,
+) -> None:
+    """A compromised gateway (code running as its uid in its container) opens connections
+    to a host service on a wildcard address: through its own network's bridge address, and
+    through the host's address on a sandbox bridge, reached over its egress network. And to
+    a sandbox, which may only be answered."""
+    a, _ = pair
+    targets = {
+        "host-on-gateway-net": (sbx_world.host_ip, host_service),
+        "host-on-sandbox-bridge": (str(a.subnet[1]), host_service),
+        "sandbox-a": (str(a.sandbox_ip), 22),
+        "upstream": (sbx_world.host_ip, sbx_world.upstream.port),  # the control
+    }
+    # epoll, not poll: the container's seccomp profile has the gateway's calls only.
+    code = (
+        "import socket, json, select, errno\n"
+        "out = {}\n"
+        f"for k, (h, p) in {targets!r}.items():\n"
+        "    s = socket.socket(); s.setblocking(False)\n"
+        "    r = s.connect_ex((h, p))\n"
+        "    if r == errno.EINPROGRESS:\n"
+        "        ep = select.epoll(); ep.register(s.fileno(), select.EPOLLOUT)\n"
+        "        r = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ep.poll(3) else -1\n"
+        "        ep.close()\n"
+        "    out[k] = 'open' if r == 0 else ('timeout' if r == -1 else errno.errorcode[r])\n"
+        "    s.close()\n"
+        "print(json.dumps(out))\n"
+    )
+    got = json.loads(_gateway_exec(docker_client, sbx_world.container_name, code).splitlines()[-1])
+    print(got)
+    assert got["upstream"].startswith("open"), got
+    assert not got["sandbox-a"].startswith("open"), got
+    assert not got["host-on-sandbox-bridge"].startswith("open"), got
+    assert not got["host-on-gateway-net"].startswith("open"), got
