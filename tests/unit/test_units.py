@@ -102,7 +102,6 @@ def test_a_plain_token_file_is_allowed_with_a_note() -> None:
 @pytest.mark.parametrize(
     "cfg, exe, msg",
     [
-        (config({"mode": "container"}), "/opt/a/bin/airlock", "container"),
         (config(), "/root/.venv/bin/airlock", "ProtectHome"),
         (config(), "/opt/my airlock/airlock", "plain path"),
         (config({"control_socket": "/run/airlock/control.sock"}), "/opt/a", "overlap"),
@@ -117,4 +116,141 @@ def test_unsound_input_is_refused_with_what_to_do(cfg: Config, exe: str, msg: st
 
 def test_templates_are_package_data() -> None:
     t = units.templates()
-    assert set(t) == {units.GATEWAY_UNIT, units.SUPERVISE_UNIT, units.TARGET}
+    assert set(t) == {
+        units.GATEWAY_UNIT,
+        units.SUPERVISE_UNIT,
+        units.TARGET,
+        units.GATEWAY_CONTAINER_TEMPLATE,
+    }
+
+
+# --- gateway.mode = "container" ------------------------------------------------------------
+
+HOST_TOKEN = "/etc/airlock/credentials/github-token"
+
+
+def container_config(gateway: dict[str, Any] | None = None, **upstream: Any) -> Config:
+    return config(
+        {"mode": "container", "user": None, **(gateway or {})},
+        **{"token_file": HOST_TOKEN, **upstream},
+    )
+
+
+def service_lines(text: str) -> list[str]:
+    """The [Service] section's directives (no comments), in order."""
+    service = text.split("[Service]", 1)[1].split("\n[", 1)[0]
+    return [x.strip() for x in service.splitlines() if x.strip() and not x.startswith("#")]
+
+
+def test_container_mode_gateway_unit_runs_the_docker_client_as_root_confined() -> None:
+    plan = render(container_config())
+    text = plan.files[units.GATEWAY_UNIT]
+    assert not re.findall(r"@[A-Z_]+@", text)
+    unit = lines(text.split("[Service]", 1)[0])
+    assert {"Requires=docker.service", "PartOf=airlock.target"} <= unit
+    assert any(x.startswith("After=docker.service") for x in unit)
+    svc = service_lines(text)
+    assert "ExecStart=/opt/a/bin/airlock gateway --config /etc/airlock/airlock.toml" in svc
+    # Root: no User=, no user switch for the gateway to skip, no credential, no ambient caps.
+    for key in ("User=", "Group=", "LoadCredential", "AmbientCapabilities", "Environment=",
+                "StateDirectory", "RuntimeDirectory", "InaccessiblePaths"):  # fmt: skip
+        assert not any(x.startswith(key) for x in svc), key
+    assert svc.count("KillSignal=SIGTERM") == 1
+    assert "TimeoutStopSec=60s" in svc and "KillMode=mixed" in svc
+    # The directories it writes are made before the sandbox (they must exist for it)...
+    assert svc[1:4] == [
+        "ExecStartPre=+/bin/mkdir -p -m 0700 /var/lib/airlock /run/airlock/gateway",
+        "ExecStartPre=+/bin/mkdir -p -m 0711 /run/airlock-gateway",
+        "ExecStartPre=+/bin/mkdir -p -m 0755 /var/log/airlock",
+    ]
+    # ...and are the only writable ones.
+    assert (
+        "ReadWritePaths=/var/lib/airlock /run/airlock/gateway /run/airlock-gateway /var/log/airlock"
+    ) in svc
+    for line in (
+        "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "PrivateNetwork=yes",
+        "IPAddressDeny=any",
+        "RestrictAddressFamilies=AF_UNIX",
+        "PrivateIPC=yes",
+        "ProtectProc=invisible",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectControlGroups=yes",
+        "RestrictNamespaces=yes",
+        "RestrictSUIDSGID=yes",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
+        "UMask=0077",
+    ):
+        assert line in svc, line
+    # chown/chmod are needed (no ~@privileged); the bounding set keeps no network admin.
+    deny = next(x for x in svc if x.startswith("SystemCallFilter=~"))
+    assert "@privileged" not in deny and "@mount" in deny and "@debug" in deny
+    caps = next(x for x in svc if x.startswith("CapabilityBoundingSet="))
+    assert "CAP_NET" not in caps and "CAP_SYS" not in caps
+    assert plan.mode == "container" and plan.user is None
+    assert plan.credentials == () and plan.gateway_dirs == () and plan.audit_log is None
+    assert any("airlock image --gateway" in n for n in plan.notes)
+
+
+def test_container_mode_keeps_the_supervisor_and_the_target() -> None:
+    host, container = render(config()), render(container_config())
+    assert container.files[units.SUPERVISE_UNIT] == host.files[units.SUPERVISE_UNIT]
+    assert container.files[units.TARGET] == host.files[units.TARGET]
+    sup = lines(container.files[units.SUPERVISE_UNIT])
+    assert "Requires=airlock-gateway.service" in sup
+    assert any(x.startswith("After=airlock-gateway.service") for x in sup)
+    assert set(container.files) == {units.GATEWAY_UNIT, units.SUPERVISE_UNIT, units.TARGET}
+
+
+def test_container_mode_without_audit_log_and_with_an_image_and_a_user() -> None:
+    plan = render(
+        container_config({"audit_log": None, "user": "gw", "container": {"image": "x/gw:1"}})
+    )
+    svc = service_lines(plan.files[units.GATEWAY_UNIT])
+    assert "ReadWritePaths=/var/lib/airlock /run/airlock/gateway /run/airlock-gateway" in svc
+    assert not any("/var/log" in x for x in svc)
+    assert any("x/gw:1" in n for n in plan.notes)
+    assert any("gateway.user = 'gw' is not used" in n for n in plan.notes)
+
+
+def test_container_runtime_root_is_the_gateway_containers() -> None:
+    from airlock.host import gateway_container
+
+    assert units.CONTAINER_RUNTIME_ROOT == str(gateway_container.RUNTIME_ROOT)
+
+
+@pytest.mark.parametrize(
+    "cfg, kw, msg",
+    [
+        (container_config(token_file=CRED), {}, "loads no credential"),
+        (container_config(), {"sources": {"github-token": "/x"}}, "--credential github-token"),
+        (container_config({"audit_log": "/var/audit.jsonl"}), {}, "a directory of its own"),
+        (
+            container_config({"audit_log": "/run/airlock/sandboxes/a.jsonl"}),
+            {},
+            "a directory of its own",
+        ),
+        (container_config({"state_dir": "/run/airlock-gateway/s"}), {}, "overlap"),
+        (container_config({"control_socket": "/run/airlock/control.sock"}), {}, "overlap"),
+        (container_config({"state_dir": "/var/lib/my state"}), {}, "plain path"),
+    ],
+)
+def test_container_mode_refuses_unsound_input(cfg: Config, kw: dict[str, Any], msg: str) -> None:
+    with pytest.raises(units.UnitError, match=msg):
+        render(cfg, **kw)
+
+
+def test_container_mode_refuses_a_home_install() -> None:
+    with pytest.raises(units.UnitError, match="ProtectHome"):
+        units.render_units(
+            container_config(), Path("/etc/airlock/airlock.toml"), Path("/home/u/bin/airlock")
+        )

@@ -5,6 +5,10 @@ to ``ROOT/etc/systemd/system``, creates the gateway's system user and the direct
 systemd does not make, records the units' hashes in the integrity manifest
 (host/integrity.py) and runs ``systemctl daemon-reload``. ``--dry-run`` prints all of it
 and changes nothing.
+
+In container mode (``gateway.mode = "container"``) the gateway unit runs `airlock gateway`
+as root, which starts the gateway's container: no user is created and no credential is
+loaded; the gateway image must have been built (`airlock image --gateway`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,13 @@ def _ids(root: Path, user: str) -> tuple[int, int]:
     raise KeyError(user)
 
 
+_MODE_SUMMARY = {
+    "host": "the gateway runs as a host process under its own system user",
+    "container": "the gateway unit runs `airlock gateway` as root, which starts the "
+    "gateway's hardened container through Docker (no system user, no LoadCredential)",
+}
+
+
 @click.command()
 @config_option
 @click.option(
@@ -138,7 +149,7 @@ def install(
             2,
         )
     unit_dir = _prefixed(root, units.UNIT_DIR)
-    user_needed = not _user_exists(root, plan.user)
+    user_needed = plan.user is not None and not _user_exists(root, plan.user)
     useradd = [
         "useradd",
         "--system",
@@ -151,9 +162,10 @@ def install(
     ]
     if root != Path("/"):
         useradd += ["--root", str(root)]
-    useradd.append(plan.user)
+    useradd.append(plan.user or "-")
 
     if dry_run:
+        click.echo(f"# gateway.mode = {plan.mode}: " + _MODE_SUMMARY[plan.mode])
         for name, content in plan.files.items():
             click.echo(f"# --- would write {unit_dir / name}")
             click.echo(content, nl=not content.endswith("\n"))
@@ -175,14 +187,14 @@ def install(
     if os.geteuid() != 0:
         fail("airlock install writes system units and creates a user: run it as root", 2)
     try:
-        if user_needed:
+        if plan.user is not None and user_needed:
             try:
                 r = subprocess.run(useradd, capture_output=True, text=True, timeout=60, check=False)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 fail(f"useradd {plan.user}: {exc}; create the user yourself and re-run", 1)
             if r.returncode != 0:
                 fail(f"useradd {plan.user} failed: {r.stderr.strip() or r.returncode}", 1)
-        uid, gid = _ids(root, plan.user)
+        uid, gid = _ids(root, plan.user) if plan.user is not None else (0, 0)
         for d in plan.gateway_dirs:
             p = _prefixed(root, d)
             p.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -10,6 +10,12 @@ Upstream secrets come in through systemd credentials: a ``token_file`` (or an Ap
 ``private_key_file``) of ``/run/credentials/airlock-gateway.service/NAME`` becomes
 ``LoadCredential=NAME:SOURCE``; systemd copies SOURCE (root's, 0600) there for the
 gateway alone at each start. SOURCE is ``/etc/airlock/credentials/NAME`` unless given.
+
+``gateway.mode = "container"`` renders the same unit name from another template
+(``airlock-gateway-container.service``): `airlock gateway` as root, the Docker client that
+starts the gateway's container, after ``docker.service``. There is no system user and no
+``LoadCredential=``: the container gets copies of the host-side secret files
+(host/gateway_container.py), so a ``token_file`` must be a host path.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "CREDENTIALS_DIR",
     "CREDENTIAL_SOURCE_DIR",
     "DEFAULT_USER",
+    "GATEWAY_CONTAINER_TEMPLATE",
     "GATEWAY_UNIT",
     "SUPERVISE_UNIT",
     "TARGET",
@@ -41,6 +48,12 @@ GATEWAY_UNIT = "airlock-gateway.service"
 SUPERVISE_UNIT = "airlock-supervise.service"
 TARGET = "airlock.target"
 UNIT_FILES = (GATEWAY_UNIT, SUPERVISE_UNIT, TARGET)
+# Rendered as GATEWAY_UNIT when gateway.mode = "container".
+GATEWAY_CONTAINER_TEMPLATE = "airlock-gateway-container.service"
+TEMPLATE_FILES = (*UNIT_FILES, GATEWAY_CONTAINER_TEMPLATE)
+# Where `airlock gateway` (container mode) writes the container's secret copies and config
+# (host/gateway_container.py RUNTIME_ROOT; tests/unit/test_units.py keeps the two equal).
+CONTAINER_RUNTIME_ROOT = "/run/airlock-gateway"
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 CREDENTIALS_DIR = PurePosixPath("/run/credentials") / GATEWAY_UNIT
 CREDENTIAL_SOURCE_DIR = PurePosixPath("/etc/airlock/credentials")
@@ -61,18 +74,19 @@ class UnitError(Exception):
 @dataclass(frozen=True)
 class UnitPlan:
     files: dict[str, str]  # file name (under UNIT_DIR) -> content
-    user: str
+    user: str | None  # the system user to create (None in container mode: none is needed)
     # Directories `airlock install` makes for the gateway's user (0700) when systemd does
     # not (StateDirectory= and friends cover those under /var/lib, /run and /var/log).
     gateway_dirs: tuple[str, ...]
     audit_log: str | None  # a file for the gateway's user, created by install
     credentials: tuple[tuple[str, str], ...]  # (name, source)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    mode: str = "host"  # gateway.mode the gateway unit is for
 
 
 def templates() -> dict[str, str]:
     base = importlib.resources.files("airlock") / "deploy" / "systemd"
-    return {name: (base / name).read_text() for name in UNIT_FILES}
+    return {name: (base / name).read_text() for name in TEMPLATE_FILES}
 
 
 def _within(path: PurePosixPath, parent: PurePosixPath) -> bool:
@@ -130,11 +144,6 @@ def render_units(
     """The units for ``config`` (read from ``config_path``), run by the ``airlock``
     executable. ``sources``: credential name -> the file systemd loads it from."""
     gw = config.gateway
-    if gw.mode != "host":
-        raise UnitError(
-            f'gateway.mode = "{gw.mode}": these units run the gateway as a host process; '
-            'set gateway.mode = "host" (the container mode has its own start-up)'
-        )
     exe = _abs("the airlock executable", airlock)
     cfg = _abs("the config", config_path)
     for hidden in HIDDEN:
@@ -166,6 +175,9 @@ def render_units(
             f"gateway.control_socket {socket}: its directory {socket_dir} must be one of its "
             'own, e.g. control_socket = "/run/airlock/gateway/control.sock"'
         )
+    t = dict(tmpl or templates())
+    if gw.mode == "container":
+        return _render_container(config, exe, cfg, state, socket, bundles, audit, sources, t)
     user = gw.user or DEFAULT_USER
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise UnitError(f"gateway.user {user!r}: not a valid system user name")
@@ -209,7 +221,6 @@ def render_units(
     if audit is not None:
         read_write.append(str(audit))  # the file, not its (maybe shared) directory
 
-    t = dict(tmpl or templates())
     common = {"@AIRLOCK@": str(exe), "@CONFIG@": str(cfg)}
     gateway = _fill(
         t[GATEWAY_UNIT],
@@ -225,8 +236,23 @@ def render_units(
             "@ADDRESS_FAMILIES@": "AF_UNIX AF_INET AF_INET6",
         },
     )
+    return UnitPlan(
+        files={
+            GATEWAY_UNIT: gateway,
+            SUPERVISE_UNIT: _supervise(t, common, bundles),
+            TARGET: t[TARGET],
+        },
+        user=user,
+        gateway_dirs=tuple(install_dirs),
+        audit_log=str(audit) if audit is not None else None,
+        credentials=tuple(creds),
+        notes=tuple(notes),
+    )
+
+
+def _supervise(t: Mapping[str, str], common: Mapping[str, str], bundles: PurePosixPath) -> str:
     supervise_rw = [str(bundles.parent), *SUPERVISE_DIRS]
-    supervise = _fill(
+    return _fill(
         t[SUPERVISE_UNIT],
         {
             **common,
@@ -234,13 +260,97 @@ def render_units(
             "@READ_WRITE_PATHS@": " ".join(f"-{p}" for p in supervise_rw),
         },
     )
+
+
+def _render_container(
+    config: Config,
+    exe: PurePosixPath,
+    cfg: PurePosixPath,
+    state: PurePosixPath,
+    socket: PurePosixPath,
+    bundles: PurePosixPath,
+    audit: PurePosixPath | None,
+    sources: Mapping[str, str] | None,
+    t: Mapping[str, str],
+) -> UnitPlan:
+    """gateway.mode = "container": `airlock gateway` as root, Docker's client, confined."""
+    gw = config.gateway
+    for u in config.upstream:
+        path = u.token_file or (u.app.private_key_file if u.app is not None else None)
+        if path is not None and _within(PurePosixPath(path), PurePosixPath("/run/credentials")):
+            raise UnitError(
+                f"upstream {u.host}: {path} is a systemd credential path, but gateway.mode = "
+                '"container" loads no credential: the gateway container gets a copy of the '
+                "host's file; point it at that file, e.g. "
+                f'token_file = "{CREDENTIAL_SOURCE_DIR}/NAME" (root\'s, mode 0600)'
+            )
+    if sources:
+        raise UnitError(
+            f'--credential {", ".join(sorted(sources))}: gateway.mode = "container" loads no '
+            "systemd credential (the container gets copies of the token files); drop it"
+        )
+    runtime = PurePosixPath(CONTAINER_RUNTIME_ROOT)
+    socket_dir = socket.parent
+    read_write = [state, socket_dir, runtime]
+    audit_line = "# (no audit_log: no directory for it)"
+    if audit is not None:
+        audit_dir = audit.parent
+        if len(audit_dir.parts) < 3 or _within(bundles, audit_dir) or _within(audit_dir, bundles):
+            raise UnitError(
+                f"gateway.audit_log {audit}: its directory {audit_dir} is mounted into the "
+                "gateway container and made writable for its unit; give the log a directory "
+                'of its own, e.g. audit_log = "/var/log/airlock/audit.jsonl"'
+            )
+        audit_line = f"ExecStartPre=+/bin/mkdir -p -m 0755 {audit_dir}"
+        read_write.append(audit_dir)
+    for d in (state, socket_dir):
+        if _within(d, runtime) or _within(runtime, d):
+            raise UnitError(
+                f"{d} and {runtime} (the container's secret copies) overlap; give the gateway's "
+                "state and socket directories of their own"
+            )
+    common = {"@AIRLOCK@": str(exe), "@CONFIG@": str(cfg)}
+    gateway = _fill(
+        t[GATEWAY_CONTAINER_TEMPLATE],
+        {
+            **common,
+            "@STATE_DIR@": str(state),
+            "@SOCKET_DIR@": str(socket_dir),
+            "@RUNTIME_ROOT@": str(runtime),
+            "@AUDIT_DIR@": audit_line,
+            "@CONTROL_SOCKET@": str(socket),
+            "@READ_WRITE_PATHS@": " ".join(str(p) for p in read_write),
+        },
+    )
+    if gw.container.image is not None:
+        image_note = (
+            f"the gateway unit starts the image {gw.container.image} and does not build or "
+            "pull it: have it on this host before starting airlock.target"
+        )
+    else:
+        image_note = (
+            "the gateway unit does not build the gateway image: run `airlock image --gateway` "
+            "before starting airlock.target (and again after upgrading airlock: the image's "
+            "tag follows its sources)"
+        )
+    notes = [image_note]
+    if gw.user is not None:
+        notes.append(
+            f"gateway.user = {gw.user!r} is not used in container mode: the gateway runs as "
+            f"uid {gw.container.uid} in its container; no system user is made"
+        )
     return UnitPlan(
-        files={GATEWAY_UNIT: gateway, SUPERVISE_UNIT: supervise, TARGET: t[TARGET]},
-        user=user,
-        gateway_dirs=tuple(install_dirs),
-        audit_log=str(audit) if audit is not None else None,
-        credentials=tuple(creds),
+        files={
+            GATEWAY_UNIT: gateway,
+            SUPERVISE_UNIT: _supervise(t, common, bundles),
+            TARGET: t[TARGET],
+        },
+        user=None,
+        gateway_dirs=(),
+        audit_log=None,
+        credentials=(),
         notes=tuple(notes),
+        mode="container",
     )
 
 
