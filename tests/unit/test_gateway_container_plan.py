@@ -160,7 +160,7 @@ def test_a_mount_holding_the_docker_socket_is_refused(tmp_path: Path) -> None:
     config, raw = _config(tmp_path)
     raw["gateway"]["audit_log"] = "/var/run/audit.jsonl"
     config = parse_config(raw, tmp_path / "x.toml")
-    with pytest.raises(GatewayContainerError, match=r"too broad|Docker socket"):
+    with pytest.raises(GatewayContainerError, match=r"system directory|too broad|Docker socket"):
         plan(config, raw, image="i", subnet="10.1.0.0/24", seccomp_profile="{}")
 
 
@@ -196,3 +196,16 @@ def test_refresh_secrets_copies_again_as_a_new_file(tmp_path: Path) -> None:
     assert (secrets / "upstream-0-token").read_text() == "ghs_new\n"
     assert st.st_ino != first.st_ino  # renamed into place: a directory mount sees it
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o400)
+
+
+def test_a_state_dir_with_files_but_no_gateway_id_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GatewayContainerError, match="no gateway-id"):
+        _plan(tmp_path, state_dir_entries=["mysql", "ibdata1"])
+    _plan(tmp_path, state_dir_entries=["gateway-id", "sessions.sqlite3"])
+    _plan(tmp_path, state_dir_entries=[])
+
+
+def test_an_audit_directory_with_other_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GatewayContainerError, match=r"holds other files \(syslog\)"):
+        _plan(tmp_path, audit_dir_entries=["audit.jsonl", "syslog"])
+    _plan(tmp_path, audit_dir_entries=["audit.jsonl", "audit.jsonl.1"])

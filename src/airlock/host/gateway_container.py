@@ -197,6 +197,96 @@ def toml_text(data: Mapping[str, Any], prefix: str = "") -> str:
     return body + "".join("\n" + t for t in tables)
 
 
+#: Never mounted, nor anything inside them, nor a directory that holds one of them.
+SYSTEM_TREES = tuple(
+    Path(p)
+    for p in (
+        "/etc",
+        "/usr",
+        "/boot",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/root",
+        "/run/containerd",
+        "/run/docker",
+        "/var/run/docker",
+        "/run/systemd",
+        "/var/lib/docker",
+        "/var/lib/containerd",
+        "/var/lib/systemd",
+    )
+)
+#: Shared by many programs: a directory below one is fine, the directory itself never.
+SHARED_DIRS = frozenset(
+    Path(p)
+    for p in (
+        "/",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/spool",
+        "/var/tmp",
+        "/var/run",
+        "/run",
+        "/srv",
+        "/opt",
+        "/home",
+        "/tmp",
+        "/mnt",
+        "/media",
+    )
+)
+
+
+def _host_dir_problem(path: Path, what: str, example: str) -> str | None:
+    """Why ``path`` may not be mounted read-write into the container (None: it may)."""
+    for tree in SYSTEM_TREES:
+        if _within(path, tree) or _within(tree, path):
+            return (
+                f"{what}: {path} is (or holds) the system directory {tree}; the container "
+                f"would get it read-write. Use a directory of the gateway's own, e.g. {example}"
+            )
+    if path in SHARED_DIRS:
+        return (
+            f"{what}: {path} is a shared directory, too broad to mount into the container "
+            f"read-write; use a directory of the gateway's own, e.g. {example}"
+        )
+    return None
+
+
+def _state_dir_problem(state: Path, entries: Iterable[str] | None) -> str | None:
+    # The shell hands every file in it to the container's uid: it must be the gateway's.
+    names = set(entries or ())
+    if names and "gateway-id" not in names:
+        shown = ", ".join(sorted(names)[:5])
+        return (
+            f"gateway.state_dir {state} holds files ({shown}) but no gateway-id: it is not a "
+            "gateway's state directory, and every file in it would be handed to the "
+            "container's uid. Use an empty or new directory, e.g. /var/lib/airlock"
+        )
+    return None
+
+
+def _audit_dir_problem(audit_log: Path, entries: Iterable[str] | None) -> str | None:
+    others = sorted(n for n in (entries or ()) if not n.startswith(audit_log.name))
+    if others:
+        shown = ", ".join(others[:5])
+        return (
+            f"gateway.audit_log: its directory {audit_log.parent} holds other files ({shown}) "
+            "that the container would get read-write; give the log a directory of its own, "
+            'e.g. audit_log = "/var/log/airlock/audit.jsonl"'
+        )
+    return None
+
+
 def _socket_dir_problem(socket: Path, entries: Iterable[str]) -> str | None:
     allowed = {socket.name, socket.name + ".lock"}
     extra = sorted(set(entries) - allowed)
@@ -218,9 +308,13 @@ def plan(
     subnet: str,
     seccomp_profile: str,
     socket_dir_entries: Iterable[str] = (),
+    state_dir_entries: Iterable[str] | None = None,
+    audit_dir_entries: Iterable[str] | None = None,
     runtime_root: Path = RUNTIME_ROOT,
 ) -> ContainerPlan:
-    """Everything about the gateway's container; GatewayContainerError for what cannot be."""
+    """Everything about the gateway's container; GatewayContainerError for what cannot be.
+
+    The ``*_entries`` are what the shell found in those directories (None: not looked)."""
     gw = config.gateway
     cc = gw.container
     address = container_address(subnet)
@@ -238,9 +332,23 @@ def plan(
             "system files; give it a directory of its own, e.g. control_socket = "
             '"/run/airlock/gateway/control.sock"'
         )
-    problem = _socket_dir_problem(gw.control_socket, socket_dir_entries)
-    if problem:
-        raise GatewayContainerError(problem)
+    audit_dir = gw.audit_log.parent.resolve() if gw.audit_log is not None else None
+    problems = [
+        _host_dir_problem(state, "gateway.state_dir", "/var/lib/airlock"),
+        _state_dir_problem(state, state_dir_entries),
+        _host_dir_problem(
+            socket_dir, "gateway.control_socket", "/run/airlock/gateway/control.sock"
+        ),
+        _socket_dir_problem(gw.control_socket, socket_dir_entries),
+    ]
+    if gw.audit_log is not None and audit_dir is not None:
+        problems.append(
+            _host_dir_problem(audit_dir, "gateway.audit_log", "/var/log/airlock/audit.jsonl")
+        )
+        problems.append(_audit_dir_problem(gw.audit_log, audit_dir_entries))
+    for problem in problems:
+        if problem:
+            raise GatewayContainerError(problem)
     mounts = [
         Mount(str(state), STATE_INSIDE, read_only=False),
         Mount(str(socket_dir), SOCKET_DIR_INSIDE, read_only=False),
@@ -253,13 +361,7 @@ def plan(
     g["state_dir"] = STATE_INSIDE
     g["control_socket"] = f"{SOCKET_DIR_INSIDE}/{gw.control_socket.name}"
     g["git_listen"] = f"{address}:{gw.git_port}"
-    if gw.audit_log is not None:
-        audit_dir = gw.audit_log.parent.resolve()
-        if len(audit_dir.parts) < 3 and audit_dir != Path("/var/log"):
-            raise GatewayContainerError(
-                f"gateway.audit_log: its directory {audit_dir} is too broad to mount into the "
-                "container; use e.g. /var/log/airlock/audit.jsonl"
-            )
+    if gw.audit_log is not None and audit_dir is not None:
         mounts.append(Mount(str(audit_dir), AUDIT_DIR_INSIDE, read_only=False))
         g["audit_log"] = f"{AUDIT_DIR_INSIDE}/{gw.audit_log.name}"
     secrets: list[SecretCopy] = []
@@ -386,6 +488,14 @@ def _dump(config: Config) -> dict[str, Any]:
     return dict(data)
 
 
+def _entries(d: Path) -> list[str] | None:
+    """The names in ``d`` (None when it is not a directory yet)."""
+    try:
+        return sorted(os.listdir(d))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 Say = Callable[[str], None]
 
 
@@ -487,16 +597,18 @@ class GatewayContainer:
         from airlock.host.gateway_image import gateway_image_tag
         from airlock.host.seccomp import gateway_profile_json
 
-        sock_dir = self.config.gateway.control_socket.parent
-        entries = sorted(os.listdir(sock_dir)) if sock_dir.is_dir() else []
+        gw = self.config.gateway
         image = self.image or gateway_image_tag(self.config)
+        audit_dir = gw.audit_log.parent if gw.audit_log is not None else None
         return plan(
             self.config,
             self.raw,
             image=image,
             subnet=subnet,
             seccomp_profile=gateway_profile_json(),
-            socket_dir_entries=entries,
+            socket_dir_entries=_entries(gw.control_socket.parent) or (),
+            state_dir_entries=_entries(gw.state_dir),
+            audit_dir_entries=_entries(audit_dir) if audit_dir is not None else None,
             runtime_root=self.runtime_root,
         )
 
