@@ -165,7 +165,7 @@ def test_container_mode_gateway_unit_runs_the_docker_client_as_root_confined() -
     ]
     # ...and are the only writable ones.
     assert (
-        "ReadWritePaths=/var/lib/airlock /run/airlock/gateway /run/airlock-gateway /var/log/airlock"
+        "ReadWritePaths=-/var/lib/airlock -/run/airlock/gateway -/run/airlock-gateway -/var/log/airlock"
     ) in svc
     for line in (
         "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH",
@@ -216,7 +216,7 @@ def test_container_mode_without_audit_log_and_with_an_image_and_a_user() -> None
         container_config({"audit_log": None, "user": "gw", "container": {"image": "x/gw:1"}})
     )
     svc = service_lines(plan.files[units.GATEWAY_UNIT])
-    assert "ReadWritePaths=/var/lib/airlock /run/airlock/gateway /run/airlock-gateway" in svc
+    assert "ReadWritePaths=-/var/lib/airlock -/run/airlock/gateway -/run/airlock-gateway" in svc
     assert not any("/var/log" in x for x in svc)
     assert any("x/gw:1" in n for n in plan.notes)
     assert any("gateway.user = 'gw' is not used" in n for n in plan.notes)

@@ -319,7 +319,9 @@ def _render_container(
             "@RUNTIME_ROOT@": str(runtime),
             "@AUDIT_DIR@": audit_line,
             "@CONTROL_SOCKET@": str(socket),
-            "@READ_WRITE_PATHS@": " ".join(str(p) for p in read_write),
+            # "-": systemd 252 sets up the namespace for "+" lines too, before they make the
+            # directories; a path still missing at ExecStart= stays read-only.
+            "@READ_WRITE_PATHS@": " ".join(f"-{p}" for p in read_write),
         },
     )
     if gw.container.image is not None:
