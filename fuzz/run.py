@@ -4,10 +4,11 @@
 
 Each target runs for N executions (or S seconds, whichever comes first) over its corpus in
 fuzz/corpus/<target>/; what libFuzzer finds goes to a scratch directory, and afterwards the
-entries that add coverage are merged back into the corpus (libFuzzer's -merge=1), which is
-then kept within MAX_FILES files and MAX_BYTES bytes. Crash inputs land in
-fuzz/crashes/<target>/. A table (target, executions, rate, crashes, corpus size) is printed,
-and with --markdown also written to a file. Runs on one core: nothing runs in parallel.
+entries that reach code the corpus does not are merged back into the corpus (the target's
+``--merge``), keeping what was added within MAX_FILES files and MAX_BYTES bytes. Crash
+inputs land in fuzz/crashes/<target>/. A table (target, executions, rate, crashes, corpus
+size) is printed, and with --markdown also written to a file. Runs on one core: nothing runs
+in parallel.
 Exit status 1 when any target crashed or failed to run.
 """
 
@@ -180,10 +181,10 @@ def run_target(target: str, runs: int, max_seconds: float | None, merge: bool) -
                 result.error = f"exit {code}: {tail[-300:]}"
             break
         if merge and _files(Path(scratch)):
-            merge_args = ["-merge=1", f"-max_len={max_len}", str(corpus), scratch]
-            code, log = _libfuzzer(target, merge_args, 1800)
+            # Not libFuzzer's -merge=1: it sees no atheris coverage (see targets/_harness.py).
+            code, log = _libfuzzer(target, ["--merge", str(corpus), scratch], 1800)
             if code != 0:
-                result.error = result.error or f"merge exit {code}"
+                result.error = result.error or f"merge exit {code}: {log.strip()[-200:]}"
             _trim(corpus)
     files = _files(corpus)
     result.corpus_files = len(files)
