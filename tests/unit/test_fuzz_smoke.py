@@ -136,3 +136,21 @@ def test_runner_prints_the_table(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "unknown target" in bad.stderr and not bad.stdout
+
+
+def test_merge_adds_inputs_that_reach_new_code_once(tmp_path: Path) -> None:
+    seeds = sorted((CORPUS / "gitpath").glob("seed-*"))
+    corpus, found = tmp_path / "corpus", tmp_path / "found"
+    corpus.mkdir()
+    found.mkdir()
+    (corpus / "refused").write_bytes(b"\x80/nothing")  # refused early: little coverage
+    for i, seed in enumerate(seeds[:3]):
+        (found / f"a{i}").write_bytes(seed.read_bytes())
+        (found / f"b{i}").write_bytes(seed.read_bytes())  # the same input twice
+    argv = [sys.executable, str(TARGETS / "gitpath.py"), "--merge", str(corpus), str(found)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    added = json.loads(done.stdout.strip().splitlines()[-1])["added"]
+    kept = sorted(p.name for p in corpus.iterdir())
+    assert 1 <= added <= 3 and len(kept) == 1 + added, kept
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["added"] == 0
