@@ -144,6 +144,30 @@ def pair(sandboxes: Sandboxes) -> Iterator[tuple[Sandbox, Sandbox]]:
         sandboxes.teardown(sb)
 
 
+@pytest.fixture
+def host_service() -> Iterator[int]:
+    """A service of the host's on every address (as sshd or a metrics endpoint may be)."""
+    srv = socket.create_server(("0.0.0.0", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"host-service\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield int(srv.getsockname()[1])
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
 def _gateway_exec(client: docker.DockerClient, name: str, code: str) -> str:
     api = client.api
     exec_id = api.exec_create(name, ["python3", "-c", code])
@@ -164,7 +188,10 @@ def _sh(s: str) -> str:
 
 
 def test_a_sandbox_reaches_its_gateway_ports_and_nothing_else(
-    sandboxes: Sandboxes, sbx_world: ContainerWorld, pair: tuple[Sandbox, Sandbox]
+    sandboxes: Sandboxes,
+    sbx_world: ContainerWorld,
+    pair: tuple[Sandbox, Sandbox],
+    host_service: int,
 ) -> None:
     a, b = pair
     cfg = load_config(sbx_world.config)
@@ -174,6 +201,8 @@ def test_a_sandbox_reaches_its_gateway_ports_and_nothing_else(
     common = sorted({22, 53, 80, 443, 2375, 2376, 3128, 8080, 8443, 9109, git, proxy})
     tcp = [[host_on_a, p] for p in common]
     tcp += [[gw_own, git], [sbx_world.host_ip, 22], [sbx_world.host_ip, git]]
+    # A host service on every address: what the host's rules alone keep from the sandbox.
+    tcp += [[host_on_a, host_service], [sbx_world.host_ip, host_service]]
     tcp += [[str(b.gateway_ip), p] for p in (git, proxy)]
     tcp += [[str(b.sandbox_ip), 22], [str(a.subnet[4]), git]]
     tcp += [[str(a.gateway_ip), p] for p in (22, 80, 9109, 2375)]
@@ -239,30 +268,6 @@ def test_the_gateway_container_neither_forwards_nor_accepts_source_routes(
     values = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert values["/proc/sys/net/ipv4/ip_forward"] == "0", out
     assert values["/proc/sys/net/ipv4/conf/all/accept_source_route"] == "0", out
-
-
-@pytest.fixture
-def host_service() -> Iterator[int]:
-    """A service of the host's on every address (as sshd or a metrics endpoint may be)."""
-    srv = socket.create_server(("0.0.0.0", 0))
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"host-service\n")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield int(srv.getsockname()[1])
-    stop.set()
-    t.join(2)
-    srv.close()
 
 
 def test_the_gateway_container_reaches_no_host_service_but_its_upstreams(
