@@ -237,9 +237,10 @@ def test_the_unit_starts_the_gateway_container_and_stop_removes_it(installed: Bo
     assert r.returncode == 0, r.stderr + journal
     pid = installed.run("systemctl", "show", "-p", "MainPID", "--value", "airlock-gateway")
     st = _status(installed, pid.stdout.strip())
-    # Root (Docker's client), bounded to CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER.
+    # Root (Docker's client), bounded to CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+    # (0xf) and NET_ADMIN (1 << 12).
     assert st["Uid"].split()[0] == "0"
-    assert st["CapBnd"] == "000000000000000f" and st["CapEff"] == "000000000000000f", st
+    assert st["CapBnd"] == "000000000000100f" and st["CapEff"] == "000000000000100f", st
     assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
     containers = client.containers.list(filters={"label": f"{LABEL}={installed.gateway}"})
     assert [c.name for c in containers] == [installed.gateway]

@@ -168,15 +168,15 @@ def test_container_mode_gateway_unit_runs_the_docker_client_as_root_confined() -
         "ReadWritePaths=-/var/lib/airlock -/run/airlock/gateway -/run/airlock-gateway -/var/log/airlock"
     ) in svc
     for line in (
-        "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH",
+        "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH "
+        "CAP_NET_ADMIN",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "PrivateDevices=yes",
-        "PrivateNetwork=yes",
         "IPAddressDeny=any",
-        "RestrictAddressFamilies=AF_UNIX",
+        "RestrictAddressFamilies=AF_UNIX AF_NETLINK",
         "PrivateIPC=yes",
         "ProtectProc=invisible",
         "ProtectKernelTunables=yes",
@@ -195,7 +195,8 @@ def test_container_mode_gateway_unit_runs_the_docker_client_as_root_confined() -
     deny = next(x for x in svc if x.startswith("SystemCallFilter=~"))
     assert "@privileged" not in deny and "@mount" in deny and "@debug" in deny
     caps = next(x for x in svc if x.startswith("CapabilityBoundingSet="))
-    assert "CAP_NET" not in caps and "CAP_SYS" not in caps
+    assert "CAP_NET_RAW" not in caps and "CAP_SYS" not in caps
+    assert not any(x.startswith("PrivateNetwork") for x in svc)  # nft: the host's netns
     assert plan.mode == "container" and plan.user is None
     assert plan.credentials == () and plan.gateway_dirs == () and plan.audit_log is None
     assert any("airlock image --gateway" in n for n in plan.notes)
