@@ -107,6 +107,12 @@ def test_a_plain_token_file_is_allowed_with_a_note() -> None:
         (config({"control_socket": "/run/airlock/control.sock"}), "/opt/a", "overlap"),
         (config({"state_dir": "/var"}), "/opt/a", "of its own"),
         (config(token_file="/run/credentials/other.service/t"), "/opt/a", "credential directory"),
+        (config({"state_dir": "/etc/ssh"}), "/opt/a", "one of its own under"),
+        (config({"state_dir": "/var/lib/docker/x"}), "/opt/a", "another program"),
+        (config({"control_socket": "/usr/local/s/c.sock"}), "/opt/a", "one of its own under"),
+        (config({"audit_log": "/etc/shadow"}), "/opt/a", "one of its own under"),
+        (config({"audit_log": "/var/lib/airlock-host/x"}), "/opt/a", "another program"),
+        (config({"state_dir": "/srv/x/../../etc"}), "/opt/a", "'..'"),
     ],
 )
 def test_unsound_input_is_refused_with_what_to_do(cfg: Config, exe: str, msg: str) -> None:
@@ -164,9 +170,8 @@ def test_container_mode_gateway_unit_runs_the_docker_client_as_root_confined() -
         "ExecStartPre=+/bin/mkdir -p -m 0755 /var/log/airlock",
     ]
     # ...and are the only writable ones.
-    assert (
-        "ReadWritePaths=-/var/lib/airlock -/run/airlock/gateway -/run/airlock-gateway -/var/log/airlock"
-    ) in svc
+    rw = "-/var/lib/airlock -/run/airlock/gateway -/run/airlock-gateway -/var/log/airlock"
+    assert f"ReadWritePaths={rw}" in svc
     for line in (
         "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH "
         "CAP_NET_ADMIN",
@@ -243,6 +248,9 @@ def test_container_runtime_root_is_the_gateway_containers() -> None:
         (container_config({"state_dir": "/run/airlock-gateway/s"}), {}, "overlap"),
         (container_config({"control_socket": "/run/airlock/control.sock"}), {}, "overlap"),
         (container_config({"state_dir": "/var/lib/my state"}), {}, "plain path"),
+        (container_config({"audit_log": "/etc/ssh/audit.jsonl"}), {}, "one of its own under"),
+        (container_config({"audit_log": "/run/systemd/x/a.jsonl"}), {}, "another program"),
+        (container_config({"state_dir": "/srv/a/../../etc"}), {}, "'..'"),
     ],
 )
 def test_container_mode_refuses_unsound_input(cfg: Config, kw: dict[str, Any], msg: str) -> None:

@@ -62,6 +62,25 @@ DEFAULT_USER = "airlock-gateway"
 SUPERVISE_DIRS = ("/run/airlock-locks", "/run/airlock-agent")
 # ProtectHome=yes hides these from the gateway: airlock must not live there.
 HIDDEN = ("/home", "/root", "/run/user")
+# A directory install or `airlock gateway` makes and hands to the gateway (its user, or its
+# container's uid) must be under one of these, and not in what belongs to another program.
+GATEWAY_DIR_ROOTS = ("/var/lib", "/var/cache", "/var/log", "/var/opt", "/run", "/srv", "/opt")
+RESERVED_DIRS = (
+    "/var/lib/airlock-host",  # the integrity manifest
+    "/var/cache/airlock",  # image builds
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/systemd",
+    "/var/lib/dpkg",
+    "/var/lib/apt",
+    "/var/log/journal",
+    "/run/systemd",
+    "/run/credentials",
+    "/run/docker",
+    "/run/containerd",
+    "/run/lock",
+    *SUPERVISE_DIRS,
+)
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Characters that a path in a unit file must not carry (quoting, specifiers, line breaks).
 _UNSAFE = re.compile(r"[\s'\"\\%$;`]")
@@ -97,12 +116,31 @@ def _abs(what: str, p: Path | str) -> PurePosixPath:
     path = PurePosixPath(p)
     if not path.is_absolute():
         raise UnitError(f"{what} {p}: give an absolute path (systemd units need one)")
+    if ".." in path.parts:
+        raise UnitError(f"{what} {p}: contains '..'; give the directory's own path")
     if _UNSAFE.search(str(path)):
         raise UnitError(
             f"{what} {p}: contains a space, quote, '%', '$' or other character that a unit "
             "file line would misread; choose a plain path"
         )
     return path
+
+
+def _gateway_dir(what: str, path: PurePosixPath) -> None:
+    """Refuse a directory to be handed to the gateway that is the host's or another's."""
+    roots = [PurePosixPath(r) for r in GATEWAY_DIR_ROOTS]
+    if not any(path != r and _within(path, r) for r in roots):
+        raise UnitError(
+            f"{what} {path}: the gateway is given this directory (made, chowned, 0700); it "
+            f"must be one of its own under {', '.join(GATEWAY_DIR_ROOTS)}, e.g. /var/lib/airlock"
+        )
+    for reserved in RESERVED_DIRS:
+        r = PurePosixPath(reserved)
+        if _within(path, r) or _within(r, path):
+            raise UnitError(
+                f"{what} {path} overlaps {r}, which is another program's (or airlock's host "
+                "side's); give the gateway a directory of its own, e.g. /var/lib/airlock"
+            )
 
 
 def credential_names(config: Config) -> list[tuple[str, str]]:
@@ -163,6 +201,7 @@ def render_units(
         raise UnitError(
             f"gateway.state_dir {state} is not a directory of its own; use e.g. /var/lib/airlock"
         )
+    _gateway_dir("gateway.state_dir", state)
     for name, d in (("state_dir", state), ("control_socket's directory", socket_dir)):
         if _within(bundles, d) or _within(d, bundles):
             raise UnitError(
@@ -175,9 +214,12 @@ def render_units(
             f"gateway.control_socket {socket}: its directory {socket_dir} must be one of its "
             'own, e.g. control_socket = "/run/airlock/gateway/control.sock"'
         )
+    _gateway_dir("gateway.control_socket's directory", socket_dir)
     t = dict(tmpl or templates())
-    if gw.mode == "container":
+    if gw.mode == "container":  # there the directory is the container's; checked there
         return _render_container(config, exe, cfg, state, socket, bundles, audit, sources, t)
+    if audit is not None:
+        _gateway_dir("gateway.audit_log", audit)  # install creates the file for the user
     user = gw.user or DEFAULT_USER
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise UnitError(f"gateway.user {user!r}: not a valid system user name")
@@ -301,6 +343,7 @@ def _render_container(
                 "gateway container and made writable for its unit; give the log a directory "
                 'of its own, e.g. audit_log = "/var/log/airlock/audit.jsonl"'
             )
+        _gateway_dir("gateway.audit_log's directory", audit_dir)
         audit_line = f"ExecStartPre=+/bin/mkdir -p -m 0755 {audit_dir}"
         read_write.append(audit_dir)
     for d in (state, socket_dir):
