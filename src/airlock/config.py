@@ -84,6 +84,18 @@ class GatewayContainerConfig(_Strict):
     uid: int = Field(default=10001, gt=0)  # never root inside the gateway's container
     # Where the host-side git listener (for `session create --out` bundles) is published.
     publish_address: str = "127.0.0.1"
+    # TCP ports of the host's address on that network the gateway may connect to (a
+    # host-local upstream or mirror); every other host address and port is closed to it
+    # (host/firewall.py, "the gateway container's own network").
+    host_ports: list[int] = Field(default_factory=list)
+
+    @field_validator("host_ports")
+    @classmethod
+    def _host_ports(cls, v: list[int]) -> list[int]:
+        for port in v:
+            if not 0 < port < 65536:
+                raise ValueError(f"{port} is not a TCP port")
+        return v
 
     @field_validator("subnet")
     @classmethod

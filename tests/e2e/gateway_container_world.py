@@ -23,8 +23,16 @@ from tests.world import World, free_port
 
 
 class ContainerWorld(World):
-    def __init__(self, root: Path, gateway_subnet: str, *, config_extra: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        gateway_subnet: str,
+        *,
+        config_extra: str = "",
+        host_ports: tuple[int, ...] = (),
+    ) -> None:
         self.suffix = uuid.uuid4().hex[:8]
+        upstream_port = free_port()
         self.container_name = f"airlock-test-gw-{self.suffix}"
         self.network_name = f"airlock-test-gwnet-{self.suffix}"
         self.gateway_subnet = IPv4Network(gateway_subnet)
@@ -38,6 +46,9 @@ class ContainerWorld(World):
                 f'name = "{self.container_name}"\n'
                 f'network = "{self.network_name}"\n'
                 f'subnet = "{self.gateway_subnet}"\n'
+                # The upstream (and the tests' decoys) on the host's address of its network:
+                # the only host ports the gateway's container may reach.
+                f"host_ports = {[upstream_port, *host_ports]}\n"
             ),
         )
         # A directory each, mounted into the gateway's container (and nothing else of ours).
@@ -48,7 +59,7 @@ class ContainerWorld(World):
             root / "upstream-tls-bridge", ["localhost"], ["127.0.0.1", self.host_ip]
         )
         self.upstream = GitUpstream(
-            self.repos, self.token_file, self.tls, host=self.host_ip, port=free_port()
+            self.repos, self.token_file, self.tls, host=self.host_ip, port=upstream_port
         )
 
     def write_config(self) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -78,6 +79,7 @@ name = "{name}"
 network = "{name}"
 subnet = "{SUBNET}"
 uid = {UID}
+host_ports = [{urlsplit(upstream_url).port or 443}]  # the test upstream, on the bridge address
 
 [sandbox]
 bundle_dir = "{root}/bundles"

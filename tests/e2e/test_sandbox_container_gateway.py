@@ -65,7 +65,7 @@ def sbx_world(docker_client: docker.DockerClient, decoy_port: int) -> Iterator[W
         for n in (DOWNLOAD_NAME, OTHER_NAME)
     )
     extra = sandbox_config(POOL) + f"[egress]\nhttp_ports = [{decoy_port}]\n" + static
-    w = ContainerWorld(root, GATEWAY_SUBNET, config_extra=extra)
+    w = ContainerWorld(root, GATEWAY_SUBNET, config_extra=extra, host_ports=(decoy_port,))
     w.write_config()
     # Built once (debootstrap + wheels, about a minute), before the gateway's 30 s start.
     ensure_gateway_image(docker_client, load_config(w.config), progress=print)

@@ -125,7 +125,14 @@ def test_the_plan_confines_and_mounts_only_the_gateways_files(tmp_path: Path) ->
         "airlock.gateway-container": "airlock-gateway"
     }
     assert kw["port_bindings"] == {"8443/tcp": [("127.0.0.1", 8443)]}
-    assert kw["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "53"}
+    assert kw["sysctls"] == {
+        "net.ipv4.ip_unprivileged_port_start": "53",
+        "net.ipv4.ip_forward": "0",
+        "net.ipv4.conf.all.forwarding": "0",
+        "net.ipv4.conf.default.forwarding": "0",
+        "net.ipv4.conf.all.arp_ignore": "1",
+        "net.ipv4.conf.all.arp_announce": "2",
+    }
     assert [s.name for s in p.secrets] == ["upstream-0-token", "upstream-0-ca.pem"]
 
 

@@ -75,10 +75,14 @@ __all__ = [
     "FAMILY",
     "TABLE",
     "FirewallError",
+    "GatewayNetRules",
     "SandboxRules",
+    "apply_gateway_rules",
     "apply_rules",
     "list_sandbox_rule_names",
+    "remove_gateway_rules",
     "remove_rules",
+    "verify_gateway_rules",
     "verify_rules",
 ]
 
@@ -530,6 +534,115 @@ def verify_rules(r: SandboxRules) -> bool:
         if relevant and (rule.chain, json.dumps(rule.expr, sort_keys=True)) not in expected:
             return False
     return True
+
+
+# --- the gateway container's own network -----------------------------------------------------
+# Its NAT'd bridge carries the gateway's traffic to the upstreams (forwarded, out of the host).
+# Nothing of the host's own is for it: packets it sends to any host address (its bridge's, a
+# sandbox bridge's, the LAN's) meet ``input`` with this bridge as their interface and are
+# dropped, but for answers on connections the host opened (its published git port) and the
+# ports named in gateway.container.host_ports on its bridge's host address (a host-local
+# upstream or mirror).
+
+_GW_CHAIN_RE = re.compile(r"gwc_(?P<name>[a-z0-9][a-z0-9_.-]{0,40})_in")
+# Docker's own bridge names ("br-" + 12 hex digits of the network id), or one given.
+_GW_BRIDGE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,14}")
+
+
+@dataclass(frozen=True)
+class GatewayNetRules:
+    name: str  # the gateway container's name
+    bridge: str
+    host_ip: IPv4Address  # the host's address on that bridge
+    host_ports: list[int]
+
+    def __post_init__(self) -> None:
+        if not _GW_CHAIN_RE.fullmatch(f"gwc_{self.name}_in"):
+            raise ValueError(f"bad gateway container name {self.name!r}")
+        if not _GW_BRIDGE_RE.fullmatch(self.bridge) or self.bridge.startswith(BRIDGE_PREFIX):
+            raise ValueError(f"bad gateway bridge name {self.bridge!r}")
+        for port in self.host_ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"bad port {port!r}")
+        object.__setattr__(self, "host_ports", sorted(set(self.host_ports)))
+
+    @property
+    def chain(self) -> str:
+        return f"gwc_{self.name}_in"
+
+    @property
+    def comment(self) -> str:
+        return f"airlock-gateway:{self.name}"
+
+
+def gateway_chain(r: GatewayNetRules) -> list[list[Expr]]:
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    rules: list[list[Expr]] = [_IPV6_DROP, [established, _ACCEPT]]
+    if r.host_ports:
+        rules.append(
+            [
+                _match(_payload("ip", "daddr"), str(r.host_ip)),
+                _match(_payload("tcp", "dport"), _ports(r.host_ports)),
+                _ACCEPT,
+            ]
+        )
+    rules.append([_DROP])
+    return [_canon(rule) for rule in rules]
+
+
+def _gateway_jump(r: GatewayNetRules) -> list[Expr]:
+    return _jump("iifname", r.bridge, r.chain)
+
+
+def apply_gateway_rules(r: GatewayNetRules) -> None:
+    """Install (or replace) the gateway network's input rules in one transaction."""
+    with _locked():
+        state = _read_state() or _State({}, {})
+        commands: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+        commands += [{"add": {"chain": _base_chain_obj(c)}} for c in _BASE_CHAINS]
+        commands += [
+            {"delete": {"rule": _rule_ref(x.chain, x.handle)}}
+            for x in state.base_rules()
+            if x.jump_target() == r.chain
+        ]
+        ref = {"family": FAMILY, "table": TABLE, "name": r.chain}
+        commands += [{"add": {"chain": ref}}, {"flush": {"chain": ref}}]
+        commands += [{"add": {"rule": _rule_obj(r.chain, e, r.comment)}} for e in gateway_chain(r)]
+        commands.append({"insert": {"rule": _rule_obj("input", _gateway_jump(r), r.comment)}})
+        _run_batch(commands)
+
+
+def verify_gateway_rules(r: GatewayNetRules) -> bool:
+    with _locked():
+        state = _read_state()
+    if state is None or r.chain not in state.chains:
+        return False
+    got = [(x.expr, x.comment) for x in state.rules.get(r.chain, [])]
+    if got != [(e, r.comment) for e in gateway_chain(r)]:
+        return False
+    jumps = [x for x in state.rules.get("input", []) if x.jump_target() == r.chain]
+    return len(jumps) == 1 and jumps[0].expr == _canon(_gateway_jump(r))
+
+
+def remove_gateway_rules(name: str) -> None:
+    """Remove the gateway network's rules of container ``name``; no-op if there are none."""
+    chain = f"gwc_{name}_in"
+    if not _GW_CHAIN_RE.fullmatch(chain):
+        raise ValueError(f"bad gateway container name {name!r}")
+    with _locked():
+        state = _read_state()
+        if state is None:
+            return
+        commands: list[Expr] = [
+            {"delete": {"rule": _rule_ref(x.chain, x.handle)}}
+            for x in state.base_rules()
+            if x.jump_target() == chain
+        ]
+        if chain in state.chains:
+            ref = {"family": FAMILY, "table": TABLE, "name": chain}
+            commands += [{"flush": {"chain": ref}}, {"delete": {"chain": ref}}]
+        if commands:
+            _run_batch(commands)
 
 
 def list_sandbox_rule_names(owner: str | None = None) -> set[str]:

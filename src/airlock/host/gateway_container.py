@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.config import Config, parse_config
+from airlock.host import firewall
 
 __all__ = [
     "CONFIG_DIR",
@@ -398,7 +399,17 @@ def plan(
     except Exception as exc:  # the translation itself is wrong: a bug, but say what
         raise GatewayContainerError(f"the container's config does not load: {exc}") from None
     ports = sorted({gw.dns_port, gw.git_port, config.sandbox.proxy_port})
-    sysctls = {}
+    # The container sits on every sandbox network and on its own: it must not route between
+    # them (its namespace inherits the host's forwarding=1). The host's bridged rules stop a
+    # sandbox using it as a router anyway; this is the second layer. ARP answers only for
+    # the address asked on the interface asked, so no sandbox learns its other addresses.
+    sysctls = {
+        "net.ipv4.ip_forward": "0",
+        "net.ipv4.conf.all.forwarding": "0",
+        "net.ipv4.conf.default.forwarding": "0",
+        "net.ipv4.conf.all.arp_ignore": "1",
+        "net.ipv4.conf.all.arp_announce": "2",
+    }
     if ports[0] < 1024:
         # Docker gives a non-root process no effective capability (NET_BIND_SERVICE stays in
         # the bounding set only), so the container's own network namespace lets it bind the
@@ -643,6 +654,7 @@ class GatewayContainer:
         p: ContainerPlan | None = None
         try:
             p = self.make_plan(self._subnet_of(net))
+            self._close_host(net, p)
             account = priv.Account(name=f"uid {p.uid}", uid=p.uid, gid=p.uid)
             audit = self.config.gateway.audit_log
             if audit is not None:
@@ -667,6 +679,8 @@ class GatewayContainer:
                     container.remove(force=True)
             if p is not None:
                 shutil.rmtree(p.runtime_dir, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                firewall.remove_gateway_rules(self.name)
             if created:
                 with contextlib.suppress(Exception):
                     net.remove()
@@ -734,8 +748,32 @@ class GatewayContainer:
             c.stop(timeout=timeout)
         c.remove(force=True)
         shutil.rmtree(p_dir, ignore_errors=True)
+        firewall.remove_gateway_rules(self.name)
         self._remove_network_if_unused()
         return True
+
+    def _close_host(self, net: Any, p: ContainerPlan) -> None:
+        """The host's firewall for the gateway's own network: nothing of the host answers
+        the gateway but its published port and gateway.container.host_ports (verified)."""
+        options = net.attrs.get("Options") or {}
+        bridge = options.get("com.docker.network.bridge.name") or f"br-{net.id[:12]}"
+        gateway_ip = (net.attrs.get("IPAM") or {}).get("Config", [{}])[0].get("Gateway")
+        if not gateway_ip:
+            gateway_ip = str(ipaddress.IPv4Network(self._subnet_of(net))[1])
+        rules = firewall.GatewayNetRules(
+            name=p.name,
+            bridge=bridge,
+            host_ip=ipaddress.IPv4Address(gateway_ip.split("/")[0]),
+            host_ports=list(self.config.gateway.container.host_ports),
+        )
+        try:
+            firewall.apply_gateway_rules(rules)
+        except firewall.FirewallError as exc:
+            raise GatewayContainerError(
+                f"cannot install the gateway network's rules: {exc}"
+            ) from None
+        if not firewall.verify_gateway_rules(rules):
+            raise GatewayContainerError("the gateway network's rules did not verify; not starting")
 
     def _remove_network_if_unused(self) -> None:
         import docker.errors
