@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock.config import Config
+from airlock.core.hostpaths import handed_over_problem
 
 __all__ = [
     "DROPPED_ENV",
@@ -87,6 +88,14 @@ def prepare(config: Config, account: Account) -> None:
     state = gw.state_dir.resolve()
     socket_dir = gw.control_socket.parent
     bundles = config.sandbox.bundle_dir.resolve()
+    for path, what, example in (
+        (state, "state_dir", "/var/lib/airlock"),
+        (socket_dir.resolve(), "control_socket's directory", "/run/airlock/gateway"),
+    ):
+        # /etc/ssh or /var/lib would be handed over (lchown'd) with everything in it.
+        problem = handed_over_problem(path, what, example)
+        if problem is not None:
+            raise PrivilegeError(f"gateway.user: {problem}")
     if len(state.parts) < 3 or _within(bundles, state):
         raise PrivilegeError(
             f"gateway.user: state_dir {state} is not a directory of its own (it would hand "

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.config import Config, parse_config
+from airlock.core.hostpaths import handed_over_problem
 from airlock.host import firewall
 
 __all__ = [
@@ -198,71 +199,6 @@ def toml_text(data: Mapping[str, Any], prefix: str = "") -> str:
     return body + "".join("\n" + t for t in tables)
 
 
-#: Never mounted, nor anything inside them, nor a directory that holds one of them.
-SYSTEM_TREES = tuple(
-    Path(p)
-    for p in (
-        "/etc",
-        "/usr",
-        "/boot",
-        "/bin",
-        "/sbin",
-        "/lib",
-        "/lib32",
-        "/lib64",
-        "/libx32",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/root",
-        "/run/containerd",
-        "/run/docker",
-        "/var/run/docker",
-        "/run/systemd",
-        "/var/lib/docker",
-        "/var/lib/containerd",
-        "/var/lib/systemd",
-    )
-)
-#: Shared by many programs: a directory below one is fine, the directory itself never.
-SHARED_DIRS = frozenset(
-    Path(p)
-    for p in (
-        "/",
-        "/var",
-        "/var/lib",
-        "/var/log",
-        "/var/cache",
-        "/var/spool",
-        "/var/tmp",
-        "/var/run",
-        "/run",
-        "/srv",
-        "/opt",
-        "/home",
-        "/tmp",
-        "/mnt",
-        "/media",
-    )
-)
-
-
-def _host_dir_problem(path: Path, what: str, example: str) -> str | None:
-    """Why ``path`` may not be mounted read-write into the container (None: it may)."""
-    for tree in SYSTEM_TREES:
-        if _within(path, tree) or _within(tree, path):
-            return (
-                f"{what}: {path} is (or holds) the system directory {tree}; the container "
-                f"would get it read-write. Use a directory of the gateway's own, e.g. {example}"
-            )
-    if path in SHARED_DIRS:
-        return (
-            f"{what}: {path} is a shared directory, too broad to mount into the container "
-            f"read-write; use a directory of the gateway's own, e.g. {example}"
-        )
-    return None
-
-
 def _state_dir_problem(state: Path, entries: Iterable[str] | None) -> str | None:
     # The shell hands every file in it to the container's uid: it must be the gateway's.
     names = set(entries or ())
@@ -335,16 +271,16 @@ def plan(
         )
     audit_dir = gw.audit_log.parent.resolve() if gw.audit_log is not None else None
     problems = [
-        _host_dir_problem(state, "gateway.state_dir", "/var/lib/airlock"),
+        handed_over_problem(state, "gateway.state_dir", "/var/lib/airlock"),
         _state_dir_problem(state, state_dir_entries),
-        _host_dir_problem(
+        handed_over_problem(
             socket_dir, "gateway.control_socket", "/run/airlock/gateway/control.sock"
         ),
         _socket_dir_problem(gw.control_socket, socket_dir_entries),
     ]
     if gw.audit_log is not None and audit_dir is not None:
         problems.append(
-            _host_dir_problem(audit_dir, "gateway.audit_log", "/var/log/airlock/audit.jsonl")
+            handed_over_problem(audit_dir, "gateway.audit_log", "/var/log/airlock/audit.jsonl")
         )
         problems.append(_audit_dir_problem(gw.audit_log, audit_dir_entries))
     for problem in problems:
