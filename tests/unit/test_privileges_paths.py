@@ -65,7 +65,9 @@ def test_system_and_shared_directories_are_refused(path: str) -> None:
     assert handed_over_problem(Path(path), "state_dir", "/var/lib/airlock") is not None
 
 
-@pytest.mark.parametrize("path", ["/srv/airlock/../../etc", "relative/state", "/var/lib/airlock/../../.."])
+@pytest.mark.parametrize(
+    "path", ["/srv/airlock/../../etc", "relative/state", "/var/lib/airlock/../../.."]
+)
 def test_paths_that_are_not_written_out_are_refused(path: str) -> None:
     assert "normal absolute path" in str(handed_over_problem(Path(path), "state_dir", "x"))
 
