@@ -4,6 +4,7 @@ its own session key (the upstream token never appears here)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -245,38 +246,166 @@ class BundleError(Exception):
     """A bundle directory cannot be refreshed; the message names it and why."""
 
 
+# Every file a bundle holds is small; the largest is ca-bundle.pem (the host's CAs).
+MAX_BUNDLE_FILE = 8 << 20
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_bundle_dir(directory: Path, owners: frozenset[int] | None = None) -> int:
+    """An fd of ``directory`` itself (its last component never a symlink): every read and
+    write of a rewrite goes through it, so renaming the directory away or swapping its name
+    for a symlink mid-rewrite redirects nothing. ``owners``: who may own it besides root."""
+    try:
+        fd = os.open(directory, _O_DIR)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise BundleError(f"{directory}: not a directory (a symlink?); refusing it") from None
+        raise
+    st = os.fstat(fd)
+    if owners is not None and st.st_uid != 0 and st.st_uid not in owners:
+        os.close(fd)
+        raise BundleError(
+            f"{directory}: owned by uid {st.st_uid}, not root or {sorted(owners)}; refusing it"
+        )
+    return fd
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..") and "\0" not in name
+
+
+def _open_file(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
+    """``name`` in the directory, opened without following a symlink or blocking on a FIFO,
+    if it is a regular file of one link (a hard link to a file elsewhere is refused) owned by
+    root or the directory's owner; None if absent. BundleError for anything else."""
+    if not _safe_name(name):
+        raise BundleError(f"{name!r}: not a file name of a bundle")
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"{name}: a symlink; refusing to read or replace it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        owner = os.fstat(dir_fd).st_uid
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{name}: not a regular file; refusing to read or replace it")
+        if st.st_nlink != 1:
+            raise BundleError(f"{name}: has {st.st_nlink} links; refusing to read or replace it")
+        if st.st_uid not in (0, owner):
+            raise BundleError(f"{name}: owned by uid {st.st_uid}, not the bundle's owner")
+        if st.st_size > MAX_BUNDLE_FILE:
+            raise BundleError(f"{name}: {st.st_size} bytes, too large for a bundle file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_at(dir_fd: int, name: str) -> tuple[bytes, os.stat_result] | None:
+    """The bytes and status of a bundle file (see :func:`_open_file`), or None if absent."""
+    opened = _open_file(dir_fd, name)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_BUNDLE_FILE:
+                raise BundleError(f"{name}: too large for a bundle file")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks), st
+
+
+def _replace_at(dir_fd: int, name: str, data: bytes, old: os.stat_result) -> None:
+    """Write ``data`` to a new name in the directory, with ``old``'s owner, group and
+    permission bits, then rename it over ``name``: both names relative to the same fd."""
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchown(fd, old.st_uid, old.st_gid)
+            os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o777)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
 def replace_file(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with ``data``, keeping its owner, group and mode: written
     to a new name in the same directory, then renamed over it. A container that has the
     directory bind-mounted sees the whole old file or the whole new one, never a mix."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise BundleError(f"{path}: not a regular file; refusing to replace it")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    dir_fd = open_bundle_dir(path.parent)
     try:
-        try:
-            os.write(fd, data)
-            os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        opened = _open_file(dir_fd, path.name)
+        if opened is None:
+            raise BundleError(f"{path}: no such file")
+        os.close(opened[0])
+        _replace_at(dir_fd, path.name, data, opened[1])
+    finally:
+        os.close(dir_fd)
 
 
 def bundle_session_id(directory: Path) -> str | None:
     """The session a bundle directory holds (its session.json), or None."""
     try:
-        raw = json.loads((directory / "session.json").read_text())
-    except (OSError, ValueError):
+        dir_fd = open_bundle_dir(directory)
+    except (BundleError, OSError):
         return None
+    try:
+        got = _read_at(dir_fd, "session.json")
+        raw = json.loads(got[0]) if got is not None else None
+    except (BundleError, OSError, ValueError):
+        return None
+    finally:
+        os.close(dir_fd)
     sid = raw.get("id") if isinstance(raw, dict) else None
     return sid if isinstance(sid, str) else None
+
+
+def unsafe_ancestor(directory: Path) -> str | None:
+    """Why root must not rewrite a bundle at ``directory`` (None: it may). Each directory on
+    its real path from / down to its parent must be root's and writable by no one else (a
+    root-owned sticky directory like /tmp is fine: no one else can rename root's entries in
+    it), or its owner could swap the bundle directory for another mid-rewrite."""
+    real = Path(os.path.realpath(directory))
+    for parent in reversed(real.parents):
+        try:
+            st = os.lstat(parent)
+        except OSError as exc:
+            return f"{parent}: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{parent} is not a directory"
+        if st.st_uid != 0:
+            return f"{parent} is owned by uid {st.st_uid}, who could replace {real}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{parent} is writable by group or others, who could replace {real}"
+    return None
 
 
 def with_pins(gitconfig: str, pins: str) -> str:
@@ -292,37 +421,102 @@ def with_api_ca(ca_bundle: bytes, api_ca_pem: str) -> bytes:
 
 
 def refresh_bundle(
-    directory: Path, *, cert_pem: str, ca_pem: str, pins: str, api_ca_pem: str | None
+    directory: Path,
+    *,
+    cert_pem: str,
+    ca_pem: str,
+    pins: str,
+    api_ca_pem: str | None,
+    owners: frozenset[int] | None = None,
 ) -> list[str]:
     """Rewrite a bundle for a rotated CA: the session's new certificate (its key stays), the
     CAs and server pins to trust, the API trust if the bundle has it, and the manifest.
     Returns the names of the files replaced. Certificates first, then the trust: a client
-    reading between them has a new certificate (accepted) and the old trust (still served)."""
-    if not (directory / CERT_FILE).is_file() or not (directory / GITCONFIG_FILE).is_file():
+    reading between them has a new certificate (accepted) and the old trust (still served).
+
+    Runs as root over a directory its owner (a sandbox's uid) can change at any moment: the
+    directory is opened once and every file read and renamed through that fd, never by a
+    symlink, a hard link, or a path followed twice (see :func:`_open_file`)."""
+    dir_fd = open_bundle_dir(directory, owners)
+    try:
+        return _refresh_at(dir_fd, directory, cert_pem, ca_pem, pins, api_ca_pem)
+    finally:
+        os.close(dir_fd)
+
+
+def _refresh_at(
+    dir_fd: int, directory: Path, cert_pem: str, ca_pem: str, pins: str, api_ca_pem: str | None
+) -> list[str]:
+    refused: list[str] = []  # files not read, so not rewritten: why
+
+    def read(name: str) -> tuple[bytes, os.stat_result] | None:
+        try:
+            return _read_at(dir_fd, name)
+        except BundleError as exc:
+            refused.append(str(exc))
+            return None
+
+    def present(name: str) -> bool:
+        try:
+            os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    if not present(CERT_FILE) or not present(GITCONFIG_FILE):
         raise BundleError(f"{directory}: not a session bundle (no {CERT_FILE} or {GITCONFIG_FILE})")
+    # Each file is read once, safely, before anything is written; one that cannot be (a
+    # symlink, a FIFO, a hard link, someone else's) is left as it is and named at the end.
+    old: dict[str, tuple[bytes, os.stat_result] | None] = {
+        name: read(name) for name in (CERT_FILE, CA_FILE, GITCONFIG_FILE)
+    }
     new: dict[str, bytes] = {CERT_FILE: cert_pem.encode(), CA_FILE: ca_pem.encode()}
-    gitconfig = (directory / GITCONFIG_FILE).read_text()
-    new[GITCONFIG_FILE] = with_pins(gitconfig, pins).encode()
-    if api_ca_pem is not None and (directory / API_CA_FILE).is_file():
+    gitconfig = old[GITCONFIG_FILE]
+    if gitconfig is not None:
+        try:
+            new[GITCONFIG_FILE] = with_pins(gitconfig[0].decode(), pins).encode()
+        except UnicodeDecodeError:
+            refused.append(f"{GITCONFIG_FILE}: not text")
+    if api_ca_pem is not None and present(API_CA_FILE):
         new[API_CA_FILE] = api_ca_pem.encode()
-        if (directory / CA_BUNDLE_FILE).is_file():
-            new[CA_BUNDLE_FILE] = with_api_ca((directory / CA_BUNDLE_FILE).read_bytes(), api_ca_pem)
+        old[API_CA_FILE] = read(API_CA_FILE)
+        if present(CA_BUNDLE_FILE):
+            old[CA_BUNDLE_FILE] = ca_bundle = read(CA_BUNDLE_FILE)
+            if ca_bundle is not None:
+                new[CA_BUNDLE_FILE] = with_api_ca(ca_bundle[0], api_ca_pem)
+    contents = {name: got[0] for name, got in old.items() if got is not None}
     changed = []
     for name, data in new.items():
-        path = directory / name
-        if path.is_file() and path.read_bytes() == data:
+        got = old.get(name)
+        if got is None:
+            if present(name):
+                continue  # refused above
+            refused.append(f"{name}: missing")
             continue
-        replace_file(path, data)
+        if got[0] == data:
+            continue
+        _replace_at(dir_fd, name, data, got[1])
+        contents[name] = data
         changed.append(name)
-    manifest = directory / MANIFEST_FILE
-    if changed and manifest.is_file():
+    manifest = read(MANIFEST_FILE) if changed and present(MANIFEST_FILE) else None
+    if manifest is not None:
         names = [
-            line.split("  ", 1)[1] for line in manifest.read_text().splitlines() if "  " in line
+            line.split("  ", 1)[1]
+            for line in manifest[0].decode(errors="replace").splitlines()
+            if "  " in line
         ]
-        lines = "".join(
-            f"{hashlib.sha256((directory / n).read_bytes()).hexdigest()}  {n}\n"
-            for n in names
-            if (directory / n).is_file()
-        )
-        replace_file(manifest, lines.encode())
+        lines = []
+        for n in names:
+            if not _safe_name(n):
+                continue  # a name with a slash is no file of this directory: dropped
+            held = contents.get(n)
+            if held is None and present(n):
+                got = read(n)
+                held = got[0] if got is not None else None
+            if held is not None:
+                lines.append(f"{hashlib.sha256(held).hexdigest()}  {n}\n")
+        _replace_at(dir_fd, MANIFEST_FILE, "".join(lines).encode(), manifest[1])
+    if refused:
+        done = f"rewrote {', '.join(changed)}; " if changed else ""
+        raise BundleError(f"{directory}: {done}left as they are: " + "; ".join(refused))
     return changed
