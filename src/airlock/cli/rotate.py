@@ -34,13 +34,17 @@ def rotate() -> None:
 
 
 def _dirs(config: Any, client: Any, out_dirs: tuple[Path, ...]) -> list[Path]:
+    from airlock.host.bundle import BundleError
     from airlock.host.rotation import bundle_dirs
 
     gateway_id = control_call(client.health)["gateway_id"]
     for d in out_dirs:
         if not (d / "session.json").is_file():
             fail(f"--out {d}: not a session bundle directory (no session.json)", 2)
-    dirs = bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+    try:
+        dirs = bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+    except BundleError as exc:
+        fail(str(exc), 2)
     # Before the gateway changes anything: a bundle that cannot be rewritten would lose its
     # access when the overlap ends.
     blocked = [d for d in dirs if not os.access(d, os.W_OK | os.X_OK)]

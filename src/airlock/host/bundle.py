@@ -251,22 +251,18 @@ MAX_BUNDLE_FILE = 8 << 20
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def open_bundle_dir(directory: Path, owners: frozenset[int] | None = None) -> int:
+def open_bundle_dir(directory: Path) -> int:
     """An fd of ``directory`` itself (its last component never a symlink): every read and
     write of a rewrite goes through it, so renaming the directory away or swapping its name
-    for a symlink mid-rewrite redirects nothing. ``owners``: who may own it besides root."""
+    for a symlink mid-rewrite redirects nothing. Anyone may own it (a sandbox bundle is its
+    sandbox's uid's, whichever the image chose); each file in it must be root's or the
+    directory owner's (:func:`_open_file`)."""
     try:
         fd = os.open(directory, _O_DIR)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise BundleError(f"{directory}: not a directory (a symlink?); refusing it") from None
         raise
-    st = os.fstat(fd)
-    if owners is not None and st.st_uid != 0 and st.st_uid not in owners:
-        os.close(fd)
-        raise BundleError(
-            f"{directory}: owned by uid {st.st_uid}, not root or {sorted(owners)}; refusing it"
-        )
     return fd
 
 
@@ -388,11 +384,13 @@ def bundle_session_id(directory: Path) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
-def unsafe_ancestor(directory: Path) -> str | None:
-    """Why root must not rewrite a bundle at ``directory`` (None: it may). Each directory on
-    its real path from / down to its parent must be root's and writable by no one else (a
-    root-owned sticky directory like /tmp is fine: no one else can rename root's entries in
-    it), or its owner could swap the bundle directory for another mid-rewrite."""
+def unsafe_ancestor(directory: Path, uid: int | None = None) -> str | None:
+    """Why ``uid`` (default: this process's) must not rewrite a bundle at ``directory``
+    (None: it may). Each directory on its real path from / down to its parent must be
+    root's or ``uid``'s and writable by no one else (a sticky directory like /tmp is fine:
+    no one else can rename our entries in it), or its owner could swap the bundle directory
+    for another mid-rewrite, and this process would write there."""
+    me = os.geteuid() if uid is None else uid
     real = Path(os.path.realpath(directory))
     for parent in reversed(real.parents):
         try:
@@ -401,8 +399,8 @@ def unsafe_ancestor(directory: Path) -> str | None:
             return f"{parent}: {exc.strerror}"
         if not stat.S_ISDIR(st.st_mode):
             return f"{parent} is not a directory"
-        if st.st_uid != 0:
-            return f"{parent} is owned by uid {st.st_uid}, who could replace {real}"
+        if st.st_uid not in (0, me):
+            return f"{parent} belongs to uid {st.st_uid}, who could replace {real}"
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
             return f"{parent} is writable by group or others, who could replace {real}"
     return None
@@ -427,7 +425,6 @@ def refresh_bundle(
     ca_pem: str,
     pins: str,
     api_ca_pem: str | None,
-    owners: frozenset[int] | None = None,
 ) -> list[str]:
     """Rewrite a bundle for a rotated CA: the session's new certificate (its key stays), the
     CAs and server pins to trust, the API trust if the bundle has it, and the manifest.
@@ -437,7 +434,7 @@ def refresh_bundle(
     Runs as root over a directory its owner (a sandbox's uid) can change at any moment: the
     directory is opened once and every file read and renamed through that fd, never by a
     symlink, a hard link, or a path followed twice (see :func:`_open_file`)."""
-    dir_fd = open_bundle_dir(directory, owners)
+    dir_fd = open_bundle_dir(directory)
     try:
         return _refresh_at(dir_fd, directory, cert_pem, ca_pem, pins, api_ca_pem)
     finally:

@@ -19,13 +19,14 @@ writes the trust of the moment, the new CA alone.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.host.bundle import BundleError, bundle_session_id, refresh_bundle
+from airlock.host.bundle import BundleError, bundle_session_id, refresh_bundle, unsafe_ancestor
 
 
 @dataclass
@@ -39,11 +40,22 @@ class RefreshReport:
 
 
 def bundle_dirs(bundle_root: Path, extra: Iterable[Path] = ()) -> list[Path]:
-    """Sandbox bundle directories of one gateway, then the extra (``--out``) ones."""
+    """Sandbox bundle directories of one gateway, then the extra (``--out``) ones, each by
+    its real path. BundleError for an extra one that a user other than root could swap for
+    another directory (it or a directory above it is theirs): root would write there."""
     found: list[Path] = []
     if bundle_root.is_dir():
         found = sorted(p for p in bundle_root.iterdir() if p.is_dir() and not p.is_symlink())
-    return [*found, *extra]
+    out: list[Path] = []
+    for d in extra:
+        why = unsafe_ancestor(d)
+        if why is not None:
+            raise BundleError(
+                f"--out {d}: {why}; move the bundle under a directory only root can write "
+                "(or rewrite it as its owner)"
+            )
+        out.append(Path(os.path.realpath(d)))
+    return [*found, *out]
 
 
 def refresh(
