@@ -58,6 +58,8 @@ class StartupError(Exception):
 #: On SIGTERM, how long a request in flight may take to finish before it is cancelled (each
 #: of aiohttp's two shutdown steps waits this long): the gateway exits within 2 s.
 SHUTDOWN_GRACE = 0.3
+# When ending a CA rotation's overlap cannot write its state: seconds to each new try.
+FINISH_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, *([60.0] * 60))
 
 
 def preflight(
@@ -453,11 +455,14 @@ class Gateway:
     def _trust_changed(self) -> None:
         """A CA rotation step: new connections get contexts with the server certificate and
         the client CAs of the moment; when an overlap runs, its end is scheduled."""
+        self._make_contexts()
+        self._schedule_overlap_end()
+
+    def _make_contexts(self) -> None:
         self.identity = self.rotation.identity
         cas = self.rotation.ca_pems()
         self.ssl = server_ssl_context(self.identity, cas)
         self.sandbox_ssl = sandbox_ssl_context(self.identity, cas)
-        self._schedule_overlap_end()
 
     def _schedule_overlap_end(self) -> None:
         if self._overlap_timer is not None:
@@ -473,15 +478,33 @@ class Gateway:
         delay = max(0.0, state.overlap_until - time.time())
         self._overlap_timer = loop.call_later(delay, self._overlap_ended)
 
-    def _overlap_ended(self) -> None:
+    def _overlap_ended(self, attempt: int = 0) -> None:
         self._overlap_timer = None
-        if not rotation_core.overlap_ended(self.rotation.state, time.time()):
+        state = self.rotation.state
+        ended = rotation_core.overlap_ended(state, time.time())
+        if attempt == 0 and not ended:
             self._schedule_overlap_end()  # the wall clock moved: wait again
             return
+        if attempt > 0 and not ended and state.phase is not rotation_core.Phase.IDLE:
+            return  # a rotation begun since wrote its own state
         try:
             self.control.finish_rotation()
         except OSError as exc:
-            self.audit.event("ca_rotation_finish_failed", error=str(exc)[:200])
+            # The handshake does not wait for the state file: the contexts are made anew
+            # from the trust of the moment (the old CA is out of it), and the state is
+            # written again later (a restart before that finishes the overlap too).
+            self._make_contexts()
+            retry = attempt < len(FINISH_RETRY_DELAYS)
+            delay = FINISH_RETRY_DELAYS[attempt] if retry else None
+            self.audit.event(
+                "ca_rotation_finish_failed",
+                error=str(exc)[:200],
+                attempt=attempt + 1,
+                retry_in=delay,
+            )
+            if delay is not None:
+                loop = asyncio.get_running_loop()
+                self._overlap_timer = loop.call_later(delay, self._overlap_ended, attempt + 1)
 
     def _secrets(self) -> list[str]:
         return [t for cred in self.tokens.values() for t in cred.secrets()]
