@@ -42,3 +42,21 @@ def test_api_names_changed_after_prepare_fail_the_commit_cleanly(tmp_path: Path)
     # control.rotation_commit catches RotationError, OSError and ValueError only.
     with pytest.raises((gw_rotation.RotationError, OSError, ValueError)):
         rot.commit(1010.0)
+
+
+def test_a_session_without_a_kept_certificate_still_gets_the_new_trust(tmp_path: Path) -> None:
+    # `rotate ca` says of such sessions (made before the gateway kept certificates) that
+    # they "lose access when the overlap ends". For that, their bundle must still get both
+    # CAs and both server pins: after the commit the gateway shows the new server
+    # certificate, which a bundle pinning only the old key refuses at once.
+    from airlock.host.rotation import refresh
+    from tests.unit.test_rotation import _bundle
+
+    d = tmp_path / "b"
+    _bundle(d)
+    sessions = [{"id": "s-1", "state": "active", "expires_at": 4e9}]  # no client_cert_pem
+    trust = {"ca_pem": "OLD CA\nNEW CA\n", "pinned_pubkey": "sha256//A;sha256//B"}
+    refresh([d], sessions, trust)
+    assert (d / "ca.pem").read_text() == "OLD CA\nNEW CA\n"
+    assert "sha256//B" in (d / "gitconfig").read_text()
+    assert (d / "client.pem").read_text() == "OLD CERT\n"  # its certificate stays
