@@ -29,6 +29,13 @@ from typing import Any
 from airlock.host.bundle import BundleError, bundle_session_id, refresh_bundle, unsafe_ancestor
 
 
+def bundle_lock_name(gateway_id: str) -> str:
+    """The host lock (``airlock.host.locks.host_lock``) that every writer of this gateway's
+    bundles holds: `rotate ca` (from listing the bundles through commit), `rotate bundles`,
+    `airlock run`'s session + bundle step and supervise's post-overlap refresh."""
+    return f"bundles-{gateway_id}.lock"
+
+
 @dataclass
 class RefreshReport:
     updated: list[tuple[Path, str]] = field(default_factory=list)  # (directory, session id)
