@@ -28,6 +28,7 @@ import docker
 import pytest
 
 from airlock.config import load_config
+from airlock.host import firewall
 from airlock.host.gateway_image import ensure_gateway_image
 from airlock.host.sandbox import SandboxManager
 from airlock.host.supervisor import Supervisor
@@ -115,6 +116,10 @@ def test_a_sandbox_clones_and_pushes_through_the_gateway_container(
         nets = _gateway_networks(client, sbx_world)
         assert nets.get(sb.network) == str(sb.gateway_ip) == str(sb.subnet[2])
         assert str(sb.sandbox_ip) == str(sb.subnet[3])
+        # The bridged rules see traffic across the bridge only through br_netfilter, switched
+        # on for this bridge itself (not left to Docker or the host-wide default).
+        for name in ("nf_call_iptables", "nf_call_ip6tables"):
+            assert Path(f"/sys/class/net/{sb.bridge}/bridge/{name}").read_text().strip() == "1"
         code = sandboxes.wait(sb)
         out = sandboxes.logs(sb)
         assert code == 0, out
@@ -169,6 +174,12 @@ def test_supervise_keeps_a_sandbox_with_the_gateway_container_on_its_network(
         assert not any("foreign" in s for s in said), said
         state = sandboxes.api.inspect_container(sb.container_id)["State"]
         assert state["Running"], (counts, said)
+        # A bridge whose netfilter option was switched off gets it back. (The host-wide
+        # option is on here, so switching the bridge's own off opens nothing meanwhile.)
+        Path(f"/sys/class/net/{sb.bridge}/bridge/nf_call_iptables").write_text("0")
+        assert not firewall.bridge_netfilter_on(sb.bridge)
+        Supervisor(manager, say=said.append).reconcile()
+        assert firewall.bridge_netfilter_on(sb.bridge), said
         # A gateway container that lost the network (re-created, say) is joined again.
         sandboxes.api.disconnect_container_from_network(
             sbx_world.container_name, sb.network, force=True

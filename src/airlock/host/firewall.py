@@ -66,6 +66,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from airlock.host.locks import host_lock
@@ -79,6 +80,8 @@ __all__ = [
     "SandboxRules",
     "apply_gateway_rules",
     "apply_rules",
+    "bridge_netfilter_on",
+    "ensure_bridge_netfilter",
     "list_sandbox_rule_names",
     "remove_gateway_rules",
     "remove_rules",
@@ -534,6 +537,46 @@ def verify_rules(r: SandboxRules) -> bool:
         if relevant and (rule.chain, json.dumps(rule.expr, sort_keys=True)) not in expected:
             return False
     return True
+
+
+# --- bridged traffic through the inet hooks ---------------------------------------------------
+# The bridged rules see packets between two containers on one bridge only when br_netfilter
+# hands them to the IP hooks. Docker used to turn that on host-wide; newer Docker does so only
+# for ICC-off networks, and a distribution may turn it off. A container-mode sandbox bridge
+# therefore gets it switched on for itself (the per-bridge option, OR'd with the global one),
+# read back, before anything runs on it: without it every bridged rule would be skipped.
+
+_BRIDGE_NF = ("nf_call_iptables", "nf_call_ip6tables")
+
+
+def _bridge_option(bridge: str, name: str) -> Path:
+    if not _BRIDGE_RE.fullmatch(bridge):
+        raise ValueError(f"bad bridge name {bridge!r}")
+    return Path("/sys/class/net") / bridge / "bridge" / name
+
+
+def bridge_netfilter_on(bridge: str) -> bool:
+    """True when the bridge's IPv4 and IPv6 frames pass the inet hooks (our rules)."""
+    try:
+        return all(_bridge_option(bridge, n).read_text().strip() == "1" for n in _BRIDGE_NF)
+    except OSError:
+        return False
+
+
+def ensure_bridge_netfilter(bridge: str) -> None:
+    """Switch br_netfilter on for ``bridge`` and check it took (FirewallError otherwise)."""
+    if not Path("/proc/sys/net/bridge").is_dir():
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    for name in _BRIDGE_NF:
+        try:
+            _bridge_option(bridge, name).write_text("1")
+        except OSError as exc:
+            raise FirewallError(
+                f"cannot pass bridge {bridge}'s traffic through the firewall ({name}: "
+                f"{exc.strerror}); load br_netfilter (modprobe br_netfilter)"
+            ) from None
+    if not bridge_netfilter_on(bridge):
+        raise FirewallError(f"bridge {bridge}: br_netfilter did not turn on; not starting")
 
 
 # --- the gateway container's own network -----------------------------------------------------

@@ -535,6 +535,8 @@ class SandboxManager:
         undo.append(lambda: firewall.remove_rules(sb.id))
         try:
             firewall.apply_rules(rules)
+            if sb.bridged:  # the rules see traffic across the bridge only with this
+                firewall.ensure_bridge_netfilter(sb.bridge)
         except firewall.FirewallError as exc:
             raise SandboxError(f"cannot install firewall rules: {exc}") from None
         if not firewall.verify_rules(rules):
@@ -798,6 +800,8 @@ class SandboxManager:
         # Rules could have been flushed between install and start: check once more.
         if not firewall.verify_rules(self.rules_for(sb)):
             raise SandboxError("firewall rules are missing; refusing to activate")
+        if sb.bridged and not firewall.bridge_netfilter_on(sb.bridge):
+            raise SandboxError("bridged traffic bypasses the firewall; refusing to activate")
         sb.timings["rules re-check"] = time.perf_counter() - t
         assert sb.session_id is not None and sb.container_id is not None
         self.control.activate(

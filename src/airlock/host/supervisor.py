@@ -238,6 +238,10 @@ class Supervisor:
                     firewall.apply_rules(rules)
                     self.say(f"restored firewall rules of sandbox {sid}")
                     counts["restored"] += 1
+                if sb.bridged and not firewall.bridge_netfilter_on(sb.bridge):
+                    firewall.ensure_bridge_netfilter(sb.bridge)
+                    self.say(f"bridged traffic of sandbox {sid} passes the firewall again")
+                    counts["restored"] += 1
                 with contextlib.suppress(ControlError, SandboxError):
                     if sb.bridged:  # a re-created gateway container lost its networks
                         m._join_gateway(sb)
