@@ -378,15 +378,20 @@ def _write_secret(dest_dir: Path, copy: SecretCopy, uid: int) -> None:
         data = copy.source.read_bytes()
     except OSError as exc:
         raise GatewayContainerError(f"{copy.source}: cannot read ({exc.strerror})") from None
-    tmp = dest_dir / f".{copy.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
+    # A name of its own per write: a rotation and a start copying at once never share one.
+    tmp = dest_dir / f".{copy.name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
     try:
-        os.write(fd, data)
-        os.fchown(fd, uid, uid)
-        os.fchmod(fd, 0o400)
-    finally:
-        os.close(fd)
-    os.replace(tmp, dest_dir / copy.name)  # a new file: the mounted directory sees it
+        try:
+            os.write(fd, data)
+            os.fchown(fd, uid, uid)
+            os.fchmod(fd, 0o400)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest_dir / copy.name)  # a new file: the mounted directory sees it
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_runtime(p: ContainerPlan) -> None:
@@ -675,18 +680,20 @@ class GatewayContainer:
 
     def stop(self, timeout: int = 10) -> bool:
         """Stop and remove the container and its runtime files (False: none was there)."""
+        import docker.errors
+
         c = self._existing()
         p_dir = self.runtime_root / self.name
-        if c is None:
-            shutil.rmtree(p_dir, ignore_errors=True)
-            return False
-        with contextlib.suppress(Exception):
-            c.stop(timeout=timeout)
-        c.remove(force=True)
+        if c is not None:
+            with contextlib.suppress(Exception):
+                c.stop(timeout=timeout)
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
+        # Also when the container is gone already: its copies, rules and network go too.
         shutil.rmtree(p_dir, ignore_errors=True)
         firewall.remove_gateway_rules(self.name)
         self._remove_network_if_unused()
-        return True
+        return c is not None
 
     def _close_host(self, net: Any, p: ContainerPlan) -> None:
         """The host's firewall for the gateway's own network: nothing of the host answers
@@ -696,12 +703,17 @@ class GatewayContainer:
         gateway_ip = (net.attrs.get("IPAM") or {}).get("Config", [{}])[0].get("Gateway")
         if not gateway_ip:
             gateway_ip = str(ipaddress.IPv4Network(self._subnet_of(net))[1])
-        rules = firewall.GatewayNetRules(
-            name=p.name,
-            bridge=bridge,
-            host_ip=ipaddress.IPv4Address(gateway_ip.split("/")[0]),
-            host_ports=list(self.config.gateway.container.host_ports),
-        )
+        try:
+            rules = firewall.GatewayNetRules(
+                name=p.name,
+                bridge=bridge,
+                host_ip=ipaddress.IPv4Address(gateway_ip.split("/")[0]),
+                host_ports=list(self.config.gateway.container.host_ports),
+            )
+        except ValueError as exc:
+            raise GatewayContainerError(
+                f"network {p.network}: {exc}; let airlock make the gateway's network"
+            ) from None
         try:
             firewall.apply_gateway_rules(rules)
         except firewall.FirewallError as exc:
@@ -759,16 +771,25 @@ class GatewayContainer:
                 for chunk in c.logs(stream=True, follow=True):
                     write(chunk)
 
+        import docker.errors
+
         t = threading.Thread(target=pump, daemon=True)
         t.start()
-        while not container_stop.wait(0.5):
+        try:
+            while not container_stop.wait(0.5):
+                c.reload()
+                if c.status in ("exited", "dead"):
+                    break
+            if container_stop.is_set():
+                with contextlib.suppress(docker.errors.APIError):
+                    c.stop(timeout=10)
             c.reload()
-            if c.status in ("exited", "dead"):
-                break
-        if container_stop.is_set():
-            with contextlib.suppress(Exception):
-                c.stop(timeout=10)
-        c.reload()
-        t.join(2)
-        code = int(c.attrs["State"].get("ExitCode") or 0)
-        return code
+        except docker.errors.NotFound:
+            self.say(f"the gateway container {self.name} was removed from under us")
+            return 1
+        except docker.errors.APIError as exc:
+            self.say(f"lost the gateway container {self.name}: {exc.explanation or exc}")
+            return 1
+        finally:
+            t.join(2)
+        return int(c.attrs["State"].get("ExitCode") or 0)
