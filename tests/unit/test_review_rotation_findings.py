@@ -1,6 +1,9 @@
 """Review findings (2026-12-01) on CA rotation: a prepared rotation whose interception CA
-does not fit the gateway started again must fail as a RotationError (one-line StartupError /
-409), not an InterceptError that escapes as a traceback or a 500 after a half-made commit."""
+does not fit the gateway started again must not escape as an InterceptError (a traceback at
+start, or a 500 after a half-made commit). The gateway still starts (it makes the prepared
+interception CA anew for its names; the next `rotate ca` writes it into the bundles), and a
+commit whose interception CA does not fit is refused (RotationError: a 409) before anything
+is written."""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from airlock.core.rotation import Phase
 from airlock.gateway import rotation as gw_rotation
-from airlock.gateway.intercept_ca import InterceptAuthority
+from airlock.gateway.intercept_ca import InterceptAuthority, generate_ca, permitted_names, write_ca
 from airlock.gateway.pki import load_or_create_identity
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 NAMES = ["airlock.internal", "github.com"]
+STATE = gw_rotation.STATE_FILE
 
 
 def _start(tmp: Path, api_names: list[str] | None) -> gw_rotation.CARotation:
@@ -25,23 +30,50 @@ def _start(tmp: Path, api_names: list[str] | None) -> gw_rotation.CARotation:
     return gw_rotation.CARotation(tmp, ident, intercept, state)
 
 
-def test_api_enabled_after_prepare_is_a_rotation_error_at_start(tmp_path: Path) -> None:
+def _intercept_names(rot: gw_rotation.CARotation) -> list[str] | None:
+    assert rot.next_intercept is not None
+    return permitted_names(rot.next_intercept[1])
+
+
+def test_api_enabled_after_prepare_still_starts_with_a_fitting_next_ca(tmp_path: Path) -> None:
     # Prepared while the API interception was off: no rotation/next/intercept.
     _start(tmp_path, None).prepare(600, 1000.0)
-    # The operator enables the API and restarts the gateway. server.py only turns
-    # RotationError into a StartupError; anything else is a traceback.
-    with pytest.raises(gw_rotation.RotationError):
-        _start(tmp_path, ["api.github.com"])
+    # The operator enables the API and restarts the gateway: it starts (no InterceptError
+    # escapes), with a prepared interception CA for its names, which the bundles get.
+    rot = _start(tmp_path, ["api.github.com"])
+    assert _intercept_names(rot) == ["api.github.com"]
+    assert len(rot.api_ca_pems()) == 2
+    rot.commit(1010.0)
+    assert rot.intercept is not None and permitted_names(rot.intercept.cert) == ["api.github.com"]
 
 
-def test_api_names_changed_after_prepare_fail_the_commit_cleanly(tmp_path: Path) -> None:
+def test_api_names_changed_after_prepare_start_with_a_next_ca_for_them(tmp_path: Path) -> None:
     _start(tmp_path, ["api.github.com"]).prepare(600, 1000.0)
-    # Restarted with one more API name: the current interception CA is made anew, the
-    # prepared one still has the old names.
+    # Restarted with one more API name: the current interception CA is made anew, and so
+    # is the prepared one (it had the old names; committing it would fail or break the API).
     rot = _start(tmp_path, ["api.github.com", "api.example.test"])
-    # control.rotation_commit catches RotationError, OSError and ValueError only.
-    with pytest.raises((gw_rotation.RotationError, OSError, ValueError)):
+    assert _intercept_names(rot) == ["api.example.test", "api.github.com"]
+    rot.commit(1010.0)
+    assert rot.state.phase is Phase.OVERLAP
+
+
+def test_a_commit_whose_interception_ca_does_not_fit_changes_nothing(tmp_path: Path) -> None:
+    rot = _start(tmp_path, ["api.github.com"])
+    rot.prepare(600, 1000.0)
+    # The prepared interception CA with other names (in memory and on disk).
+    key, cert = generate_ca(["api.example.test"], NOW)
+    write_ca(tmp_path / "rotation" / "next" / "intercept", key, cert)
+    rot.next_intercept = (key, cert)
+    files = ["ca.pem", "ca.key", "gateway.pem", "gateway.key", "intercept/ca.pem", STATE]
+    before = {f: (tmp_path / f).read_bytes() for f in files}
+    identity = rot.identity
+    with pytest.raises(gw_rotation.RotationError, match=r"api\.example\.test"):
         rot.commit(1010.0)
+    assert {f: (tmp_path / f).read_bytes() for f in files} == before
+    assert not (tmp_path / "rotation" / "old").exists()
+    assert (tmp_path / "rotation" / "next" / "ca.pem").exists()
+    assert rot.state.phase is Phase.PREPARED and rot.identity is identity
+    assert rot.next is not None
 
 
 def test_a_session_without_a_kept_certificate_still_gets_the_new_trust(tmp_path: Path) -> None:

@@ -71,10 +71,16 @@ def test_the_overlap_runs_from_the_commit() -> None:
     assert c.phase is Phase.OVERLAP and c.overlap_until == 75.0
     assert not core.overlap_ended(c, 74.9)
     assert core.overlap_ended(c, 75.0)
-    assert core.previous_cert_deadline(c, 20.0) == 75.0
-    # Prepared only: bounded even if the commit never comes.
+    assert core.previous_cert_deadline(c, 1e9) == 75.0
+    assert core.previous_cert_deadline(c, 50.0) == 50.0  # the session ends first
+
+
+def test_a_prepared_rotation_sets_no_deadline_but_the_sessions_end() -> None:
+    # A rotation left prepared (rotate ca failed after the prepare) must not turn the
+    # previous certificate, the one every bundle not yet rewritten holds, into
+    # WRONG_CERTIFICATE some time later: until the commit only the session's end bounds it.
     p = core.prepared(RotationState(), 60, 10.0)
-    assert core.previous_cert_deadline(p, 10.0) == 10.0 + 60 + core.PREPARED_GRACE
+    assert core.previous_cert_deadline(p, 4e9) == 4e9
 
 
 def test_what_a_starting_gateway_does() -> None:

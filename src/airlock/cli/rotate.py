@@ -7,8 +7,10 @@ gateway's part in gateway/rotation.py and gateway/control.py. See docs/operation
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +35,28 @@ def rotate() -> None:
     """Rotate the gateway's CA and certificates, or an upstream token file."""
 
 
-def _dirs(config: Any, client: Any, out_dirs: tuple[Path, ...]) -> list[Path]:
-    from airlock.host.bundle import BundleError
-    from airlock.host.rotation import bundle_dirs
-
-    gateway_id = control_call(client.health)["gateway_id"]
+def _check_out_dirs(out_dirs: tuple[Path, ...]) -> None:
     for d in out_dirs:
         if not (d / "session.json").is_file():
             fail(f"--out {d}: not a session bundle directory (no session.json)", 2)
+
+
+def _list_dirs(config: Any, gateway_id: str, out_dirs: tuple[Path, ...]) -> list[Path]:
+    """The bundle directories (BundleError for an --out one root must not write to)."""
+    from airlock.host.rotation import bundle_dirs
+
+    return bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+
+
+def _dirs(config: Any, gateway_id: str, out_dirs: tuple[Path, ...]) -> list[Path]:
+    from airlock.host.bundle import BundleError
+
     try:
-        dirs = bundle_dirs(config.sandbox.bundle_dir / gateway_id, out_dirs)
+        dirs = _list_dirs(config, gateway_id, out_dirs)
     except BundleError as exc:
         fail(str(exc), 2)
     # Before the gateway changes anything: a bundle that cannot be rewritten would lose its
-    # access when the overlap ends.
+    # access at the commit.
     blocked = [d for d in dirs if not os.access(d, os.W_OK | os.X_OK)]
     if blocked:
         fail(
@@ -56,15 +66,36 @@ def _dirs(config: Any, client: Any, out_dirs: tuple[Path, ...]) -> list[Path]:
     return dirs
 
 
-def _report(report: Any) -> None:
+@contextlib.contextmanager
+def _bundle_lock(gateway_id: str) -> Iterator[None]:
+    """The host lock on this gateway's bundles (host/rotation.bundle_lock_name)."""
+    from airlock.host.rotation import bundle_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(bundle_lock(gateway_id))
+        except OSError as exc:
+            fail(f"cannot take the bundle lock: {exc}; run as root")
+        yield
+
+
+def _report(report: Any, *, committed: bool) -> None:
     for d, why in report.problems:
         _say(f"  not rewritten: {d}: {why}")
     if report.untracked:
-        _say(
-            f"  {len(report.untracked)} live session(s) have no bundle here (made with "
-            "`airlock session create --out DIR`?): refresh each with "
-            "`airlock rotate bundles --out DIR` before the overlap ends, or they lose access:"
-        )
+        if committed:
+            _say(
+                f"  {len(report.untracked)} live session(s) have no bundle here (made with "
+                "`airlock session create --out DIR`?); their bundles pin only the old server "
+                "key and fail from now on: rewrite each at once with "
+                "`airlock rotate bundles --out DIR`:"
+            )
+        else:
+            _say(
+                f"  {len(report.untracked)} live session(s) have no bundle here (made with "
+                "`airlock session create --out DIR`?): give each bundle with --out DIR "
+                "(`airlock rotate bundles --out DIR` rewrites it), or revoke the session:"
+            )
         for sid in report.untracked:
             _say(f"    {sid}")
 
@@ -95,14 +126,24 @@ out_option = click.option(
     "old config finish).",
 )
 @click.option("--wait", is_flag=True, help="Wait for the overlap's end, then refresh bundles.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Commit even if some live session's bundle was not rewritten (it fails at once).",
+)
 @out_option
 def rotate_ca(
-    config_path: Path | None, overlap: str, settle: float, wait: bool, out_dirs: tuple[Path, ...]
+    config_path: Path | None,
+    overlap: str,
+    settle: float,
+    wait: bool,
+    force: bool,
+    out_dirs: tuple[Path, ...],
 ) -> None:
     """New gateway CA, server key and certificate, and interception CA; running sandboxes
     keep working (their bundles are rewritten in place)."""
     from airlock.host.control_client import ControlError
-    from airlock.host.rotation import refresh, rotate_ca, wait_for_overlap_end
+    from airlock.host.rotation import RotationLeftPrepared, refresh, rotate_ca, wait_for_overlap_end
 
     try:
         seconds = parse_duration(overlap)
@@ -110,11 +151,27 @@ def rotate_ca(
         fail(f"--overlap: {exc}", 2)
     config = load(config_path)
     client = control_client(config)
-    dirs = _dirs(config, client, out_dirs)
-    try:
-        result = rotate_ca(client, dirs, float(seconds), settle=settle, say=_say)
-    except ControlError as exc:
-        fail(str(exc))
+    gateway_id = control_call(client.health)["gateway_id"]
+    _check_out_dirs(out_dirs)
+    # From listing the bundles (after the prepare) to the commit no bundle may be made or
+    # rewritten by another airlock process: one made meanwhile would miss the new trust.
+    with _bundle_lock(gateway_id):
+        _dirs(config, gateway_id, out_dirs)
+        try:
+            result = rotate_ca(
+                client,
+                lambda: _list_dirs(config, gateway_id, out_dirs),
+                float(seconds),
+                settle=settle,
+                force=force,
+                say=_say,
+            )
+        except RotationLeftPrepared as exc:
+            if exc.report is not None:
+                _report(exc.report, committed=False)
+            fail(str(exc))
+        except ControlError as exc:
+            fail(str(exc))
     state = result.committed
     bundles = result.bundles
     _say(
@@ -123,20 +180,21 @@ def rotate_ca(
     )
     if result.prepared.get("not_reissued"):
         _say(
-            "  sessions the gateway could not re-issue (made before it kept certificates): "
-            "they lose access when the overlap ends; start them anew: "
-            + ", ".join(result.prepared["not_reissued"])
+            "  sessions the gateway could not re-issue (made before it kept certificates) "
+            "keep their old certificate: they lose access when the overlap ends; start them "
+            "anew: " + ", ".join(result.prepared["not_reissued"])
         )
-    _report(bundles)
+    _report(bundles, committed=True)
     if wait:
         _say("waiting for the overlap to end ...")
         try:
             trust = wait_for_overlap_end(client)
-            report = refresh(dirs, client.list_sessions(), trust)
+            with _bundle_lock(gateway_id):
+                report = refresh(_dirs(config, gateway_id, out_dirs), client.list_sessions(), trust)
         except ControlError as exc:
             fail(str(exc))
         _say(f"overlap over; {len(report.updated)} bundle(s) now trust the new CA only")
-        _report(report)
+        _report(report, committed=True)
     else:
         _say(
             "after the overlap, `airlock rotate bundles` (or the next rotation) drops the old "
@@ -155,11 +213,14 @@ def rotate_bundles(config_path: Path | None, out_dirs: tuple[Path, ...]) -> None
 
     config = load(config_path)
     client = control_client(config)
-    dirs = _dirs(config, client, out_dirs)
-    trust = control_call(client.rotation)
-    report = refresh(dirs, control_call(client.list_sessions), trust)
+    gateway_id = control_call(client.health)["gateway_id"]
+    _check_out_dirs(out_dirs)
+    with _bundle_lock(gateway_id):
+        dirs = _dirs(config, gateway_id, out_dirs)
+        trust = control_call(client.rotation)
+        report = refresh(dirs, control_call(client.list_sessions), trust)
     _say(f"{len(report.updated)} bundle(s) rewritten, {len(report.unchanged)} already current")
-    _report(report)
+    _report(report, committed=trust.get("phase") != "prepared")
     if report.problems:
         raise SystemExit(1)
 

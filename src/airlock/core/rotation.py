@@ -23,9 +23,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-#: A prepared rotation's previous certificates stay accepted at most this long if the commit
-#: never comes (the commit sets the real end: the end of the overlap).
-PREPARED_GRACE = 24 * 3600.0
 MIN_OVERLAP = 1.0
 MAX_OVERLAP = 7 * 24 * 3600.0
 
@@ -119,8 +116,13 @@ def on_start(state: RotationState, now: float, next_files_present: bool) -> Star
     return StartAction.NOTHING
 
 
-def previous_cert_deadline(state: RotationState, now: float) -> float:
-    """Until when a session's certificate replaced in this rotation is still accepted."""
+def previous_cert_deadline(state: RotationState, session_expires_at: float) -> float:
+    """Until when a session's certificate replaced in this rotation is still accepted.
+
+    While prepared there is no deadline but the session's own end: the previous certificate
+    is the one every bundle not yet rewritten holds, and the old CA is still the current
+    one, however long the commit takes (`rotate ca` failed, was interrupted, or is re-run
+    much later). The commit sets the real end: the end of the overlap."""
     if state.phase is Phase.OVERLAP and state.overlap_until is not None:
-        return state.overlap_until
-    return now + state.overlap + PREPARED_GRACE
+        return min(state.overlap_until, session_expires_at)
+    return session_expires_at

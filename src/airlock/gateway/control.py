@@ -22,12 +22,14 @@ Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
 import secrets
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -397,6 +399,18 @@ class ControlAPI:
 
     # --- CA rotation (gateway/rotation.py, core/rotation.py) ------------------------------
 
+    def _put_all(self, sessions: Iterable[Session]) -> None:
+        """Store ``sessions`` in one transaction."""
+        for s in sessions:
+            self.store.put(s, durable=False)
+        self.store.flush()
+
+    def _restore(self, sessions: Iterable[Session]) -> None:
+        """After a failed :meth:`_put_all`: the sessions as they were (as on disk)."""
+        with contextlib.suppress(sqlite3.Error, OSError):
+            for s in sessions:
+                self.store.put(s, durable=False)
+
     def _rotation(self) -> CARotation:
         if self.rotation is None:
             raise web.HTTPConflict(reason="this gateway cannot rotate its CA")
@@ -413,16 +427,18 @@ class ControlAPI:
             return _error(400, str(exc))
         # No await from here on: every session is re-issued against one view of the store.
         now = self.clock()
-        if rotation_core.overlap_ended(rot.state, now):
-            self.finish_rotation()  # the last overlap is over; its timer has not run yet
         try:
+            if rotation_core.overlap_ended(rot.state, now):
+                self.finish_rotation()  # the last overlap is over; its timer has not run yet
             rot.prepare(body.overlap, now)
-        except (RotationError, OSError) as exc:
+        except RotationError as exc:
             return _error(409, f"cannot prepare the rotation: {exc}")
+        except OSError as exc:
+            return _error(500, f"cannot prepare the rotation: {exc}; nothing was changed")
         ca = rot.issuing_ca
-        deadline = rotation_core.previous_cert_deadline(rot.state, now)
         reissued: list[str] = []
         skipped: list[str] = []
+        updates: list[tuple[Session, Session]] = []  # (before, after)
         when = dt.datetime.fromtimestamp(now, dt.UTC)
         for s in self.store:
             if lifecycle.is_finished(s, now):
@@ -437,19 +453,32 @@ class ControlAPI:
                 except ValueError:
                     skipped.append(s.id)
                     continue
-                self.store.put(
-                    dataclasses.replace(
-                        s,
-                        cert_fingerprint=cert_fingerprint(
-                            cert.public_bytes(serialization.Encoding.DER)
-                        ),
-                        client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-                        previous_cert_fingerprint=s.cert_fingerprint,
-                        previous_cert_until=deadline,
-                    )
+                after = dataclasses.replace(
+                    s,
+                    cert_fingerprint=cert_fingerprint(
+                        cert.public_bytes(serialization.Encoding.DER)
+                    ),
+                    client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                    previous_cert_fingerprint=s.cert_fingerprint,
+                    # While prepared: accepted until the session ends (commit sets the end).
+                    previous_cert_until=rotation_core.previous_cert_deadline(
+                        rot.state, s.expires_at
+                    ),
                 )
+                updates.append((s, after))
             reissued.append(s.id)
+        # The next CA is accepted from now on, whatever happens to the store writes.
         self.on_trust_change()
+        try:
+            self._put_all([after for _b, after in updates])
+        except (sqlite3.Error, OSError) as exc:
+            self._restore([before for before, _a in updates])
+            return _error(
+                500,
+                f"cannot prepare the rotation: storing the re-issued certificates failed: "
+                f"{exc}; none was re-issued (the next CA is prepared: run `airlock rotate ca` "
+                "again)",
+            )
         self.audit.event(
             "ca_rotation_prepared",
             overlap=body.overlap,
@@ -466,11 +495,25 @@ class ControlAPI:
             self.identity = rot.commit(now)
         except (RotationError, OSError, ValueError) as exc:
             return _error(409, f"cannot commit the rotation: {exc}")
-        until = rotation_core.previous_cert_deadline(rot.state, now)
-        for s in self.store:
-            if s.previous_cert_fingerprint is not None and s.previous_cert_until > now:
-                self.store.put(dataclasses.replace(s, previous_cert_until=until))
+        until = rot.state.overlap_until
         self.on_trust_change()
+        try:
+            self._put_all(
+                [
+                    dataclasses.replace(
+                        s,
+                        previous_cert_until=rotation_core.previous_cert_deadline(
+                            rot.state, s.expires_at
+                        ),
+                    )
+                    for s in self.store
+                    if s.previous_cert_fingerprint is not None and s.previous_cert_until > now
+                ]
+            )
+        except (sqlite3.Error, OSError) as exc:
+            # Committed; the previous certificates are dropped at the overlap's end anyway
+            # (finish_rotation), whatever end the store holds.
+            self.audit.event("ca_rotation_store_failed", error=str(exc))
         self.audit.event(
             "ca_rotation_committed",
             overlap_until=until,
@@ -484,6 +527,16 @@ class ControlAPI:
         rot = self._rotation()
         rot.finish()
         self.on_trust_change()
+        # Every certificate a rotation replaced is out now (also if the commit could not
+        # store the overlap's end in a session).
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self._put_all(
+                [
+                    dataclasses.replace(s, previous_cert_fingerprint=None, previous_cert_until=0.0)
+                    for s in self.store
+                    if s.previous_cert_fingerprint is not None
+                ]
+            )
         self.audit.event("ca_rotation_finished", ca=rot.describe()["ca_fingerprints"])
 
     async def activate(self, request: web.Request) -> web.Response:

@@ -28,7 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from airlock.core import rotation as core
 from airlock.core.rotation import Phase, RotationState
-from airlock.gateway.intercept_ca import InterceptAuthority, generate_ca, read_ca, write_ca
+from airlock.gateway.intercept_ca import (
+    InterceptAuthority,
+    InterceptError,
+    generate_ca,
+    permitted_names,
+    read_ca,
+    write_ca,
+)
 from airlock.gateway.pki import (
     CertificateAuthority,
     GatewayIdentity,
@@ -120,13 +127,40 @@ class CARotation:
 
     def _load_next(self) -> None:
         try:
-            self.next = load_identity(self._next_dir)
-            if self.intercept is not None:
-                self.next_intercept = read_ca(self._next_dir / "intercept")
+            nxt = load_identity(self._next_dir)
         except (OSError, ValueError) as exc:
             raise RotationError(
                 f"{self._next_dir}: the prepared rotation is unreadable: {exc}"
             ) from None
+        next_intercept = None
+        if self.intercept is not None:
+            next_intercept = self._next_intercept_for(self.intercept)
+        self.next, self.next_intercept = nxt, next_intercept
+
+    def _next_intercept_for(
+        self, intercept: InterceptAuthority
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The prepared interception CA, if it permits exactly this gateway's API names;
+        else (prepared with the API off, or with other names, then restarted) a new one for
+        these names: the bundles get it when `rotate ca` is run again (prepare, rewrite,
+        commit), and the commit checks the names again."""
+        d = self._next_dir / "intercept"
+        try:
+            key, cert = read_ca(d)
+            if permitted_names(cert) == intercept.names:
+                return key, cert
+        except InterceptError:
+            pass  # missing or unreadable: made anew below
+        now = dt.datetime.now(dt.UTC)
+        try:
+            key, cert = generate_ca(intercept.names, now)
+            shutil.rmtree(d, ignore_errors=True)
+            write_ca(d, key, cert)
+        except (OSError, ValueError, InterceptError) as exc:
+            raise RotationError(
+                f"{d}: cannot make the prepared rotation's interception CA: {exc}"
+            ) from None
+        return key, cert
 
     def _old(self, name: str) -> list[bytes]:
         if self.state.phase is not Phase.OVERLAP:
@@ -187,33 +221,63 @@ class CARotation:
             raise RotationError(refusal)
         if self.state.phase is Phase.OVERLAP:  # ended, its timer not yet run
             self.finish()
-        if self.next is None:
+        made = self.next is None
+        if made:
             when = dt.datetime.fromtimestamp(now, dt.UTC)
-            shutil.rmtree(self._next_dir, ignore_errors=True)
-            self._next_dir.parent.mkdir(mode=0o700, exist_ok=True)
-            names, ips = server_names(self.identity.server_cert)
-            self.next = create_identity(self._next_dir, names, ips, when)
-            if self.intercept is not None:
-                key, cert = generate_ca(self.intercept.names, when)
-                write_ca(self._next_dir / "intercept", key, cert)
-                self.next_intercept = (key, cert)
-        self.state = core.prepared(self.state, overlap, now)
-        write_state(self.state_dir, self.state)
+            try:
+                shutil.rmtree(self._next_dir, ignore_errors=True)
+                self._next_dir.parent.mkdir(mode=0o700, exist_ok=True)
+                names, ips = server_names(self.identity.server_cert)
+                nxt = create_identity(self._next_dir, names, ips, when)
+                next_intercept = None
+                if self.intercept is not None:
+                    key, cert = generate_ca(self.intercept.names, when)
+                    write_ca(self._next_dir / "intercept", key, cert)
+                    next_intercept = (key, cert)
+            except (OSError, ValueError, InterceptError) as exc:
+                shutil.rmtree(self._next_dir, ignore_errors=True)
+                raise RotationError(f"cannot make the next CA: {exc}") from None
+        state = core.prepared(self.state, overlap, now)
+        try:
+            write_state(self.state_dir, state)
+        except OSError as exc:
+            if made:
+                shutil.rmtree(self._next_dir, ignore_errors=True)
+            raise RotationError(f"cannot write {self.state_dir / STATE_FILE}: {exc}") from None
+        if made:
+            self.next, self.next_intercept = nxt, next_intercept
+        self.state = state
 
     def commit(self, now: float) -> GatewayIdentity:
         """Make the next identity the current one; returns it (the caller swaps contexts)."""
         refusal = core.commit_refusal(self.state)
         if refusal is not None or self.next is None:
             raise RotationError(refusal or "the prepared rotation is gone")
-        old = self._old_dir
-        shutil.rmtree(old, ignore_errors=True)
-        old.mkdir(mode=0o700, parents=True)
-        (old / "ca.pem").write_bytes(self.identity.ca.cert_pem)
-        (old / "gateway.pem").write_bytes(_pem(self.identity.server_cert))
+        # Everything that can refuse the commit, before a file is written or renamed.
         if self.intercept is not None:
-            (old / "intercept-ca.pem").write_bytes(self.intercept.cert_pem)
-        self.state = core.committed(self.state, now)
-        write_state(self.state_dir, self.state)
+            got = permitted_names(self.next_intercept[1]) if self.next_intercept else None
+            if got != self.intercept.names:
+                raise RotationError(
+                    "the prepared interception CA permits "
+                    f"{', '.join(got) if got else 'no names'}, this gateway's API names are "
+                    f"{', '.join(self.intercept.names)}; restart the gateway and run "
+                    "`airlock rotate ca` again (it makes one for these names)"
+                )
+        state = core.committed(self.state, now)
+        old = self._old_dir
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+            old.mkdir(mode=0o700, parents=True)
+            (old / "ca.pem").write_bytes(self.identity.ca.cert_pem)
+            (old / "gateway.pem").write_bytes(_pem(self.identity.server_cert))
+            if self.intercept is not None:
+                (old / "intercept-ca.pem").write_bytes(self.intercept.cert_pem)
+            write_state(self.state_dir, state)
+        except OSError as exc:
+            shutil.rmtree(old, ignore_errors=True)
+            raise RotationError(f"cannot write the rotation state: {exc}") from None
+        # From here the commit is on disk (a start completes it if this is cut short).
+        self.state = state
         complete_commit(self.state_dir)
         self.identity = load_identity(self.state_dir)
         if self.intercept is not None and self.next_intercept is not None:
@@ -225,6 +289,6 @@ class CARotation:
 
     def finish(self) -> None:
         """The overlap is over: only the current CA from now on."""
-        shutil.rmtree(self._old_dir, ignore_errors=True)
+        write_state(self.state_dir, RotationState())
         self.state = RotationState()
-        write_state(self.state_dir, self.state)
+        shutil.rmtree(self._old_dir, ignore_errors=True)

@@ -19,14 +19,26 @@ writes the trust of the moment, the new CA alone.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.host.bundle import BundleError, bundle_session_id, refresh_bundle, unsafe_ancestor
+from airlock.host.bundle import (
+    CERT_FILE,
+    BundleError,
+    bundle_session_id,
+    open_bundle_dir,
+    refresh_bundle,
+    unsafe_ancestor,
+)
+from airlock.host.control_client import ControlError
+from airlock.host.locks import host_lock
 
 
 def bundle_lock_name(gateway_id: str) -> str:
@@ -34,6 +46,13 @@ def bundle_lock_name(gateway_id: str) -> str:
     bundles holds: `rotate ca` (from listing the bundles through commit), `rotate bundles`,
     `airlock run`'s session + bundle step and supervise's post-overlap refresh."""
     return f"bundles-{gateway_id}.lock"
+
+
+@contextlib.contextmanager
+def bundle_lock(gateway_id: str) -> Iterator[None]:
+    """Hold :func:`bundle_lock_name` for the block."""
+    with host_lock(bundle_lock_name(gateway_id)):
+        yield
 
 
 @dataclass
@@ -44,6 +63,63 @@ class RefreshReport:
     # Live sessions with a certificate that no bundle here holds (`session create --out`
     # bundles elsewhere, or clients airlock does not know of).
     untracked: list[str] = field(default_factory=list)
+    # The problems of live sessions' bundles (a subset of ``problems``): each would stop
+    # working at the commit or the overlap's end. Bundles of sessions that are over (a
+    # sandbox gone) are problems too, but no reason to hold back a commit.
+    blocking: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every live session's bundle has the trust of the moment (a commit is safe)."""
+        return not self.blocking and not self.untracked
+
+
+#: A bundle's client.pem is a certificate: a few KiB.
+_MAX_CERT = 64 << 10
+
+
+def _live(s: dict[str, Any], now: float) -> bool:
+    if s.get("state") == "revoked":
+        return False
+    end = float(s.get("expires_at", 0))
+    if "last_used" in s and "idle_timeout" in s:
+        end = min(end, float(s["last_used"]) + float(s["idle_timeout"]))
+    return now < end
+
+
+def _bundle_cert(directory: Path) -> str:
+    """The certificate a bundle holds now (for a session the gateway has no certificate of:
+    it keeps it while its trust is rewritten). Read as bundle.refresh_bundle reads: through
+    the directory's fd, no symlink, no FIFO, one link, root's or the directory owner's."""
+    dir_fd = open_bundle_dir(directory)
+    try:
+        try:
+            fd = os.open(
+                CERT_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except FileNotFoundError:
+            raise BundleError(f"{directory}: no {CERT_FILE}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(f"{CERT_FILE}: a symlink; refusing to read it") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise BundleError(f"{CERT_FILE}: not a regular file of one link; refusing it")
+            if st.st_uid not in (0, os.fstat(dir_fd).st_uid):
+                raise BundleError(f"{CERT_FILE}: owned by uid {st.st_uid}, not the bundle's owner")
+            data = os.read(fd, _MAX_CERT + 1)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    if len(data) > _MAX_CERT:
+        raise BundleError(f"{CERT_FILE}: too large for a certificate")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise BundleError(f"{CERT_FILE}: not text") from None
 
 
 def bundle_dirs(bundle_root: Path, extra: Iterable[Path] = ()) -> list[Path]:
@@ -68,25 +144,27 @@ def bundle_dirs(bundle_root: Path, extra: Iterable[Path] = ()) -> list[Path]:
 def refresh(
     dirs: Iterable[Path], sessions: list[dict[str, Any]], trust: dict[str, Any]
 ) -> RefreshReport:
-    """Write each bundle's session certificate and ``trust`` (GET /v1/rotation) into it."""
+    """Write each bundle's session certificate and ``trust`` (GET /v1/rotation) into it.
+
+    A session the gateway keeps no certificate of (made before it kept them) keeps the one
+    its bundle holds, and still gets the trust: after the commit the gateway shows the new
+    server certificate, which a bundle pinning only the old key refuses at once."""
     by_id = {s["id"]: s for s in sessions}
     report = RefreshReport()
     seen: set[str] = set()
+    now = time.time()
     for d in dirs:
         sid = bundle_session_id(d)
         if sid is None:
             report.problems.append((d, "no session.json: not a session bundle"))
             continue
         s = by_id.get(sid)
-        if s is None or s.get("state") == "revoked":
+        if s is None or not _live(s, now):
             report.problems.append((d, f"session {sid} is not live at this gateway"))
-            continue
-        cert = s.get("client_cert_pem")
-        if not cert:
-            report.problems.append((d, f"session {sid} has no re-issued certificate"))
             continue
         seen.add(sid)
         try:
+            cert = s.get("client_cert_pem") or _bundle_cert(d)
             changed = refresh_bundle(
                 d,
                 cert_pem=cert,
@@ -97,12 +175,11 @@ def refresh(
         except (BundleError, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             report.problems.append((d, why))
+            report.blocking.append((d, why))
             continue
         (report.updated if changed else report.unchanged).append((d, sid))
-    now = time.time()
     for s in sessions:
-        live = s.get("state") != "revoked" and s.get("expires_at", 0) > now
-        if live and s.get("client_cert_pem") and s["id"] not in seen:
+        if _live(s, now) and s["id"] not in seen:
             report.untracked.append(s["id"])
     return report
 
@@ -114,22 +191,72 @@ class CARotationResult:
     bundles: RefreshReport
 
 
+#: What to do after any failure past the prepare (the gateway keeps the prepared rotation:
+#: the old CA still current, every previous certificate accepted, no deadline).
+LEFT_PREPARED = (
+    "the rotation is left prepared: re-run `airlock rotate ca` (prepare can be repeated)"
+)
+
+
+class RotationLeftPrepared(ControlError):
+    """`rotate ca` stopped after the prepare and did not commit. A ControlError, so that
+    callers which handle the gateway's refusals handle this too."""
+
+    def __init__(self, why: str, report: RefreshReport | None = None) -> None:
+        super().__init__(f"{why}; {LEFT_PREPARED}")
+        self.report = report
+
+
+def commit_refusal(report: RefreshReport) -> str | None:
+    """Why the rewritten bundles do not allow a commit (without --force), or None."""
+    parts = []
+    if report.blocking:
+        parts.append(f"{len(report.blocking)} live session bundle(s) could not be rewritten")
+    if report.untracked:
+        parts.append(f"{len(report.untracked)} live session(s) have no bundle here")
+    if not parts:
+        return None
+    return (
+        " and ".join(parts) + "; at the commit they would stop working (the gateway shows the "
+        "new server certificate, which their bundles do not pin): not committed. Fix them or "
+        "give their bundles with --out, or commit anyway with --force"
+    )
+
+
 def rotate_ca(
     client: Any,
-    dirs: list[Path],
+    dirs: Iterable[Path] | Callable[[], Iterable[Path]],
     overlap: float,
     *,
     settle: float = 2.0,
+    force: bool = False,
     say: Callable[[str], None] = lambda _m: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> CARotationResult:
-    """Prepare, rewrite the bundles, settle, commit (ControlError from the gateway)."""
+    """Prepare, rewrite the bundles, settle, commit. ``dirs`` (a callable: called after the
+    prepare, so a bundle made meanwhile is found; the caller holds :func:`bundle_lock`).
+
+    ControlError from the prepare (nothing to take up, or the gateway says what it kept);
+    RotationLeftPrepared for anything after it: bundles that were not all rewritten (unless
+    ``force``), a refused commit, an interruption."""
     prepared = client.rotation_prepare(overlap)
     say(f"prepared: {len(prepared['reissued'])} session certificate(s) re-issued")
-    report = refresh(dirs, client.list_sessions(), prepared)
-    say(f"bundles rewritten: {len(report.updated) + len(report.unchanged)}")
-    sleep(settle)
-    committed = client.rotation_commit()
+    report: RefreshReport | None = None
+    try:
+        listed = list(dirs() if callable(dirs) else dirs)
+        report = refresh(listed, client.list_sessions(), prepared)
+        say(f"bundles rewritten: {len(report.updated) + len(report.unchanged)}")
+        refusal = commit_refusal(report)
+        if refusal is not None and not force:
+            raise RotationLeftPrepared(refusal, report)
+        sleep(settle)
+        committed = client.rotation_commit()
+    except RotationLeftPrepared:
+        raise
+    except (ControlError, BundleError, OSError) as exc:
+        raise RotationLeftPrepared(str(exc), report) from None
+    except KeyboardInterrupt:
+        raise RotationLeftPrepared("interrupted", report) from None
     return CARotationResult(prepared, committed, report)
 
 
