@@ -211,13 +211,36 @@ def test_rotate_ca_names_the_sessions_it_has_no_bundle_for(rworld: World, tmp_pa
     w = rworld
     w.make_repo("acme", "untracked")
     b = w.session(f"{HOST}/acme/untracked:read")
+    # Its bundle is nowhere rotate ca looks: not committed (it would fail at the commit).
     r = airlock(w, "rotate", "ca", "--overlap", "30s", "--settle", "0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert b.session_id in r.stderr and "--out DIR" in r.stderr and "--force" in r.stderr
+    assert "the rotation is left prepared: re-run `airlock rotate ca`" in r.stderr
+    assert rotation_state(w)["phase"] == "prepared"
+    # Left prepared, the bundle that was not rewritten keeps working (no deadline).
+    assert clone_ok(w, b, "acme/untracked", tmp_path / "c0")
+    # Re-run with its bundle: prepared again (the same next CA), rewritten, committed.
+    r = airlock(w, "rotate", "ca", "--overlap", "30s", "--settle", "0", "--out", str(b.dir))
     assert r.returncode == 0, r.stderr
-    assert b.session_id in r.stderr and "airlock rotate bundles --out DIR" in r.stderr
+    assert rotation_state(w)["phase"] == "overlap"
+    assert clone_ok(w, b, "acme/untracked", tmp_path / "c1")
+
+
+def test_rotate_ca_force_commits_and_says_the_untracked_bundle_fails_now(
+    rworld: World, tmp_path: Path
+) -> None:
+    w = rworld
+    w.make_repo("acme", "forced")
+    b = w.session(f"{HOST}/acme/forced:read")
+    r = airlock(w, "rotate", "ca", "--overlap", "30s", "--settle", "0", "--force")
+    assert r.returncode == 0, r.stderr
+    assert b.session_id in r.stderr and "fail from now on" in r.stderr
+    # True: the bundle pins only the old server key, the gateway shows the new one.
+    assert not clone_ok(w, b, "acme/forced", tmp_path / "c0")
     # ... and `rotate bundles --out` brings that bundle over.
     r = airlock(w, "rotate", "bundles", "--out", str(b.dir))
     assert r.returncode == 0, r.stderr
-    assert clone_ok(w, b, "acme/untracked", tmp_path / "c1")
+    assert clone_ok(w, b, "acme/forced", tmp_path / "c1")
 
 
 # --- rotate token -----------------------------------------------------------------------------
