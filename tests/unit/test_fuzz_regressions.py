@@ -13,6 +13,8 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from airlock.core.api_policy import Allow, ApiRequest, Refuse, decide_api
 from airlock.core.dnspolicy import answer
+from airlock.core.pktline import FLUSH, encode_pkt
+from airlock.core.reportstatus import ReportStatusReader
 from airlock.gateway.dns import DNSServer
 from airlock.gateway.dns_stats import is_refused_reply
 from tests.unit.test_api_policy import make_ctx
@@ -103,3 +105,33 @@ def test_dns_query_with_a_name_no_message_can_carry_is_dropped(name: str) -> Non
             },
         )
     ]
+
+
+def _confirmed(stream: bytes, size: int, sideband: bool) -> set[str]:
+    reader = ReportStatusReader(sideband=sideband)
+    for i in range(0, len(stream), size):
+        reader.feed(stream[i : i + size])
+    return reader.confirmed()
+
+
+def _answer(sideband: bool) -> bytes:
+    report = encode_pkt(b"unpack ok\n") + encode_pkt(b"ok refs/heads/agent/x\n") + FLUSH
+    if not sideband:
+        return report
+    return encode_pkt(b"\x02Resolving deltas\n") + encode_pkt(b"\x01" + report) + FLUSH
+
+
+@pytest.mark.parametrize("sideband", [True, False])
+def test_report_status_verdict_does_not_depend_on_the_reads(sideband: bool) -> None:
+    # fuzz/corpus/reportstatus/regression-bytes-after-the-answer: bytes after the answer's
+    # last flush made a report read in one piece untrusted (the reader failed on them before
+    # using the packets it had) and were ignored when they came in a later read, so which
+    # refs were recorded as updated depended on how the upstream's answer was cut.
+    answer = _answer(sideband)
+    for size in (1, 3, 7, len(answer)):
+        assert _confirmed(answer, size, sideband) == {"refs/heads/agent/x"}
+        for garbage in (b"\xffnot a packet", b"0000", b"00"):
+            assert _confirmed(answer + garbage, size, sideband) == set(), (size, garbage)
+    fuzzed = (CORPUS / "reportstatus" / "regression-bytes-after-the-answer").read_bytes()
+    verdicts = {frozenset(_confirmed(fuzzed[1:], size, True)) for size in (1, 5, 64, 4096)}
+    assert verdicts == {frozenset()}

@@ -75,7 +75,8 @@ class ReportStatusReader:
 
     ``ok`` holds the refs the upstream reports as updated. Anything unexpected (a broken
     stream, report-status-v2 ``option`` lines, which mean a hook moved the update to another
-    ref) sets ``trusted`` to False: callers then record nothing from this push.
+    ref, bytes after the end of the answer) sets ``trusted`` to False: callers then record
+    nothing from this push. The verdict does not depend on how the stream was cut into reads.
     """
 
     sideband: bool
@@ -85,19 +86,30 @@ class ReportStatusReader:
     trusted: bool = True
     _outer: PktLineReader = field(default_factory=PktLineReader)
     _inner: PktLineReader = field(default_factory=lambda: PktLineReader(MAX_REPORT_LINES))
+    _ended: bool = False  # side-band: the flush ending the whole answer went by
 
     def feed(self, data: bytes) -> None:
-        if self.complete or not self.trusted:
+        if not self.trusted or not data:
+            return
+        if self._ended or (self.complete and not self.sideband):
+            self.trusted = False  # bytes after the end of the answer
             return
         try:
             if self.sideband:
                 for event in self._outer.feed(data):
+                    if self._ended:
+                        self.trusted = False
+                        return
                     if isinstance(event, Flush):
-                        break
-                    if isinstance(event, Data) and event.payload[:1] == b"\x01":
+                        self._ended = True
+                    elif isinstance(event, Data) and event.payload[:1] == b"\x01":
                         self._report(self._inner.feed(event.payload[1:]))
+                if self._ended and self._outer.pending_bytes:
+                    self.trusted = False
             else:
                 self._report(self._inner.feed(data))
+                if self.complete and self._inner.pending_bytes:
+                    self.trusted = False
         except PktLineError:
             self.trusted = False
 
