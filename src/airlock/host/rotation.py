@@ -5,12 +5,19 @@ The gateway cannot write sandbox bundles (in container mode it does not even see
 
 1. ``prepare``: the gateway makes the next CA, server key and interception CA, and a new
    certificate for every live session's same key (it keeps each session's certificate);
-2. every bundle directory under ``sandbox.bundle_dir/<gateway id>/`` (and each ``--out``
-   directory given) is rewritten in place: the new certificate, both CAs, both server pins,
-   both interception CAs, each file renamed into place (bundle.refresh_bundle);
+2. every bundle directory under ``sandbox.bundle_dir/<gateway id>/`` (listed after the
+   prepare) and each ``--out`` directory given is rewritten in place: the new certificate
+   (a session the gateway kept none of keeps its own), both CAs, both server pins, both
+   interception CAs, each file renamed into place (bundle.refresh_bundle);
 3. a short settle time, for git processes that read the old gitconfig to finish;
-4. ``commit``: the gateway shows the new server certificate from then on and accepts the
-   old CA and each session's previous certificate until the overlap ends (its own timer).
+4. ``commit``, only if every live session's bundle was rewritten (else, unless forced, the
+   rotation is left prepared: nothing breaks, and `rotate ca` may be run again): the
+   gateway shows the new server certificate from then on (a bundle pinning only the old
+   key fails at once) and accepts the old CA and each session's previous certificate until
+   the overlap ends (its own timer).
+
+The caller holds :func:`bundle_lock` from step 2 to step 4, as does every other writer of
+the gateway's bundles: a bundle made meanwhile would miss the new trust.
 
 After the overlap the bundles still trust the old CA (whose key is gone): :func:`refresh`
 (`airlock rotate bundles`, `airlock rotate ca --wait`, and the next `airlock rotate ca`)
