@@ -339,3 +339,17 @@ def test_rotate_holds_the_bundle_lock_through_refresh_and_commit(
     assert r.exit_code == 0, r.output
     assert seen and all(held for _step, held in seen), seen
     assert not _held(lock)  # released at the end
+
+
+def test_a_prepare_again_lifts_a_deadline_an_earlier_prepare_set(tmp_path: Path) -> None:
+    # A rotation prepared by the code before the fix (its previous certificate accepted
+    # until prepare + overlap + 24 h) and taken up by `rotate ca` again.
+    api, _clock = _control(tmp_path)
+    _add_session(api, "s-1")
+    assert _call(api.rotation_prepare, {"overlap": 60})[0] == 200
+    s = api.store.get("s-1")
+    assert s is not None
+    api.store.put(dataclasses.replace(s, previous_cert_until=T0 + 60 + 24 * 3600))
+    assert _call(api.rotation_prepare, {"overlap": 60})[0] == 200
+    s = api.store.get("s-1")
+    assert s is not None and s.previous_cert_until == s.expires_at

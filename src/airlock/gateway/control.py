@@ -466,6 +466,23 @@ class ControlAPI:
                     ),
                 )
                 updates.append((s, after))
+            elif s.previous_cert_fingerprint is not None and (
+                s.previous_cert_until
+                < rotation_core.previous_cert_deadline(rot.state, s.expires_at)
+            ):
+                # Re-issued by an earlier prepare that set a deadline (before the fix that
+                # set none): the bundle not yet rewritten must keep working until the commit.
+                updates.append(
+                    (
+                        s,
+                        dataclasses.replace(
+                            s,
+                            previous_cert_until=rotation_core.previous_cert_deadline(
+                                rot.state, s.expires_at
+                            ),
+                        ),
+                    )
+                )
             reissued.append(s.id)
         # The next CA is accepted from now on, whatever happens to the store writes.
         self.on_trust_change()
