@@ -30,6 +30,7 @@ class ContainerWorld(World):
         *,
         config_extra: str = "",
         host_ports: tuple[int, ...] = (),
+        image: str | None = None,
     ) -> None:
         self.suffix = uuid.uuid4().hex[:8]
         upstream_port = free_port()
@@ -49,6 +50,9 @@ class ContainerWorld(World):
                 # The upstream (and the tests' decoys) on the host's address of its network:
                 # the only host ports the gateway's container may reach.
                 f"host_ports = {[upstream_port, *host_ports]}\n"
+                # The image built for this run (its tag is a hash of the sources: pinned, a
+                # source edit meanwhile cannot make it "missing" under a running test).
+                + (f'image = "{image}"\n' if image else "")
             ),
         )
         # A directory each, mounted into the gateway's container (and nothing else of ours).

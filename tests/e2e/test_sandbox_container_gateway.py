@@ -66,10 +66,16 @@ def sbx_world(docker_client: docker.DockerClient, decoy_port: int) -> Iterator[W
         for n in (DOWNLOAD_NAME, OTHER_NAME)
     )
     extra = sandbox_config(POOL) + f"[egress]\nhttp_ports = [{decoy_port}]\n" + static
-    w = ContainerWorld(root, GATEWAY_SUBNET, config_extra=extra, host_ports=(decoy_port,))
-    w.write_config()
+    for d in ("probe", "world"):
+        (root / d).mkdir()
+    probe = ContainerWorld(root / "probe", GATEWAY_SUBNET, config_extra=extra)
+    probe.write_config()
+    probe.loop.close()
     # Built once (debootstrap + wheels, about a minute), before the gateway's 30 s start.
-    ensure_gateway_image(docker_client, load_config(w.config), progress=print)
+    image = ensure_gateway_image(docker_client, load_config(probe.config), progress=print)
+    w = ContainerWorld(
+        root / "world", GATEWAY_SUBNET, config_extra=extra, host_ports=(decoy_port,), image=image
+    )
     w.start()
     yield w
     remove_everything_of(w)

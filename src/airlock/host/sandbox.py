@@ -69,6 +69,7 @@ from airlock.host.gate import GATE_PATH, GateError, check_gate_binary, gate_comm
 from airlock.host.hostnet import host_networks
 from airlock.host.locks import host_lock
 from airlock.host.netpool import PoolError, allocate_subnet, check_pool
+from airlock.host.rotation import bundle_lock_name
 
 LABEL = "airlock.sandbox"
 LABEL_SESSION = "airlock.session"
@@ -376,6 +377,9 @@ class SandboxManager:
             raise SandboxError(f"a sandbox named {name!r} already exists")
         preflight = time.perf_counter() - t0
         undo: list[Callable[[], object]] = []
+        # Held from the session's certificate to its bundle on disk: a `rotate ca` (which
+        # holds it from listing the bundles to its commit) sees this bundle, or issues after.
+        bundles_lock = contextlib.ExitStack()
         try:
             spare = self._claim_spare(name, undo)
             sb = spare or self._create_network(sid, name, undo)
@@ -386,8 +390,8 @@ class SandboxManager:
                 steps.append(("firewall", lambda: self._apply_firewall(sb, undo)))
             steps += [
                 ("listener", lambda: self._listen(sb, undo)),
-                ("session", lambda: self._create_session(sb, spec, undo)),
-                ("bundle", lambda: self._write_bundle(sb, undo)),
+                ("session", lambda: self._locked_session(sb, spec, undo, bundles_lock)),
+                ("bundle", lambda: self._unlocked_bundle(sb, undo, bundles_lock)),
                 ("create", lambda: self._create_container(sb, spec, undo)),
                 ("claimed", lambda: _unlink(sb.claimed)),
                 ("start+activate", lambda: self._start_and_activate(sb)),
@@ -400,6 +404,7 @@ class SandboxManager:
                 sb.timings[label] = time.perf_counter() - t
             return sb
         except BaseException:
+            bundles_lock.close()
             for step in reversed(undo):
                 with contextlib.suppress(Exception):
                     step()
@@ -554,6 +559,22 @@ class SandboxManager:
             self.control.add_listener(address)
         except ControlError as exc:
             raise SandboxError(f"the gateway cannot listen on the sandbox network: {exc}") from None
+
+    def _locked_session(
+        self,
+        sb: Sandbox,
+        spec: RunSpec,
+        undo: list[Callable[[], object]],
+        lock: contextlib.ExitStack,
+    ) -> None:
+        lock.enter_context(host_lock(bundle_lock_name(self.gateway_id)))
+        self._create_session(sb, spec, undo)
+
+    def _unlocked_bundle(
+        self, sb: Sandbox, undo: list[Callable[[], object]], lock: contextlib.ExitStack
+    ) -> None:
+        self._write_bundle(sb, undo)
+        lock.close()
 
     def _create_session(self, sb: Sandbox, spec: RunSpec, undo: list[Callable[[], object]]) -> None:
         sb.key = new_private_key()

@@ -34,7 +34,8 @@ import docker.errors
 
 from airlock.host import firewall
 from airlock.host.control_client import ControlError
-from airlock.host.rotation import bundle_dirs, refresh
+from airlock.host.locks import host_lock
+from airlock.host.rotation import bundle_dirs, bundle_lock_name, refresh
 from airlock.host.sandbox import (
     LABEL,
     LABEL_OWNER,
@@ -268,21 +269,30 @@ class Supervisor:
         """Once a CA rotation's overlap is over, the sandboxes' bundles trust the new CA
         alone (what `airlock rotate bundles` does), written when the gateway's set of CAs
         changes; during a rotation (prepared, overlap) `airlock rotate ca` owns them."""
+        m = self.manager
         try:
-            state = self.manager.control.rotation()
+            state = m.control.rotation()
         except ControlError:
             return
         cas = tuple(str(f) for f in state.get("ca_fingerprints") or ())
         if state.get("phase") != "idle" or not cas or cas == self._trust_written:
             return
         try:
-            report = refresh(bundle_dirs(self.manager.bundle_root), sessions, state)
-        except OSError as exc:
+            # Under the bundles' lock, the state and sessions once more: a `rotate ca` may
+            # have prepared (and rewritten the bundles) since they were read.
+            with host_lock(bundle_lock_name(m.gateway_id)):
+                state = m.control.rotation()
+                if state.get("phase") != "idle":
+                    return
+                sessions = m.control.list_sessions()
+                report = refresh(bundle_dirs(m.bundle_root), sessions, state)
+        except (ControlError, OSError) as exc:
             self.say(f"cannot rewrite sandbox bundles after the CA rotation: {exc}")
             return
         if report.updated:
             self.say(f"{len(report.updated)} sandbox bundle(s) now trust the current CA only")
-        self._trust_written = cas
+        if not report.problems:  # else: tried again on the next pass
+            self._trust_written = tuple(str(f) for f in state.get("ca_fingerprints") or ())
 
     def _check_spare(self, sid: str, net: dict[str, Any], counts: dict[str, int]) -> None:
         """A spare network's rules are kept as a running sandbox's are."""
