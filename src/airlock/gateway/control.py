@@ -434,7 +434,7 @@ class ControlAPI:
         except RotationError as exc:
             return _error(409, f"cannot prepare the rotation: {exc}")
         except OSError as exc:
-            return _error(500, f"cannot prepare the rotation: {exc}; nothing was changed")
+            return _error(500, f"cannot prepare the rotation: {exc}; nothing was prepared")
         ca = rot.issuing_ca
         reissued: list[str] = []
         skipped: list[str] = []

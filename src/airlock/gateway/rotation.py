@@ -289,6 +289,8 @@ class CARotation:
 
     def finish(self) -> None:
         """The overlap is over: only the current CA from now on."""
-        write_state(self.state_dir, RotationState())
-        self.state = RotationState()
+        # Fail closed: the old CA is out in memory and on disk (old/ gone) even if the state
+        # file cannot be written (the gateway retries that, test_rotation_finish_retry).
         shutil.rmtree(self._old_dir, ignore_errors=True)
+        self.state = RotationState()
+        write_state(self.state_dir, self.state)
