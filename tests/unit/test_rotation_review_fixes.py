@@ -300,6 +300,9 @@ def _held(path: Path) -> bool:
 def test_bundle_lock_name_is_per_gateway() -> None:
     assert host_rotation.bundle_lock_name("gw-1") == "bundles-gw-1.lock"
     assert host_rotation.bundle_lock_name("a") != host_rotation.bundle_lock_name("b")
+    for bad in ["../x", "a/b", "", ".", "x\n"]:
+        with pytest.raises(ValueError):
+            host_rotation.bundle_lock_name(bad)
 
 
 @pytest.mark.parametrize("command", [["ca", "--settle", "0"], ["bundles"]])

@@ -74,7 +74,7 @@ def _bundle_lock(gateway_id: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(bundle_lock(gateway_id))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             fail(f"cannot take the bundle lock: {exc}; run as root")
         yield
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -47,11 +48,16 @@ from airlock.host.bundle import (
 from airlock.host.control_client import ControlError
 from airlock.host.locks import host_lock
 
+#: A gateway id (gateway/identity.py: 16 hex characters); never a path.
+_GATEWAY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
+
 
 def bundle_lock_name(gateway_id: str) -> str:
     """The host lock (``airlock.host.locks.host_lock``) that every writer of this gateway's
     bundles holds: `rotate ca` (from listing the bundles through commit), `rotate bundles`,
     `airlock run`'s session + bundle step and supervise's post-overlap refresh."""
+    if not _GATEWAY_ID.fullmatch(gateway_id):
+        raise ValueError(f"{gateway_id!r}: not a gateway id")
     return f"bundles-{gateway_id}.lock"
 
 
