@@ -167,3 +167,21 @@ def test_verify_images() -> None:
     assert got["image:sandbox"].ok
     assert not got["image:gateway"].ok and "other content" in got["image:gateway"].detail
     assert not got["image:other"].ok and "not in Docker" in got["image:other"].detail
+
+
+def test_a_retagged_image_is_not_recorded_as_trusted_again(tmp_path: Path) -> None:
+    """`airlock image` finding its tag already there (not built now) must not re-record
+    whatever the tag points at: a replaced image stays a mismatch for doctor."""
+    cfg = config(tmp_path)
+    ig.record_image(cfg, "gateway", "airlock/gateway:1", "sha256:built")
+    ig.record_image(cfg, "gateway", "airlock/gateway:1", "sha256:built", built=False)  # same
+    with pytest.raises(ig.IntegrityError, match="was replaced"):
+        ig.record_image(cfg, "gateway", "airlock/gateway:1", "sha256:other", built=False)
+    m = ig.load_manifest(ig.manifest_path(cfg))
+    assert m is not None
+    assert [e.digest for e in m.of_kind("image")] == ["sha256:built"]
+    # A tag seen for the first time (built elsewhere, never recorded) is recorded.
+    ig.record_image(cfg, "sandbox", "airlock/sandbox:9", "sha256:first", built=False)
+    m = ig.load_manifest(ig.manifest_path(cfg))
+    assert m is not None
+    assert {e.name: e.digest for e in m.of_kind("image")}["sandbox"] == "sha256:first"

@@ -372,13 +372,15 @@ def ensure_gateway_image(
     uid = config.gateway.container.uid
     key = _key(uid, closure, sources)
     tag = f"{REPOSITORY}:{key}"
+    built = False
     if not images.image_exists(client, tag):
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with images.locked(cache_dir / ".gateway-image.lock"):
             if not images.image_exists(client, tag):
                 _build(client, cache_dir, root, closure, uid, key, tag, say, mirror)
+                built = True
     image_id = str(client.images.get(tag).id)
-    _record(config, tag, image_id)
+    _record(config, tag, image_id, built=built)
     return tag
 
 
@@ -450,7 +452,10 @@ def _docker_build(client: docker.DockerClient, context: Path, tag: str) -> None:
         raise ImageBuildError(f"docker build did not produce {tag}")
 
 
-def _record(config: Config, tag: str, image_id: str) -> None:
+def _record(config: Config, tag: str, image_id: str, *, built: bool) -> None:
     from airlock.host import integrity
 
-    integrity.record_image(config, "gateway", tag, image_id)
+    try:
+        integrity.record_image(config, "gateway", tag, image_id, built=built)
+    except integrity.IntegrityError as exc:
+        raise images.ImageBuildError(str(exc)) from None

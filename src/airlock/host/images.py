@@ -189,11 +189,16 @@ def ensure_sandbox_image(
     ``mirror`` is where debootstrap fetches from when it has to build (default: this
     machine's own Debian mirror, :func:`debian_mirror`). With ``config``, the image's id is
     recorded in its integrity manifest (host/integrity.py)."""
+    existed = image_exists(client, sandbox_image_tag())
     tag = _ensure_sandbox_image(client, cache_dir=cache_dir, progress=progress, mirror=mirror)
     if config is not None:
         from airlock.host import integrity
 
-        integrity.record_image(config, "sandbox", tag, str(client.images.get(tag).id))
+        image_id = str(client.images.get(tag).id)
+        try:
+            integrity.record_image(config, "sandbox", tag, image_id, built=not existed)
+        except integrity.IntegrityError as exc:
+            raise ImageBuildError(str(exc)) from None
     return tag
 
 

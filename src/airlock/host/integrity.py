@@ -298,11 +298,28 @@ def _update(path: Path, new: Sequence[Entry]) -> None:
         raise IntegrityError(f"{path}: cannot write the manifest ({exc})") from None
 
 
-def record_image(config: Config, kind: str, tag: str, image_id: str) -> None:
-    """Record that ``tag`` (the ``kind`` image: "gateway", "sandbox", ...) is ``image_id``."""
+def record_image(config: Config, kind: str, tag: str, image_id: str, *, built: bool = True) -> None:
+    """Record that ``tag`` (the ``kind`` image: "gateway", "sandbox", ...) is ``image_id``.
+
+    ``built``: this process has just built it. Otherwise (the tag was there already) an
+    image recorded under the same tag must still be the same one: a tag that points at
+    another image now was replaced, and is not recorded as trusted again (IntegrityError).
+    """
     if not kind or not tag or not image_id:
         raise IntegrityError("record_image: kind, tag and image_id must all be given")
-    _update(manifest_path(config), [Entry("image", kind, image_id, tag)])
+    path = manifest_path(config)
+    if not built:
+        known = load_manifest(path)
+        for e in known.of_kind("image") if known is not None else []:
+            if e.name == kind and e.location == tag:
+                if e.digest != image_id:
+                    raise IntegrityError(
+                        f"{tag} is image {image_id} now, but {e.digest} was recorded when it "
+                        f"was built: it was replaced; remove it (docker rmi {tag}) and build "
+                        "it again"
+                    )
+                return  # recorded already, unchanged
+    _update(path, [Entry("image", kind, image_id, tag)])
 
 
 def record_units(manifest: Path, files: Iterable[tuple[str, bytes]]) -> None:
