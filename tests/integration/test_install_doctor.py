@@ -198,3 +198,25 @@ def test_doctor_checks_recorded_units_and_images(tmp_path: Path) -> None:
     # A manifest where the gateway can write is refused outright.
     bad = write_config(tmp_path / "bad.toml", manifest=Path("/var/lib/airlock/integrity.json"))
     assert doctor_lines(bad)["integrity"][0] == "FAIL"
+
+
+def test_a_symlinked_state_dir_is_not_followed_when_handed_over(
+    tmp_path: Path, staging: Path
+) -> None:
+    """In the staging tree, the state directory (one install makes itself: not under
+    /var/lib, so no StateDirectory=) is an absolute symlink to a directory outside it:
+    install refuses (exit 2) and the link's target keeps its owner and mode."""
+    if shutil.which("useradd") is None:
+        pytest.skip("no useradd")
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    (staging / "srv").mkdir(parents=True)
+    (staging / "srv/airlock-state").symlink_to(target)
+    config = write_config(tmp_path / "airlock.toml")
+    config.write_text(config.read_text().replace('"/var/lib/airlock"', '"/srv/airlock-state"', 1))
+    r = cli("install", "--config", str(config), "--root", str(staging), "--no-reload",
+            "--airlock", str(AIRLOCK))  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "symlink" in r.stderr
+    st = target.stat()
+    assert st.st_uid == 0 and st.st_mode & 0o777 == 0o755

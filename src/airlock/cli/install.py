@@ -198,8 +198,17 @@ def install(
         for d in plan.gateway_dirs:
             p = _prefixed(root, d)
             p.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chown(p, uid, gid)
-            os.chmod(p, 0o700)
+            # Opened without following a symlink (the path was checked as written, not as
+            # it resolves): the directory itself is handed over, never where a link points.
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as exc:
+                fail(f"{p}: {exc.strerror} (a symlink? give the gateway a real directory)", 2)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
         if plan.audit_log:
             p = _prefixed(root, plan.audit_log)
             p.parent.mkdir(parents=True, exist_ok=True)
