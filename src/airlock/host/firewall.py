@@ -246,11 +246,12 @@ def sandbox_chains(r: SandboxRules) -> dict[str, list[list[Expr]]]:
 def _bridged(r: SandboxRules) -> dict[str, list[list[Expr]]]:
     """The chains when the gateway is a container on the bridge.
 
-    Bridged IPv4 frames pass the inet hooks (br_netfilter, which Docker turns on) with the
-    bridge as both input and output interface, so ``prerouting`` and ``forward`` see every
-    packet between the two containers. The sandbox may open connections to the gateway's
-    ports and nothing else; the gateway may only answer (conntrack). The host's own address on
-    the bridge (Docker's bridge gateway) answers nothing, from either of them.
+    Bridged IPv4 frames pass the inet hooks (br_netfilter, switched on for the bridge by
+    :func:`ensure_bridge_netfilter`) with the bridge as both input and output interface, so
+    ``prerouting`` and ``forward`` see every packet between the two containers. The sandbox
+    may open connections to the gateway's ports and nothing else; the gateway may only answer
+    (conntrack). The host's own address on the bridge (Docker's bridge gateway) answers
+    nothing, from either of them.
     """
     src = _match(_payload("ip", "saddr"), str(r.sandbox_ip))
     dst = _match(_payload("ip", "daddr"), str(r.gateway_ip))
