@@ -71,7 +71,9 @@ def check(data: bytes) -> bool:
     if filtered is not None and chunked is not None:
         # (One feed of a long advertisement can trip the filter's limit where small feeds
         # do not: the limit bounds what one call holds, so only successes are compared.)
-        assert chunked == filtered
+        # Packets after the capability line that arrive in the same read are re-encoded (an
+        # upper-case hex length comes out lower case); in a later read they pass as they are.
+        assert chunked[1] == filtered[1] and chunked[0].lower() == filtered[0].lower()
     if filtered is not None:
         out, done = filtered
         if not done:
