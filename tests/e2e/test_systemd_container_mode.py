@@ -38,7 +38,7 @@ from airlock.config import load_config
 from airlock.host.dockerclient import docker_client
 from airlock.host.gateway_container import LABEL, RUNTIME_ROOT
 from airlock.host.gateway_image import ensure_gateway_image
-from airlock.testing.systemd_image import AIRLOCK_BIN, ensure_systemd_image
+from airlock.testing.systemd_image import AIRLOCK_BIN, CHECKOUT_MOUNT, ensure_systemd_image
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +163,7 @@ def box() -> Iterator[Box]:
             "--network", "none", "--stop-signal", "SIGRTMIN+3",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns", "host",
-            "-v", f"{CHECKOUT}:{CHECKOUT}:ro",
+            "-v", f"{CHECKOUT}:{CHECKOUT}:ro", "-v", f"{CHECKOUT}:{CHECKOUT_MOUNT}:ro",
             "-v", "/var/run/docker.sock:/run/docker.sock",
             "-v", f"{shared}:{shared}",
             "-v", f"{RUNTIME_ROOT}:{RUNTIME_ROOT}",

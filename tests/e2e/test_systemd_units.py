@@ -28,13 +28,15 @@ from typing import Any
 import pytest
 
 from airlock.host.dockerclient import docker_client
-from airlock.testing.systemd_image import AIRLOCK_BIN, ensure_systemd_image
+from airlock.testing.systemd_image import AIRLOCK_BIN, CHECKOUT_MOUNT, ensure_systemd_image
 
 pytestmark = pytest.mark.e2e
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-WORLD = str(CHECKOUT / "tests/e2e/systemd_world.py")
-ESCAPE = str(CHECKOUT / "src/airlock/testing/escape_attempts.py")
+# Inside the container, at the fixed mount (the checkout's own path may be under /tmp, which a
+# unit's PrivateTmp= hides).
+WORLD = str(CHECKOUT_MOUNT / "tests/e2e/systemd_world.py")
+ESCAPE = str(CHECKOUT_MOUNT / "src/airlock/testing/escape_attempts.py")
 PY = "/opt/airlock/bin/python"
 CONFIG = "/etc/airlock/airlock.toml"
 UNIT_FILE = "/etc/systemd/system/airlock-gateway.service"
@@ -113,7 +115,7 @@ def box() -> Iterator[Box]:
         "--network", "none", "--stop-signal", "SIGRTMIN+3",
         "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns", "host",
-        "-v", f"{CHECKOUT}:{CHECKOUT}:ro",
+        "-v", f"{CHECKOUT}:{CHECKOUT}:ro", "-v", f"{CHECKOUT}:{CHECKOUT_MOUNT}:ro",
         "-v", "/var/run/docker.sock:/run/docker.sock",
         tag, "/bin/sh", "-c", "mount --make-rshared / && exec /sbin/init",
     ]  # fmt: skip

@@ -3,9 +3,10 @@
 Built offline like the sandbox image (host/images.py): ``debootstrap`` of Debian's signed
 packages, a few files written into the tree, ``docker import``; the tarball is cached by a
 hash of the recipe. The image carries ``/opt/airlock``, a venv of Debian's ``python3.11``
-whose site-packages add ``/work/main/.venv``'s (bind-mounted read-only at run time), so the
-checkout's airlock and its dependencies run from a path outside ``/root`` and ``/home``
-(the units' ``ProtectHome=yes`` hides those).
+whose site-packages add the checkout's ``.venv``'s, which the tests bind-mount read-only at
+``CHECKOUT_MOUNT`` (and at its own path, where its editable install points), so the
+checkout's airlock and its dependencies run from a path outside ``/root`` and ``/home`` (the
+units' ``ProtectHome=yes`` hides those), wherever the checkout is.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ import docker
 
 from airlock.host import images
 
-__all__ = ["AIRLOCK_BIN", "PACKAGES", "ensure_systemd_image", "systemd_image_tag"]
+__all__ = [
+    "AIRLOCK_BIN",
+    "CHECKOUT_MOUNT",
+    "PACKAGES",
+    "ensure_systemd_image",
+    "systemd_image_tag",
+]
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the checkout at CHECKOUT_MOUNT, not at a path of this machine
 PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -38,7 +45,7 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "acl",
 )
-CHECKOUT = Path("/work/main")
+CHECKOUT_MOUNT = Path("/opt/airlock-checkout")
 VENV = "/opt/airlock"
 AIRLOCK_BIN = f"{VENV}/bin/airlock"
 REPOSITORY = "airlock-test/systemd"
@@ -80,9 +87,12 @@ def _customize(root: Path, log: Path, say: images.Progress) -> None:
         ["chroot", str(root), "/usr/bin/python3.11", "-m", "venv", "--without-pip", VENV], log
     )
     site = root / VENV.lstrip("/") / "lib/python3.11/site-packages"
-    venv_site = CHECKOUT / ".venv/lib/python3.11/site-packages"
+    venv_site = CHECKOUT_MOUNT / ".venv/lib/python3.11/site-packages"
+    # The checkout's src first: its venv's editable install names the checkout's own path,
+    # which a unit may not see (PrivateTmp=, ProtectHome=).
+    src = str(CHECKOUT_MOUNT / "src")
     (site / "airlock-checkout.pth").write_text(
-        f"import site; site.addsitedir({str(venv_site)!r})\n"
+        f"import sys, site; sys.path.insert(0, {src!r}); site.addsitedir({str(venv_site)!r})\n"
     )
     airlock = root / AIRLOCK_BIN.lstrip("/")
     airlock.write_text(
