@@ -168,6 +168,14 @@ def installed(box: Box) -> Box:
     TIMINGS["airlock install"] = time.monotonic() - t0
     t0 = time.monotonic()
     box.run("systemctl", "start", "airlock.target", timeout=120)
+    # Bounded: on a loaded machine the gateway's first start (Python compiling airlock from
+    # a read-only checkout) can outlast the target's own start job.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        states = [box.active(u) for u in ("airlock-gateway.service", "airlock-supervise.service")]
+        if states == ["active", "active"] or "failed" in states:
+            break
+        time.sleep(0.5)
     TIMINGS["systemctl start airlock.target (gateway ready)"] = time.monotonic() - t0
     return box
 

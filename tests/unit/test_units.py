@@ -74,6 +74,9 @@ def test_supervise_unit_orders_after_the_gateway_and_both_are_part_of_the_target
     assert any("/run/airlock/sandboxes" in x and x.startswith("ExecStartPre=+") for x in sup)
     target = lines(plan.files[units.TARGET])
     assert "Wants=airlock-gateway.service airlock-supervise.service" in target
+    # Ordered after both: starting the target returns once they are up, not while starting.
+    after = next(x for x in target if x.startswith("After=")).split("=", 1)[1].split()
+    assert {"airlock-gateway.service", "airlock-supervise.service"} <= set(after)
 
 
 def test_credential_sources_can_be_given_and_unknown_ones_are_refused() -> None:
