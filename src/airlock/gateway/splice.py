@@ -8,6 +8,13 @@ side's write buffer passes its high-water mark, reading from the other side paus
 buffer drains, so a slow reader never makes the gateway hold more than ``WRITE_BUFFER_HIGH``
 per direction.
 
+Once the guard is done (or if there is none), nothing looks at the bytes any more and the
+splice hands the two sockets to a :class:`~airlock.gateway.kernel_splice.KernelRelay`: both
+transports stop reading, their write buffers drain, and from then on ``splice(2)`` moves the
+bytes through one pipe per direction (bounded, ``WRITE_BUFFER_HIGH``), never into Python. The
+counters, budget charge, activity, half-close, stop and loss work the same in both modes; where
+splice is unavailable or refused (EINVAL, a seccomp EPERM) the protocol path simply goes on.
+
 :class:`Splice` only moves bytes and records when it did; how long a tunnel may live or
 idle is the caller's decision (it polls :attr:`Splice.last_activity` and
 :meth:`Splice.take_activity`, and waits on :attr:`Splice.done`).
@@ -18,7 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
+
+from airlock.gateway import kernel_splice
+from airlock.gateway.kernel_splice import KernelRelay
 
 __all__ = ["CHARGE_BYTES", "WRITE_BUFFER_HIGH", "DetachableReader", "Guard", "Splice"]
 
@@ -91,8 +101,11 @@ class _Side(asyncio.Protocol):
         assert self.peer is not None
         if self.splice.guard is not None and not self.splice.inspect(self.upstream, data):
             return  # refused: not one byte of it is passed on
-        self.splice.moved(self.upstream, len(data))
+        splice = self.splice
+        splice.moved(self.upstream, len(data))
         self.peer.write(data)
+        if splice.guard is None and splice.mode == "protocol" and splice.kernel:
+            splice.hand_over()
 
     def eof_received(self) -> bool:
         self.splice.side_ended(self.upstream)
@@ -107,6 +120,9 @@ class _Side(asyncio.Protocol):
             self.peer.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.splice.mode == "handover":  # this write buffer is empty now
+            self.splice.try_kernel()
+            return
         if self.peer is not None and not self.peer.is_closing() and self.splice.stopped is None:
             self.peer.resume_reading()
 
@@ -124,6 +140,7 @@ class Splice:
         client: asyncio.Transport,
         charge: Callable[[int], bool] | None = None,
         guard: Guard | None = None,
+        kernel: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.client = client
@@ -145,6 +162,11 @@ class Splice:
         self._from_client = _Side(self, upstream=True)
         self._from_upstream = _Side(self, upstream=False)
         self._from_upstream.peer = client
+        # "protocol" -> "handover" (both paused, write buffers draining) -> "kernel"; back to
+        # "protocol" for good if the relay cannot be had.
+        self.kernel = kernel and kernel_splice.available()
+        self.mode: Literal["protocol", "handover", "kernel"] = "protocol"
+        self.relay: KernelRelay | None = None
 
     def upstream_protocol(self) -> asyncio.Protocol:
         return self._from_upstream
@@ -170,6 +192,8 @@ class Splice:
             self.side_ended(True)
         elif not self.client.is_reading():
             self.client.resume_reading()
+        if self.guard is None and self.kernel and self.mode == "protocol":
+            self.hand_over()
 
     def _upstream_transport(self) -> asyncio.Transport:
         # create_connection() has called connection_made on our protocol by now.
@@ -213,10 +237,79 @@ class Splice:
             self.guard = None  # nothing more to check: no cost for the rest of the tunnel
         return True
 
+    # ------------------------------------------------------------- to the kernel relay
+
+    def hand_over(self) -> None:
+        """Nothing is inspected any more: stop reading both sides and, once both write
+        buffers are empty, let the kernel relay move the bytes."""
+        up = self.upstream
+        if up is None or self.stopped is not None or self.done.done():
+            return
+        self.mode = "handover"
+        for t in (self.client, up):
+            t.pause_reading()
+            # resume_writing is called the moment the buffer is empty.
+            t.set_write_buffer_limits(high=0, low=0)
+        self.try_kernel()
+
+    def try_kernel(self) -> None:
+        """Start the relay if both write buffers are empty (else the next resume_writing)."""
+        up = self.upstream
+        assert up is not None
+        if self.mode != "handover":
+            return
+        if self.stopped is not None or self.done.done():
+            self.mode = "protocol"
+            return
+        if self.client.is_closing() or up.is_closing():
+            self._back_to_protocol()  # its connection_lost ends the splice
+            return
+        if self.client.get_write_buffer_size() or up.get_write_buffer_size():
+            return
+        try:
+            self.relay = KernelRelay.open(
+                self._loop,
+                self,
+                self.client.get_extra_info("socket").fileno(),
+                up.get_extra_info("socket").fileno(),
+                pipe_size=WRITE_BUFFER_HIGH,
+                client_ended=self._ended[True],
+                upstream_ended=self._ended[False],
+            )
+        except OSError:
+            self._back_to_protocol()
+            return
+        self.mode = "kernel"
+        self.relay.start()
+
+    def _back_to_protocol(self) -> None:
+        self.mode = "protocol"
+        self.kernel = False  # not tried again for this tunnel
+        self.relay = None
+        up = self.upstream
+        assert up is not None
+        for t, ended in ((self.client, self._ended[True]), (up, self._ended[False])):
+            t.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+            if not ended and self.stopped is None and not t.is_closing():
+                t.resume_reading()
+
+    def kernel_ended(self, upstream: bool) -> None:
+        """The relay passed one direction's EOF on (it shut the socket down itself)."""
+        self._ended[upstream] = True
+        if all(self._ended.values()):
+            self._finish(None)
+
+    def kernel_unsupported(self, exc: OSError) -> None:
+        self._back_to_protocol()
+
+    # ------------------------------------------------------------------------ ending
+
     def stop(self, why: str, detail: str = "") -> None:
         """End the splice from inside: nothing more is read either way."""
         if self.stopped is None:
             self.stopped, self.stopped_detail = why, detail
+        if self.relay is not None:
+            self.relay.pause()
         for t in (self.client, self.upstream):
             if t is not None:
                 t.pause_reading()  # nothing more is read while the handler closes up
@@ -242,12 +335,16 @@ class Splice:
         self._finish(exc)
 
     def _finish(self, exc: BaseException | None) -> None:
+        if self.relay is not None:
+            self.relay.close()  # its duplicate fds only: the transports keep the sockets
         if not self.done.done():
             self.error = exc
             self.done.set_result(None)
 
     def close_upstream(self) -> None:
         """Drop the upstream connection at once (the client's is its handler's to close)."""
+        if self.relay is not None:
+            self.relay.close()
         t = self._from_upstream.transport
         if t is not None:
             t.abort()
