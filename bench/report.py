@@ -10,6 +10,7 @@ from bench.egress import EgressRow
 from bench.gitbench import GitRow
 from bench.latency import LatencyRow
 from bench.scale import ScaleRow
+from bench.sessions import FLAT_RATIO, SessionsResult
 
 RSS_LIMIT_MB = 100.0
 CLONE_RATIO = 1.05
@@ -24,6 +25,7 @@ class Report:
     latency: list[LatencyRow] = field(default_factory=list)
     egress: list[EgressRow] = field(default_factory=list)
     scale: ScaleRow | None = None
+    sessions: SessionsResult | None = None
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     verdicts: list[tuple[str, bool]] = field(default_factory=list)
@@ -256,6 +258,85 @@ def scale_table(report: Report) -> list[str]:
     return _table(head, rows)
 
 
+def sessions_table(report: Report) -> list[str]:
+    res = report.sessions
+    assert res is not None
+    head = [
+        "sessions in store",
+        "visits",
+        "info/refs p50 ms",
+        "info/refs p99 ms",
+        "gateway CPU ms/request",
+        "create p50 ms",
+        "create p99 ms",
+        "creates",
+        "gateway CPU ms/create",
+        f"CONNECT set-up p50 ms ({res.tunnels}/visit)",
+        "CONNECT set-up p99 ms",
+        "gateway CPU ms/CONNECT",
+        "gateway RSS MiB",
+        "errors",
+    ]
+    rows = []
+    for lv in res.levels:
+        rows.append(
+            [
+                f"{lv.sessions:,}",
+                str(len(lv.visits)),
+                _num(lv.info_refs("p50_ms")),
+                _num(lv.info_refs("p99_ms")),
+                _num(lv.gateway_cpu_ms),
+                _num(lv.create(50)),
+                _num(lv.create(99)),
+                str(sum(len(v.create_ms) for v in lv.visits)),
+                _num(lv.cpu_ms("create_cpu_ms")),
+                _num(lv.tunnel(50)),
+                _num(lv.tunnel(99)),
+                _num(lv.cpu_ms("tunnel_cpu_ms")),
+                _num(lv.rss_kib / 1024, 1),
+                str(len(lv.errors)),
+            ]
+        )
+    out = _table(head, rows)
+    flat = [
+        ("info/refs p50", [lv.info_refs("p50_ms") for lv in res.levels]),
+        ("session create p50", [lv.create(50) for lv in res.levels]),
+        ("CONNECT set-up p50", [lv.tunnel(50) for lv in res.levels]),
+    ]
+    target = f"max/min across N ≤ {FLAT_RATIO:.2f}"
+    vrows = []
+    for name, values in flat:
+        spread = res.spread(values)
+        ok = not math.isnan(spread) and spread <= FLAT_RATIO
+        report.verdicts.append((f"{name} within 10% across 10 / 1,000 / 10,000 sessions", ok))
+        vrows.append([f"{name} flat in N", _num(spread, 3), target, _verdict(ok)])
+    cpu = [
+        ("gateway CPU per info/refs", [lv.gateway_cpu_ms for lv in res.levels]),
+        ("gateway CPU per create", [lv.cpu_ms("create_cpu_ms") for lv in res.levels]),
+        ("gateway CPU per CONNECT", [lv.cpu_ms("tunnel_cpu_ms") for lv in res.levels]),
+    ]
+    for name, values in cpu:
+        vrows.append([f"{name}, max/min across N", _num(res.spread(values), 3), "reported", "—"])
+    vrows.append(
+        [
+            "gateway memory per idle session",
+            f"{_num(res.per_session_kib, 1)} KiB",
+            "reported",
+            "—",
+        ]
+    )
+    vrows.append(
+        [
+            "gateway memory per open CONNECT tunnel",
+            f"{_num(res.per_tunnel_kib, 1)} KiB",
+            "reported",
+            "—",
+        ]
+    )
+    out += ["", *_table(["figure", "value", "target", "result"], vrows)]
+    return out
+
+
 def render(report: Report) -> str:
     out = ["# airlock benchmark results", ""]
     out += report.header
@@ -271,6 +352,9 @@ def render(report: Report) -> str:
     if report.scale is not None:
         out += ["", "## scale: concurrent sessions, each cloning a tiny repository", ""]
         out += scale_table(report)
+    if report.sessions is not None:
+        out += ["", "## sessions: gateway cost against the number of sessions in its store", ""]
+        out += sessions_table(report)
     if report.verdicts:
         passed = sum(1 for _, ok in report.verdicts if ok)
         out += ["", f"## targets: {passed} of {len(report.verdicts)} met", ""]

@@ -48,12 +48,15 @@ from bench.proxies import Nginx, ensure_packages
 from bench.report import Report, render
 from bench.repos import SizeClass
 from bench.scale import ScaleRow, run_clones
+from bench.sessions import run_section as run_sessions_section
 from bench.world import BENCH_CONFIG_SUMMARY, HOST, BenchWorld, Bundle, basic_auth
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "RESULTS.md"
 LAST_RESULTS = REPO_ROOT / "bench" / "LAST_RESULTS.md"
-SECTIONS = ("git", "latency", "egress", "scale")
+SECTIONS = ("git", "latency", "egress", "scale", "sessions")
+# The sections that use the shared world (upstream, gateway, nginx); "sessions" has its own.
+BASE_SECTIONS = {"git", "latency", "egress", "scale"}
 # Not in the default run (it needs root and Docker): `--only sandbox`, or add it to a list.
 EXTRA_SECTIONS = ("sandbox",)
 TINY = "acme/tiny"
@@ -76,7 +79,7 @@ class Plan:
     latency_runs: int = 5
     egress_bytes: int = GiB
     egress_runs: int = 5
-    scale_sessions: int = 200
+    scale_sessions: int = 500
     scale_runs: int = 5
 
     @staticmethod
@@ -234,6 +237,9 @@ class Bench:
         row.gw_peak_mb = peak_rss_mb(self.world.gateway_pid)
         self.report.scale = row
 
+    def run_sessions(self) -> None:
+        self.report.sessions = run_sessions_section(self.root / "sessions", self.plan.quick)
+
 
 def header(plan: Plan, started: dt.datetime, busy: list[str]) -> list[str]:
     v = versions()
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM ends the run like Ctrl-C: the finally below stops every child process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    base = bool(sections & set(SECTIONS))  # the git world, nginx and squid are needed
+    base = bool(sections & BASE_SECTIONS)  # the git world, nginx and squid are needed
     if base:
         ensure_packages()
     plan = Plan.make(args.quick)
@@ -304,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.section("latency", bench.run_latency)
         bench.section("egress", bench.run_egress)
         bench.section("scale", bench.run_scale)
+        bench.section("sessions", bench.run_sessions)
         bench.section("sandbox", lambda: extra.append(sandbox_section(plan.quick)))
     finally:
         if base:

@@ -29,15 +29,17 @@ max_bytes = 1000000000000000      # default 20 GiB per session lifetime
 [limits]
 session_requests = "1000000/minute"      # default 1200/minute
 session_bytes = "1000000000000000/hour"  # default 8 GiB/hour
-max_connections_per_source = 4096        # default 128; 200 sessions share 127.0.0.1
+max_connections_per_source = 4096        # default 128; 500 sessions share 127.0.0.1
+global_inflight = 1024                   # default 256; 500 clones at once (scale)
 """
 
 BENCH_CONFIG_SUMMARY = (
     "sessions.max_requests=1e8 (default 20000), sessions.max_bytes=1e15 (default 20 GiB), "
     "limits.session_requests=1000000/minute (default 1200/minute), "
     "limits.session_bytes=1e15/hour (default 8 GiB/hour), "
-    "limits.max_connections_per_source=4096 (default 128: every bench client is 127.0.0.1); "
-    "everything else (global_requests 2000/s, session_inflight 16, global_inflight 256, "
+    "limits.max_connections_per_source=4096 (default 128: every bench client is 127.0.0.1), "
+    "limits.global_inflight=1024 (default 256: the scale section's 500 clones start at once); "
+    "everything else (global_requests 2000/s, session_inflight 16, "
     "chunk_size 256 KiB, timeouts) is the shipped default"
 )
 
@@ -49,8 +51,10 @@ def basic_auth(token: str = TOKEN) -> str:
 class BenchWorld(World):
     """World with the upstream as a subprocess; the gateway is World's own subprocess."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, config_extra=BENCH_CONFIG)
+    def __init__(self, root: Path, *, extra: str = "", gateway_extra: str = "") -> None:
+        """``extra``: more config tables after BENCH_CONFIG (not ``[sessions]``/``[limits]``);
+        ``gateway_extra``: more lines for the ``[gateway]`` table."""
+        super().__init__(root, config_extra=BENCH_CONFIG + extra, gateway_extra=gateway_extra)
         self.upstream_proc: subprocess.Popen[bytes] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
