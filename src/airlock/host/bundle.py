@@ -22,6 +22,11 @@ GITCONFIG_FILE = "gitconfig"
 # Sandbox bundles only: the git password (HTTP Basic) for libgit2 and cargo.
 GIT_PASSWORD_FILE = "git-password"  # noqa: S105 (a file name)
 MANIFEST_FILE = "SHA256SUMS"
+# An empty directory that git's curl is given as its CA directory (``http.sslCAPath``):
+# without one, curl also loads its built-in CA directory (Debian: the ~430 files of
+# /etc/ssl/certs), 60-140 ms of every git command on a 2-core machine (bench/README.md),
+# for certificates that must never vouch for the gateway anyway (ca.pem and the pin do).
+CA_DIR = "ca.d"
 # Sandbox bundles only: trust for the GitHub API's interception CA (gateway/intercept_ca.py).
 API_CA_FILE = "api-ca.pem"  # the interception CA alone (NODE_EXTRA_CA_CERTS)
 CA_BUNDLE_FILE = "ca-bundle.pem"  # the host's CAs plus it (SSL_CERT_FILE and the like)
@@ -53,6 +58,7 @@ def render_gitconfig(
     key_path: str,
     resolve: bool,
     basic: tuple[str, str] | None = None,
+    ca_dir: str | None = None,
 ) -> str:
     """Git configuration that sends every configured upstream through the gateway.
 
@@ -61,7 +67,8 @@ def render_gitconfig(
     ``basic`` (sandbox bundles: the session id and the path of its git password file) adds
     one credential helper, for the gateway's URL only, that prints them: clients without a
     client certificate (libgit2, cargo) answer the gateway's Basic challenge with it. No
-    other helper runs (``credential.helper`` stays empty).
+    other helper runs (``credential.helper`` stays empty). ``ca_dir`` (an empty directory)
+    replaces curl's built-in CA directory for the gateway's URLs: only ``ca_path`` is trusted.
     """
     base = endpoint.base_url
     lines = []
@@ -81,6 +88,7 @@ def render_gitconfig(
         lines += [
             f'[http "{url}/"]',
             f"\tsslCAInfo = {_q(ca_path)}",
+            *([f"\tsslCAPath = {_q(ca_dir)}"] if ca_dir is not None else []),
             f"\tpinnedPubkey = {pinned_pubkey}",
             f"\tsslCert = {_q(cert_path)}",
             f"\tsslKey = {_q(key_path)}",
@@ -166,8 +174,14 @@ def write_bundle(
         key_path=str(seen_at / KEY_FILE),
         resolve=resolve,
         basic=(issued["session"]["id"], str(seen_at / GIT_PASSWORD_FILE)) if basic else None,
+        ca_dir=str(seen_at / CA_DIR),
     )
     files[GITCONFIG_FILE] = (config.encode(), 0o444)
+    ca_dir = directory / CA_DIR
+    ca_dir.mkdir(mode=0o555, exist_ok=True)
+    if ca_dir.is_symlink() or any(ca_dir.iterdir()):
+        raise BundleError(f"{ca_dir}: not an empty directory; remove it and write the bundle again")
+    os.chmod(ca_dir, 0o555)  # noqa: S103 (empty, read-only: nothing to read but its emptiness)
     for name, (data, mode) in files.items():
         _write(directory / name, data, mode)
     # A manifest of what was generated, so anyone can check the files were not altered.
