@@ -1,15 +1,30 @@
-"""Audit log: JSON lines through structlog, with every string redacted before it is written."""
+"""Audit log: JSON lines through structlog, with every string redacted before it is written.
+
+Redaction is checked on the rendered line, once: every credential shape that
+``core.redact`` removes needs an ASCII marker (``ghp_``, ``github_pat_``, ``airlock_api_``,
+``authorization``, ``://``) that JSON leaves as it is, and every live secret is looked for
+as written. A line with neither is already clean and goes out as rendered (nearly every
+git request line); any other is redacted field by field, as before, and rendered again.
+The per-field pass on every line was about 15 % of the gateway's CPU per request.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
 from airlock.core.redact import redact_value
+
+# A necessary condition for any core.redact pattern to match somewhere in a line.
+_MARKERS = re.compile(r"gh[pousr]_|github_pat_|airlock_api_|authorization|://", re.IGNORECASE)
+# A secret JSON writes verbatim (printable ASCII but the quote and backslash) can be looked
+# for in the rendered line; any other is always redacted field by field.
+_VERBATIM = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
 
 
 class AuditLog:
@@ -27,16 +42,22 @@ class AuditLog:
             structlog.PrintLogger(self._file),
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                self._redact,
-                structlog.processors.JSONRenderer(sort_keys=False),
+                self._render,
             ],
         )
+        self._json = structlog.processors.JSONRenderer(sort_keys=False)
 
-    def _redact(
-        self, _l: Any, _m: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def _render(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
         secrets = [s for s in self._secrets() if s]
-        return {k: redact_value(v, secrets) for k, v in event.items()}
+        line = cast(str, self._json(logger, name, event))
+        if (
+            _MARKERS.search(line) is None
+            and all(_VERBATIM.fullmatch(s) for s in secrets)
+            and not any(s in line for s in secrets)
+        ):
+            return line
+        redacted = {k: redact_value(v, secrets) for k, v in event.items()}
+        return cast(str, self._json(logger, name, redacted))
 
     def event(self, event: str, **fields: Any) -> None:
         self._log.msg(event, **fields)

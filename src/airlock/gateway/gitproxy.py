@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -267,9 +267,13 @@ class GitProxy:
         checked = self._usable_session(request, out, session_id, der)
         if isinstance(checked, web.Response):
             return checked
-        if self.limits is None:
+        limits = self.limits
+        if limits is None:
             return await self._authorized(request, checked, out)
-        over = await self.limits.admit_request(session_id)
+        if limits.synchronous:  # in memory: no await between the session check and here
+            over = limits.admit_now(session_id)
+        else:
+            over = await limits.admit_request(session_id)
         if over is not None:
             return self._refuse(
                 out,
@@ -277,13 +281,17 @@ class GitProxy:
                 _text(429, "rate limited", rid, **{"Retry-After": str(over.retry_after)}),
             )
         try:
-            # The limiter awaited: check the session again, it may have changed meanwhile.
-            checked = self._usable_session(request, out, session_id, der)
-            if isinstance(checked, web.Response):
-                return checked
+            if not limits.synchronous:
+                # The limiter awaited: check the session again, it may have changed meanwhile.
+                checked = self._usable_session(request, out, session_id, der)
+                if isinstance(checked, web.Response):
+                    return checked
             return await self._authorized(request, checked, out)
         finally:
-            await self.limits.done(session_id, out.bytes_in + out.bytes_out)
+            if limits.synchronous:
+                limits.done_now(session_id, out.bytes_in + out.bytes_out)
+            else:
+                await limits.done(session_id, out.bytes_in + out.bytes_out)
 
     async def _authorized(
         self, request: web.BaseRequest, s: lifecycle.Session, out: _Outcome
@@ -554,28 +562,11 @@ class GitProxy:
                     if not clean:
                         up.close()
 
-        sending = asyncio.ensure_future(send())
-        failed = asyncio.ensure_future(out.body_failed.wait())
         try:
-            try:
-                # A bad request body ends the upstream request at once: aiohttp would
-                # otherwise wait for an upstream answer that may never come.
-                await asyncio.wait({sending, failed}, return_when=asyncio.FIRST_COMPLETED)
-                if not sending.done():
-                    sending.cancel()
-                    await asyncio.gather(sending, return_exceptions=True)
-                    assert out.body_error is not None
-                    raise out.body_error
-                return sending.result()
-            except Exception as exc:
-                # An error raised while uploading the body surfaces wrapped in a client error.
-                if out.body_error is None or exc is out.body_error:
-                    raise
-                raise out.body_error from None
-            finally:
-                failed.cancel()
-                if not sending.done():
-                    sending.cancel()
+            if out.push is None:
+                # No body, or one read whole and parsed already: nothing can fail mid-upload.
+                return await send()
+            return await self._send_streaming(send(), out)
         except _BodyTooLarge:
             out.record.reason = "body_too_large"
             response = _text(413, "request body too large", rid)
@@ -587,6 +578,32 @@ class GitProxy:
         except aiohttp.ClientError as exc:
             out.record.reason = f"upstream_error:{type(exc).__name__}"
             return _text(502, "upstream unavailable", rid), False
+
+    async def _send_streaming(
+        self, sending_coro: Awaitable[tuple[web.StreamResponse, bool]], out: _Outcome
+    ) -> tuple[web.StreamResponse, bool]:
+        """``send()`` of a push, whose body streams from the client while the upstream is
+        asked: a bad body (too large, cut off) ends the upstream request at once, where
+        aiohttp would wait for an upstream answer that may never come."""
+        sending = asyncio.ensure_future(sending_coro)
+        failed = asyncio.ensure_future(out.body_failed.wait())
+        try:
+            await asyncio.wait({sending, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done():
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+                assert out.body_error is not None
+                raise out.body_error
+            return sending.result()
+        except Exception as exc:
+            # An error raised while uploading the body surfaces wrapped in a client error.
+            if out.body_error is None or exc is out.body_error:
+                raise
+            raise out.body_error from None
+        finally:
+            failed.cancel()
+            if not sending.done():
+                sending.cancel()
 
     async def _relay(
         self,

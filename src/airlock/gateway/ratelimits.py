@@ -1,27 +1,58 @@
 """Request, byte and concurrency limits, per session and global, with the `limits` library.
 
-Storage is in memory by default; ``limits.storage_uri = "async+redis://host:6379"`` shares the
-counters between several gateway replicas (the redis driver must be installed).
+Storage is in memory by default, and then every check is synchronous: `limits`'
+synchronous strategies over a storage made for one event loop (gateway/limitstore.py), no
+await, so nothing can run between a check and the request it admits (the asyncio strategies
+and their storage cost ~10 % of the gateway's CPU per request in bench/, and swept every
+counter every 10 ms). ``limits.storage_uri =
+"async+redis://host:6379"`` shares the counters between several gateway replicas (the redis
+driver must be installed); those checks are awaited.
+
+The order of the checks is written once, as a generator of :class:`_Ask` steps that a
+synchronous or an asynchronous driver answers (:meth:`RateLimits.admit_now`,
+:meth:`RateLimits.admit_request`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio import strategies as aio_strategies
 from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
+from airlock.gateway.limitstore import LoopMemoryStorage
 from airlock.gateway.metrics import Metrics
+
+__all__ = ["OverLimit", "RateLimits"]
+
+_SYNC_STORAGE = ("memory://", "async+memory://")
 
 
 @dataclass(frozen=True)
 class OverLimit:
     limit: str
     retry_after: int
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One question to the limiter: ``op`` ("hit", "test", "stats") of ``item`` for ``keys``."""
+
+    counter: Literal["requests", "bytes"]
+    op: Literal["hit", "test", "stats"]
+    item: RateLimitItem
+    keys: tuple[str, ...]
+    cost: int = 1
+
+
+# A check: yields questions, is sent each answer, returns the verdict.
+_Check = Generator[_Ask, Any, OverLimit | None]
 
 
 class RateLimits:
@@ -37,14 +68,25 @@ class RateLimits:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        storage = storage_from_string(storage_uri)
-        # A sliding-window counter: no burst at window edges like a fixed window, and O(1)
-        # per key (a moving window keeps, and sweeps, one entry per request: 17 % of the
-        # gateway's CPU under load in bench/).
-        self.limiter = SlidingWindowCounterRateLimiter(storage)
-        # Bytes use a fixed window: a counter, where a moving window would store one entry
-        # per counted unit.
-        self.byte_limiter = FixedWindowRateLimiter(storage)
+        #: True when every check is answered without an await (in-memory storage).
+        self.synchronous = storage_uri in _SYNC_STORAGE
+        # A sliding-window counter for requests: no burst at window edges like a fixed
+        # window, and O(1) per key (a moving window keeps, and sweeps, one entry per
+        # request: 17 % of the gateway's CPU under load in bench/). Bytes use a fixed
+        # window: a counter, where a moving window would store one entry per counted unit.
+        self._limiters: dict[str, Any]
+        if self.synchronous:
+            storage = LoopMemoryStorage(clock=clock)
+            self._limiters = {
+                "requests": SlidingWindowCounterRateLimiter(storage),
+                "bytes": FixedWindowRateLimiter(storage),
+            }
+        else:
+            astorage = storage_from_string(storage_uri)
+            self._limiters = {
+                "requests": aio_strategies.SlidingWindowCounterRateLimiter(astorage),
+                "bytes": aio_strategies.FixedWindowRateLimiter(astorage),
+            }
         self.session_requests: RateLimitItem = parse(session_requests)
         self.session_bytes: RateLimitItem = parse(session_bytes)
         self.global_requests: RateLimitItem = parse(global_requests)
@@ -55,15 +97,16 @@ class RateLimits:
         self._inflight: dict[str, int] = {}
         self._inflight_total = 0
 
-    async def _retry(self, item: RateLimitItem, *ids: str) -> int:
-        stats = await self.limiter.get_window_stats(item, *ids)
-        return max(1, math.ceil(stats.reset_time - self.clock()))
+    # --- the checks, once --------------------------------------------------------------
 
     def _hit(self, limit: str) -> None:
         self.metrics.inc("airlock_limit_hits_total", help="Limits reached", limit=limit)
 
-    async def admit_request(self, session_id: str) -> OverLimit | None:
-        """Check and count one request; reserve an in-flight slot. Call ``done`` after."""
+    def _retry_after(self, stats: Any) -> int:
+        reset: float = stats.reset_time
+        return max(1, math.ceil(reset - self.clock()))
+
+    def _admission(self, session_id: str) -> _Check:
         if self._inflight.get(session_id, 0) >= self.session_inflight:
             self._hit("session_inflight")
             return OverLimit("session_inflight", 1)
@@ -71,25 +114,24 @@ class RateLimits:
             self._hit("global_inflight")
             return OverLimit("global_inflight", 1)
         # A session over its byte budget waits for the window to move.
-        if not await self.byte_limiter.test(self.session_bytes, "bytes", session_id):
+        byte_keys = ("bytes", session_id)
+        if not (yield _Ask("bytes", "test", self.session_bytes, byte_keys)):
             self._hit("session_bytes")
-            stats = await self.byte_limiter.get_window_stats(
-                self.session_bytes, "bytes", session_id
-            )
-            return OverLimit("session_bytes", max(1, math.ceil(stats.reset_time - self.clock())))
-        if not await self.limiter.hit(self.session_requests, "req", session_id):
-            self._hit("session_requests")
-            return OverLimit(
-                "session_requests", await self._retry(self.session_requests, "req", session_id)
-            )
-        if not await self.limiter.hit(self.global_requests, "req", "*"):
-            self._hit("global_requests")
-            return OverLimit("global_requests", await self._retry(self.global_requests, "req", "*"))
+            stats = yield _Ask("bytes", "stats", self.session_bytes, byte_keys)
+            return OverLimit("session_bytes", self._retry_after(stats))
+        for name, item, keys in (
+            ("session_requests", self.session_requests, ("req", session_id)),
+            ("global_requests", self.global_requests, ("req", "*")),
+        ):
+            if not (yield _Ask("requests", "hit", item, keys)):
+                self._hit(name)
+                stats = yield _Ask("requests", "stats", item, keys)
+                return OverLimit(name, self._retry_after(stats))
         self._inflight[session_id] = self._inflight.get(session_id, 0) + 1
         self._inflight_total += 1
         return None
 
-    async def done(self, session_id: str, nbytes: int) -> None:
+    def _release(self, session_id: str, nbytes: int) -> Generator[_Ask, Any, None]:
         n = self._inflight.get(session_id, 1) - 1
         if n <= 0:
             self._inflight.pop(session_id, None)
@@ -98,7 +140,53 @@ class RateLimits:
         self._inflight_total -= 1
         if nbytes > 0:
             # The window may go over budget by this request; the next one waits.
-            await self.byte_limiter.hit(self.session_bytes, "bytes", session_id, cost=nbytes)
+            yield _Ask("bytes", "hit", self.session_bytes, ("bytes", session_id), cost=nbytes)
+
+    # --- the drivers -------------------------------------------------------------------
+
+    def _call(self, ask: _Ask) -> Any:
+        limiter = self._limiters[ask.counter]
+        if ask.op == "stats":
+            return limiter.get_window_stats(ask.item, *ask.keys)
+        return getattr(limiter, ask.op)(ask.item, *ask.keys, cost=ask.cost)
+
+    def _run_now(self, check: Generator[_Ask, Any, Any]) -> Any:
+        if not self.synchronous:
+            raise RuntimeError("this limiter's storage is remote: await admit_request/done")
+        answer: Any = None
+        try:
+            while True:
+                answer = self._call(check.send(answer))
+        except StopIteration as end:
+            return end.value
+
+    async def _run(self, check: Generator[_Ask, Any, Any]) -> Any:
+        answer: Any = None
+        try:
+            while True:
+                ask = check.send(answer)
+                answer = self._call(ask)
+                if not self.synchronous:
+                    answer = await answer
+        except StopIteration as end:
+            return end.value
+
+    def admit_now(self, session_id: str) -> OverLimit | None:
+        """Check and count one request; reserve an in-flight slot (``done_now`` after).
+        In-memory storage only (:attr:`synchronous`)."""
+        result: OverLimit | None = self._run_now(self._admission(session_id))
+        return result
+
+    def done_now(self, session_id: str, nbytes: int) -> None:
+        self._run_now(self._release(session_id, nbytes))
+
+    async def admit_request(self, session_id: str) -> OverLimit | None:
+        """Check and count one request; reserve an in-flight slot. Call ``done`` after."""
+        result: OverLimit | None = await self._run(self._admission(session_id))
+        return result
+
+    async def done(self, session_id: str, nbytes: int) -> None:
+        await self._run(self._release(session_id, nbytes))
 
     def inflight(self) -> int:
         return self._inflight_total
