@@ -270,9 +270,12 @@ def finish_request(
 ) -> Session:
     """Account a git request's bytes; it extends the idle deadline as :func:`counts_as_use`
     says (``began``: when it was admitted; None: ``now``)."""
-    s = dataclasses.replace(s, bytes=s.bytes + nbytes)
     use = Use(admitted=True, succeeded=success, began=now if began is None else began, ended=now)
-    return record_use(s, use)
+    # One copy of the session per request, not two: the bytes and record_use's idle move.
+    last_used = s.last_used
+    if counts_as_use(s, use):
+        last_used = max(last_used, min(use.ended, s.expires_at))
+    return dataclasses.replace(s, bytes=s.bytes + nbytes, last_used=last_used)
 
 
 def owned_refs(s: Session, repo_key: str) -> frozenset[str]:

@@ -1,12 +1,11 @@
-"""Request, byte and concurrency limits, per session and global, with the `limits` library.
+"""Request, byte and concurrency limits, per session and global.
 
-Storage is in memory by default, and then every check is synchronous: `limits`'
-synchronous strategies over a storage made for one event loop (gateway/limitstore.py), no
-await, so nothing can run between a check and the request it admits (the asyncio strategies
-and their storage cost ~10 % of the gateway's CPU per request in bench/, and swept every
-counter every 10 ms). ``limits.storage_uri =
-"async+redis://host:6379"`` shares the counters between several gateway replicas (the redis
-driver must be installed); those checks are awaited.
+Storage is in memory by default, and then every check is synchronous: counters made for one
+event loop (gateway/limitstore.py, `limits`' arithmetic without its locks, timer thread and
+key building), no await, so nothing can run between a check and the request it admits.
+``limits.storage_uri = "async+redis://host:6379"`` shares the counters between several
+gateway replicas through `limits`' asyncio strategies (the redis driver must be installed);
+those checks are awaited.
 
 The order of the checks is written once, as a generator of :class:`_Ask` steps that a
 synchronous or an asynchronous driver answers (:meth:`RateLimits.admit_now`,
@@ -24,9 +23,8 @@ from typing import Any, Literal
 from limits import RateLimitItem, parse
 from limits.aio import strategies as aio_strategies
 from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
-from airlock.gateway.limitstore import LoopMemoryStorage
+from airlock.gateway.limitstore import MemoryCounters
 from airlock.gateway.metrics import Metrics
 
 __all__ = ["OverLimit", "RateLimits"]
@@ -40,9 +38,10 @@ class OverLimit:
     retry_after: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Ask:
-    """One question to the limiter: ``op`` ("hit", "test", "stats") of ``item`` for ``keys``."""
+    """One question to the limiter: ``op`` ("hit", "test", "stats") of ``item`` for ``keys``.
+    "stats" is answered with the time (wall clock) the limit next lets a request in."""
 
     counter: Literal["requests", "bytes"]
     op: Literal["hit", "test", "stats"]
@@ -74,18 +73,15 @@ class RateLimits:
         # window, and O(1) per key (a moving window keeps, and sweeps, one entry per
         # request: 17 % of the gateway's CPU under load in bench/). Bytes use a fixed
         # window: a counter, where a moving window would store one entry per counted unit.
-        self._limiters: dict[str, Any]
+        self._memory: MemoryCounters | None = None
+        self._limiters: dict[str, Any] = {}
         if self.synchronous:
-            storage = LoopMemoryStorage(clock=clock)
-            self._limiters = {
-                "requests": SlidingWindowCounterRateLimiter(storage),
-                "bytes": FixedWindowRateLimiter(storage),
-            }
+            self._memory = MemoryCounters(clock=clock)
         else:
-            astorage = storage_from_string(storage_uri)
+            storage = storage_from_string(storage_uri)
             self._limiters = {
-                "requests": aio_strategies.SlidingWindowCounterRateLimiter(astorage),
-                "bytes": aio_strategies.FixedWindowRateLimiter(astorage),
+                "requests": aio_strategies.SlidingWindowCounterRateLimiter(storage),
+                "bytes": aio_strategies.FixedWindowRateLimiter(storage),
             }
         self.session_requests: RateLimitItem = parse(session_requests)
         self.session_bytes: RateLimitItem = parse(session_bytes)
@@ -102,9 +98,8 @@ class RateLimits:
     def _hit(self, limit: str) -> None:
         self.metrics.inc("airlock_limit_hits_total", help="Limits reached", limit=limit)
 
-    def _retry_after(self, stats: Any) -> int:
-        reset: float = stats.reset_time
-        return max(1, math.ceil(reset - self.clock()))
+    def _retry_after(self, reset_at: float) -> int:
+        return max(1, math.ceil(reset_at - self.clock()))
 
     def _admission(self, session_id: str) -> _Check:
         if self._inflight.get(session_id, 0) >= self.session_inflight:
@@ -117,16 +112,16 @@ class RateLimits:
         byte_keys = ("bytes", session_id)
         if not (yield _Ask("bytes", "test", self.session_bytes, byte_keys)):
             self._hit("session_bytes")
-            stats = yield _Ask("bytes", "stats", self.session_bytes, byte_keys)
-            return OverLimit("session_bytes", self._retry_after(stats))
+            reset_at = yield _Ask("bytes", "stats", self.session_bytes, byte_keys)
+            return OverLimit("session_bytes", self._retry_after(reset_at))
         for name, item, keys in (
             ("session_requests", self.session_requests, ("req", session_id)),
             ("global_requests", self.global_requests, ("req", "*")),
         ):
             if not (yield _Ask("requests", "hit", item, keys)):
                 self._hit(name)
-                stats = yield _Ask("requests", "stats", item, keys)
-                return OverLimit(name, self._retry_after(stats))
+                reset_at = yield _Ask("requests", "stats", item, keys)
+                return OverLimit(name, self._retry_after(reset_at))
         self._inflight[session_id] = self._inflight.get(session_id, 0) + 1
         self._inflight_total += 1
         return None
@@ -144,11 +139,29 @@ class RateLimits:
 
     # --- the drivers -------------------------------------------------------------------
 
-    def _call(self, ask: _Ask) -> Any:
+    def _ask_memory(self, ask: _Ask) -> bool | float:
+        memory = self._memory
+        assert memory is not None
+        key = "/".join(ask.keys)
+        item = ask.item
+        if ask.counter == "requests":
+            if ask.op == "hit":
+                return memory.sliding_hit(key, item.amount, item.get_expiry(), ask.cost)
+            return self.clock() + memory.sliding_reset_in(key, item.get_expiry())
+        if ask.op == "hit":
+            return memory.fixed_hit(key, item.amount, item.get_expiry(), ask.cost)
+        if ask.op == "test":
+            return memory.fixed_test(key, item.amount, ask.cost)
+        return memory.fixed_reset_at(key)
+
+    async def _ask_remote(self, ask: _Ask) -> bool | float:
         limiter = self._limiters[ask.counter]
         if ask.op == "stats":
-            return limiter.get_window_stats(ask.item, *ask.keys)
-        return getattr(limiter, ask.op)(ask.item, *ask.keys, cost=ask.cost)
+            stats = await limiter.get_window_stats(ask.item, *ask.keys)
+            reset: float = stats.reset_time
+            return reset
+        answer: bool = await getattr(limiter, ask.op)(ask.item, *ask.keys, cost=ask.cost)
+        return answer
 
     def _run_now(self, check: Generator[_Ask, Any, Any]) -> Any:
         if not self.synchronous:
@@ -156,7 +169,7 @@ class RateLimits:
         answer: Any = None
         try:
             while True:
-                answer = self._call(check.send(answer))
+                answer = self._ask_memory(check.send(answer))
         except StopIteration as end:
             return end.value
 
@@ -165,9 +178,10 @@ class RateLimits:
         try:
             while True:
                 ask = check.send(answer)
-                answer = self._call(ask)
-                if not self.synchronous:
-                    answer = await answer
+                if self.synchronous:
+                    answer = self._ask_memory(ask)
+                else:
+                    answer = await self._ask_remote(ask)
         except StopIteration as end:
             return end.value
 
