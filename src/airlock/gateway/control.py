@@ -276,7 +276,7 @@ class ControlAPI:
         return web.json_response(
             {
                 "status": "ok",
-                "sessions": sum(1 for _ in self.store),
+                "sessions": len(self.store),
                 "gateway_id": self.gateway_id,
             }
         )

@@ -382,6 +382,9 @@ class Gateway:
         Ended (revoked, expired) sessions bound to the source are looked at too, so that
         their own token is answered "session ended" (and logged under the session) rather
         than as a wrong token; it gets no more through than before.
+
+        Runs on every new proxy connection and every tunnel's recheck: the store's indexes
+        (token digest, live address), no scan of the sessions.
         """
         now = time.monotonic()
         if self.proxy_backoff.blocked(source_ip, now) is not None:
@@ -389,10 +392,9 @@ class Gateway:
         token = parse_proxy_authorization(header)
         if token is None:
             return AuthRefused("no_proxy_credentials")
-        candidates = [
-            s for s in self.store if s.binding is not None and s.binding.address == source_ip
-        ]
-        for s in candidates:
+        for s in self.store.by_proxy_token(lifecycle.hash_proxy_token(token)):
+            if s.binding is None or s.binding.address != source_ip:
+                continue
             if not lifecycle.proxy_token_matches(s, token):
                 continue
             refusal = lifecycle.check_usable(
@@ -408,7 +410,7 @@ class Gateway:
             return s
         # A wrong token counts against this source only (each sandbox has its own address).
         self.proxy_backoff.failure(source_ip, now)
-        if any(s.state is not lifecycle.SessionState.REVOKED for s in candidates):
+        if self.store.live_bound_to(source_ip):
             return AuthRefused("wrong_token")
         return AuthRefused("unknown_source")
 
