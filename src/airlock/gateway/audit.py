@@ -20,8 +20,10 @@ import structlog
 
 from airlock.core.redact import redact_value
 
-# A necessary condition for any core.redact pattern to match somewhere in a line.
-_MARKERS = re.compile(r"gh[pousr]_|github_pat_|airlock_api_|authorization|://", re.IGNORECASE)
+# A necessary condition for any core.redact pattern to match somewhere in a line: one of
+# these in its lowercased text (substring tests: a case-blind regex alternation took 30 us).
+_MARKERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "airlock_api_")
+_MARKERS += ("authorization", "://")
 # A secret JSON writes verbatim (printable ASCII but the quote and backslash) can be looked
 # for in the rendered line; any other is always redacted field by field.
 _VERBATIM = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
@@ -46,8 +48,9 @@ class AuditLog:
     def _render(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
         secrets = [s for s in self._secrets() if s]
         line = cast(str, self._json(logger, name, event))
+        lowered = line.lower()
         if (
-            _MARKERS.search(line) is None
+            not any(m in lowered for m in _MARKERS)
             and all(_VERBATIM.fullmatch(s) for s in secrets)
             and not any(s in line for s in secrets)
         ):
