@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import os
 import socket
@@ -609,3 +610,48 @@ async def test_splice_refused_keeps_the_protocol_path(
     s = await wait_done(rg)
     assert s.mode == "protocol" and s.error is None
     assert s.bytes_up == 4 + len(body)
+
+
+async def test_no_pipe_to_be_had_keeps_the_protocol_path(
+    servers: list[asyncio.Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of fds, or the user's pipe budget spent (fs.pipe-user-pages-soft: then new pipes
+    get 2 pages only): the tunnel simply stays on the protocol path."""
+    real_pipe2 = os.pipe2
+
+    def small_pipe2(flags: int) -> tuple[int, int]:
+        r, w = real_pipe2(flags)
+        fcntl.fcntl(w, kernel_splice._F_SETPIPE_SZ, 4096)  # what a spent budget gives
+        return r, w
+
+    def refuse_size(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == kernel_splice._F_SETPIPE_SZ and arg > 4096:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real_fcntl(fd, cmd, arg)
+
+    real_fcntl = fcntl.fcntl
+    monkeypatch.setattr(os, "pipe2", small_pipe2)
+    monkeypatch.setattr(fcntl, "fcntl", refuse_size)
+
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(await r.read())
+        await w.drain()
+        w.close()
+
+    rg = await rig(servers, upstream)
+    before = open_fds()
+    reader, writer = await asyncio.open_connection("127.0.0.1", rg.proxy_port)
+    body = os.urandom(2 * MiB)
+    writer.write(b"HELO" + body)
+    await writer.drain()
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"HELO" + body
+    writer.close()
+    await writer.wait_closed()
+    s = await wait_done(rg)
+    assert s.mode == "protocol" and s.relay is None and s.error is None
+    for _ in range(100):
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_fds() == before  # the pipes that were too small were closed again
