@@ -106,6 +106,18 @@ class SecretFile(Generic[T]):
         return CredentialError(f"{self.what} {self._name()}: {exc.strerror}")
 
     def get(self) -> T:
+        if self._cached is not None:
+            # The version loaded is still the file's: one stat, not open + fstat + close (it
+            # is asked on every request). Any change (content, mode, owner, a replacement)
+            # moves ctime or the inode, and the file is opened, checked and read again.
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                pass  # the open below says what is wrong
+            else:
+                version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                if version == self._cached[0]:
+                    return self._cached[1]
         try:
             # O_NONBLOCK: a FIFO put in the secret's place must not hang the gateway.
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
