@@ -70,6 +70,20 @@ class GitBench:
             GitPath("airlock", world.airlock_url, [], bundle, lambda: [world.gateway_pid]),
             GitPath("nginx", nginx.url, ["-c", f"http.sslCAInfo={nginx.ca}"], None, nginx.pids),
         ]
+        # Direct again, with the bundle's trick (an empty sslCAPath: curl loads only the CA
+        # file, not the machine's CA directory): airlock beside it is the gateway's own cost.
+        empty = self.work / "empty-ca-dir"
+        empty.mkdir(exist_ok=True)
+        direct = self.paths[0]
+        self.paths.append(
+            GitPath(
+                "direct-cadir",
+                direct.url,
+                [*direct.config, "-c", f"http.sslCAPath={empty}"],
+                None,
+                direct.pids,
+            )
+        )
         self._n = 0
 
     # --- running git --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from bench.sessions import FLAT_RATIO, SessionsResult
 RSS_LIMIT_MB = 100.0
 CLONE_RATIO = 1.05
 P99_OVERHEAD_MS = 5.0
+CPU_PER_REQUEST_MS = 0.25
 SQUID_RATIO = 0.9
 
 
@@ -71,6 +72,8 @@ def git_table(report: Report) -> list[str]:
         "nginx xdirect",
         "target",
         "result",
+        "direct, empty CA dir s",
+        "airlock x that",
         "gateway RSS MB (idle→peak)",
         "gateway CPU s/op",
         "nginx CPU s/op",
@@ -78,6 +81,8 @@ def git_table(report: Report) -> list[str]:
     rows = []
     for r in report.git:
         d, a, n = (r.samples[k].median for k in ("direct", "airlock", "nginx"))
+        cadir = r.samples.get("direct-cadir")
+        dc = cadir.median if cadir is not None else float("nan")
         ra, rn = _ratio(a, d), _ratio(n, d)
         if r.op.startswith("push"):
             target = f"RSS ≤ {RSS_LIMIT_MB:.0f} MB"
@@ -108,6 +113,8 @@ def git_table(report: Report) -> list[str]:
                 _num(rn),
                 target,
                 _verdict(ok),
+                _secs(dc),
+                _num(_ratio(a, dc)),
                 f"{r.gw_idle_mb:.0f}→{r.gw_peak_mb:.0f}",
                 _num(r.samples["airlock"].cpu_median),
                 _num(r.samples["nginx"].cpu_median),
@@ -130,7 +137,11 @@ def latency_table(report: Report) -> list[str]:
         "target",
         "result",
         "gateway CPU ms/request",
-        "errors (direct/airlock/nginx)",
+        "CPU target",
+        "CPU result",
+        "bare relay p50 / p99 ms",
+        "bare relay CPU ms/request",
+        "errors (direct/airlock/nginx/bare)",
     ]
     rows = []
     for r in report.latency:
@@ -145,9 +156,20 @@ def latency_table(report: Report) -> list[str]:
             report.verdicts.append(("info/refs p99 overhead at 16 sessions", ok))
         runs = r.runs.get("airlock", [])
         cpu_ms = median([x.proxy_cpu / max(1, x.requests) * 1000 for x in runs])
+        bare_runs = r.runs.get("bare", [])
+        bare_cpu = median([x.proxy_cpu / max(1, x.requests) * 1000 for x in bare_runs])
+        cpu_ok: bool | None = None
+        cpu_target = "—"
+        if r.sessions == 16:
+            cpu_target = f"≤ {CPU_PER_REQUEST_MS} ms"
+            cpu_ok = not math.isnan(cpu_ms) and cpu_ms <= CPU_PER_REQUEST_MS
+            report.verdicts.append(("gateway CPU per info/refs request at 16 sessions", cpu_ok))
         nginx = "—"
         if r.runs.get("nginx"):
             nginx = f"{_num(r.p('nginx', 'p50_ms'), 1)} / {_num(r.p('nginx', 'p99_ms'), 1)}"
+        bare = "—"
+        if bare_runs:
+            bare = f"{_num(r.p('bare', 'p50_ms'), 1)} / {_num(r.p('bare', 'p99_ms'), 1)}"
         rows.append(
             [
                 str(r.sessions),
@@ -162,7 +184,12 @@ def latency_table(report: Report) -> list[str]:
                 target,
                 _verdict(ok),
                 _num(cpu_ms),
-                f"{r.errors('direct')}/{r.errors('airlock')}/{r.errors('nginx')}",
+                cpu_target,
+                _verdict(cpu_ok),
+                bare,
+                _num(bare_cpu),
+                f"{r.errors('direct')}/{r.errors('airlock')}/{r.errors('nginx')}"
+                f"/{r.errors('bare')}",
             ]
         )
     return _table(head, rows)

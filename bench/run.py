@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.bare_relay import BareRelay
 from bench.common import (
     GiB,
     LoadMonitor,
@@ -171,11 +172,24 @@ class Bench:
 
     def run_latency(self) -> None:
         assert self.nginx is not None
+        bare = BareRelay(
+            self.root / "bare", self.world.upstream.url, self.world.tls.ca_cert, basic_auth()
+        )
+        bare.start()
+        try:
+            self._latency(bare)
+        finally:
+            bare.stop()
+
+    def _latency(self, bare: BareRelay) -> None:
+        assert self.nginx is not None
         plan = self.plan
         nginx_url = self.nginx.url(TINY)
         for level in plan.latency_levels:
             row = LatencyRow(
-                level, plan.latency_requests, {"direct": [], "airlock": [], "nginx": []}
+                level,
+                plan.latency_requests,
+                {"direct": [], "airlock": [], "nginx": [], "bare": []},
             )
             self.world.restart_gateway()
             targets: dict[str, tuple[list[Target], Callable[[], list[int]]]] = {
@@ -188,6 +202,8 @@ class Bench:
                     [nginx_target(nginx_url, self.nginx.ca) for _ in range(level)],
                     self.nginx.pids,
                 ),
+                # The floor: aiohttp's server and client relaying, nothing of airlock's.
+                "bare": ([bare.target(TINY) for _ in range(level)], lambda: [bare.pid]),
             }
             order = list(targets)
             for rep in range(plan.latency_runs):

@@ -84,6 +84,7 @@ def test_the_one_pass_check_writes_what_field_by_field_redaction_writes(
 def test_a_clean_line_skips_the_field_by_field_pass(tmp_path: Path, monkeypatch: Any) -> None:
     """The point of the check: an ordinary git request line is not redacted field by field."""
     calls: list[object] = []
+
     def counting(value: Any, secrets: Any = ()) -> Any:
         calls.append(value)
         return redact_value(value, secrets)

@@ -22,8 +22,10 @@ from airlock.core.redact import redact_value
 
 # A necessary condition for any core.redact pattern to match somewhere in a line: one of
 # these in its lowercased text (substring tests: a case-blind regex alternation took 30 us).
-_MARKERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "airlock_api_")
-_MARKERS += ("authorization", "://")
+_MARKERS = (
+    *("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "airlock_api_"),
+    *("authorization", "://"),
+)
 # A secret JSON writes verbatim (printable ASCII but the quote and backslash) can be looked
 # for in the rendered line; any other is always redacted field by field.
 _VERBATIM = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")

@@ -105,6 +105,11 @@ RUNTIME = frozenset({"fstatfs"})
 #: attempt, waiting for its answer. None grants a privilege or reaches a new kernel interface.
 CHECKS = frozenset({"getgroups", "pipe2", "pselect6", "select", "wait4"})
 
+#: The egress tunnel's kernel relay (gateway/kernel_splice.py): made only once a CONNECT
+#: tunnel is past its TLS checks, so a trace of a gateway that spliced no tunnel lacks it
+#: (and without it every tunnel would quietly stay on the slower protocol path).
+TUNNEL = frozenset({"splice", "pipe2"})
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # strace -f / -ff lines: "[pid 12] name(", "12 name(", "name(", "<... name resumed>".
 _CALL = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(?:\d+\.\d+\s+)?([a-z_][a-z0-9_]*)\(")
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         traced.add("clone")
     dropped = sorted(traced & FORBIDDEN)
     names = (traced - FORBIDDEN) | (set(current) if args.keep_list or not traced else set())
-    names |= RUNTIME | CHECKS
+    names |= RUNTIME | CHECKS | TUNNEL
     LIST_PATH.parent.mkdir(parents=True, exist_ok=True)
     LIST_PATH.write_text(_list_text(names))
     PROFILE_PATH.write_text(render(names))
