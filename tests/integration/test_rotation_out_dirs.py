@@ -34,6 +34,11 @@ def airlock(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _files(d: Path) -> dict[str, bytes]:
+    """The bundle's files (it also holds the empty ca.d/ directory)."""
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+
+
 def test_an_out_bundle_under_a_directory_others_can_write_is_refused(
     rworld: World, tmp_path: Path
 ) -> None:
@@ -43,13 +48,13 @@ def test_an_out_bundle_under_a_directory_others_can_write_is_refused(
     shared = tmp_path / "shared"
     shared.mkdir()
     moved = shutil.copytree(b.dir, shared / "bundle")
-    before = {p.name: p.read_bytes() for p in moved.iterdir() if p.is_file()}
+    before = _files(moved)
     shared.chmod(0o777)  # anyone could rename the bundle away and put a symlink there
     r = airlock(w, "rotate", "bundles", "--out", str(moved))
     assert r.returncode == 2, r.stderr
     assert "writable by group or others" in r.stderr and str(shared) in r.stderr
     assert "Traceback" not in r.stderr
-    assert {p.name: p.read_bytes() for p in moved.iterdir() if p.is_file()} == before  # nothing written
+    assert _files(moved) == before  # nothing written
     # Only root (or the caller) can write above it: the same bundle is rewritten.
     shared.chmod(0o755)
     r = airlock(w, "rotate", "bundles", "--out", str(moved))
