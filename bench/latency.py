@@ -59,6 +59,10 @@ class LatencyRow:
     def p(self, path: str, which: str) -> float:
         return median([getattr(r, which) for r in self.runs.get(path, [])])
 
+    def cpu_ms(self, path: str) -> float:
+        """Median over the runs of ``path``'s proxy CPU per request, in ms."""
+        return median([r.proxy_cpu / max(1, r.requests) * 1000 for r in self.runs.get(path, [])])
+
     def errors(self, path: str) -> int:
         return sum(r.errors for r in self.runs.get(path, []))
 

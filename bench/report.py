@@ -155,9 +155,9 @@ def latency_table(report: Report) -> list[str]:
             ok = not math.isnan(over) and over <= P99_OVERHEAD_MS
             report.verdicts.append(("info/refs p99 overhead at 16 sessions", ok))
         runs = r.runs.get("airlock", [])
-        cpu_ms = median([x.proxy_cpu / max(1, x.requests) * 1000 for x in runs])
+        cpu_ms = r.cpu_ms("airlock")
         bare_runs = r.runs.get("bare", [])
-        bare_cpu = median([x.proxy_cpu / max(1, x.requests) * 1000 for x in bare_runs])
+        bare_cpu = r.cpu_ms("bare")
         cpu_ok: bool | None = None
         cpu_target = "—"
         if r.sessions == 16:
