@@ -48,6 +48,7 @@ from tests.github_cli import GH, ConnectProxy, gh_env
 from tests.world import HOST, TOKEN
 
 from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
+from airlock.testing.ports import free_port
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import TestTLS, make_test_ca_and_server_cert
 from bench.common import (
@@ -58,7 +59,6 @@ from bench.common import (
     child_pythonpath,
     cpu_model,
     die_with_parent,
-    free_port,
     git_commit,
     loadavg,
     log,

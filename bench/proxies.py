@@ -13,8 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from airlock.testing.ports import free_port
 from airlock.testing.tls import make_test_ca_and_server_cert
-from bench.common import die_with_parent, free_port, log, stop_process, tree_pids, wait_port
+from bench.common import die_with_parent, log, stop_process, tree_pids, wait_port
 
 PACKAGES = {"nginx": "nginx", "squid": "squid"}
 

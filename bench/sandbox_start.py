@@ -44,13 +44,14 @@ from typing import Any
 
 import docker
 import docker.errors
-from tests.world import HOST, World, free_port
+from tests.world import HOST, World
 
 from airlock.config import load_config
 from airlock.host import firewall
 from airlock.host.containerspec import RunSpec
 from airlock.host.images import ensure_sandbox_image
 from airlock.host.sandbox import LABEL, LABEL_NAME, SandboxManager
+from airlock.testing.ports import free_port
 from bench.common import (
     REPO_ROOT,
     LoadMonitor,

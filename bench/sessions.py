@@ -42,11 +42,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.world import free_port
-
 from airlock.core.session import Binding, Session, SessionState, hash_proxy_token, new_session_id
 from airlock.gateway.pki import make_csr, new_private_key
 from airlock.host.control_client import ControlClient, ControlError
+from airlock.testing.ports import free_port
 from airlock.testing.tls import make_test_ca_and_server_cert
 from bench.common import (
     REPO_ROOT,

@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from airlock.gateway.pki import key_pem, make_csr, new_private_key
 from airlock.host.bundle import GatewayEndpoint, write_bundle
 from airlock.host.control_client import ControlClient
 from airlock.testing.github_api import GitHubApiDouble
+from airlock.testing.ports import free_port
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
@@ -33,12 +33,6 @@ from airlock.testing.upstream import GitUpstream
 T = TypeVar("T")
 TOKEN = "ghs_" + "T3stUpstreamT0ken" + "x" * 19  # shaped like an App installation token
 HOST = "github.com"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LoopThread:

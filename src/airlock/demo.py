@@ -35,6 +35,7 @@ from airlock.host.images import ImageBuildError, ensure_sandbox_image
 from airlock.host.rotation import bundle_dirs, refresh, rotate_ca, wait_for_overlap_end
 from airlock.host.sandbox import SandboxError, SandboxManager, docker_client
 from airlock.testing.github_api import GitHubApiDouble
+from airlock.testing.ports import free_port
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
@@ -145,12 +146,6 @@ def _host_address() -> str:
     return "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_demo(console: Console, keep: bool = False) -> bool:
     if os.geteuid() != 0:
         raise DemoError("the demo creates networks and firewall rules: run it as root")
@@ -200,7 +195,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             raise DemoError(str(exc)) from None
         console.log(f"gateway: git proxy on {config.gateway.git_listen}, control socket ready")
 
-        decoy_port = _free_port()
+        decoy_port = free_port("0.0.0.0")
         decoy = http.server.ThreadingHTTPServer(("0.0.0.0", decoy_port), _Decoy)
         threading.Thread(target=decoy.serve_forever, daemon=True).start()
         host_ip = _host_address()
@@ -429,7 +424,7 @@ def _config(
         "gateway": {
             "state_dir": str(root / "state"),
             "control_socket": str(root / "run" / "control.sock"),
-            "git_listen": f"127.0.0.1:{_free_port()}",
+            "git_listen": f"127.0.0.1:{free_port()}",
             "audit_log": str(root / "audit.log"),
         },
         "upstream": [

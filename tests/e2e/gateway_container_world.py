@@ -17,9 +17,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from airlock.testing.ports import free_port
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
-from tests.world import World, free_port
+from tests.world import World
 
 
 class ContainerWorld(World):

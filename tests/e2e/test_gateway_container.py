@@ -34,11 +34,12 @@ from airlock.host.gateway_container import LABEL, RUNTIME_ROOT
 from airlock.host.gateway_image import ensure_gateway_image
 from airlock.host.seccomp import gateway_profile_json
 from airlock.testing import escape_attempts
+from airlock.testing.ports import free_port
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
 from tests.e2e.conftest import E2E
-from tests.world import LoopThread, free_port
+from tests.world import LoopThread
 
 pytestmark = E2E
 

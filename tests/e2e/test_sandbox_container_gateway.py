@@ -32,6 +32,7 @@ from airlock.host import firewall
 from airlock.host.gateway_image import ensure_gateway_image
 from airlock.host.sandbox import SandboxManager
 from airlock.host.supervisor import Supervisor
+from airlock.testing.ports import free_port
 from tests.e2e.conftest import (
     E2E,
     GIT_TIMEOUT,
@@ -41,7 +42,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.egress_decoys import DecoyWeb
 from tests.e2e.gateway_container_world import ContainerWorld
-from tests.world import HOST, World, free_port
+from tests.world import HOST, World
 
 pytestmark = E2E
 POOL = "10.216.176.0/20"  # this module's sandbox subnets; no other module uses them

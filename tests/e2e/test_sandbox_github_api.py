@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from airlock.testing.ports import free_port
 from tests.e2e.conftest import E2E, GIT_TIMEOUT, Sandboxes, remove_everything_of, sandbox_config
 from tests.e2e.egress_decoys import DecoyWeb
-from tests.world import HOST, TOKEN, ApiWorld, World, free_port
+from tests.world import HOST, TOKEN, ApiWorld, World
 
 pytestmark = E2E
 POOL = "10.216.144.0/20"  # this module's sandbox subnets (the other e2e modules use other /20s)

@@ -27,7 +27,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -43,6 +42,7 @@ from airlock.config import load_config
 from airlock.host.dockerclient import docker_client
 from airlock.host.gateway_container import LABEL, RUNTIME_ROOT
 from airlock.host.gateway_image import ensure_gateway_image
+from airlock.testing.ports import free_port
 from airlock.testing.systemd_image import AIRLOCK_BIN, CHECKOUT_MOUNT, ensure_systemd_image
 
 pytestmark = [
@@ -94,12 +94,6 @@ class Box:
         return self.shared / "airlock.toml"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config_text(shared: Path, gateway: str, image: str | None) -> str:
     image_line = f'image = "{image}"\n' if image else ""
     return f"""
@@ -107,7 +101,7 @@ def _config_text(shared: Path, gateway: str, image: str | None) -> str:
 mode = "container"
 state_dir = "{shared}/state"
 control_socket = "{shared}/run/gateway/control.sock"
-git_listen = "127.0.0.1:{_free_port()}"
+git_listen = "127.0.0.1:{free_port()}"
 control_uids = [0]
 audit_log = "{shared}/log/audit.jsonl"
 integrity_manifest = "{shared}/host/integrity.json"

@@ -26,8 +26,9 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from airlock.testing.ports import free_port
 from airlock.testing.repos import git_env
-from tests.world import HOST, TOKEN, ApiWorld, free_port
+from tests.world import HOST, TOKEN, ApiWorld
 
 LISTEN = "127.0.0.88"  # the "sandbox network's" gateway address (test_api_relay uses .80)
 PROXY_PORT = free_port()

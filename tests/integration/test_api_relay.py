@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from airlock.host.bundle import GatewayEndpoint, write_api_trust, write_bundle
+from airlock.testing.ports import free_port
 from tests.github_cli import GH, clone_and_push, gh_env, run
-from tests.world import HOST, TOKEN, ApiWorld, Bundle, free_port
+from tests.world import HOST, TOKEN, ApiWorld, Bundle
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
 

@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from airlock.testing.github_api import GitHubApiDouble
+from airlock.testing.ports import free_port
 from airlock.testing.upstream import GitUpstream
 from tests.github_cli import GH, bound_sandbox_env, clone_and_push, run
-from tests.world import HOST, World, free_port
+from tests.world import HOST, World
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
 

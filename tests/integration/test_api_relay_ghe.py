@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from airlock.testing.ports import free_port
 from tests.github_cli import GH, bound_sandbox_env, clone_and_push, run
-from tests.world import ApiWorld, free_port
+from tests.world import ApiWorld
 
 pytestmark = pytest.mark.skipif(not Path(GH).exists(), reason="needs Debian's gh at /usr/bin/gh")
 

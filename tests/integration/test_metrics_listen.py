@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.world import HOST, World, free_port
+from airlock.testing.ports import free_port
+from tests.world import HOST, World
 
 
 class MetricsWorld(World):

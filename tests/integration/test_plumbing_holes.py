@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from airlock.gateway.pki import make_csr, new_private_key
+from airlock.testing.ports import free_port
 from airlock.testing.repos import add_large_commit
 from tests.integration.test_abuse_controls import _metric, _proxy_status
 from tests.rawhttp import client_context, get, send_raw
-from tests.world import HOST, TOKEN, World, free_port, run_gateway_cli
+from tests.world import HOST, TOKEN, World, run_gateway_cli
 
 
 @pytest.fixture(scope="module")

@@ -335,8 +335,9 @@ def test_revoke_all_ends_every_session_at_once(world: World, tmp_path: Path) -> 
 def test_rotate_ca_rotates_the_api_interception_ca(tmp_path: Path) -> None:
     import dataclasses
 
+    from airlock.testing.ports import free_port
     from tests.integration.test_api_relay import LISTEN, LOOP, OWNER, PROXY_PORT, make_sandbox
-    from tests.world import ApiWorld, free_port
+    from tests.world import ApiWorld
 
     (tmp_path / "w").mkdir()
     w = ApiWorld(

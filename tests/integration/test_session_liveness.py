@@ -36,13 +36,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from airlock.gateway.pki import CertificateAuthority, key_pem, make_csr, new_private_key
 from airlock.host.bundle import GatewayEndpoint, write_bundle
+from airlock.testing.ports import free_port
 from airlock.testing.repos import git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from tests.integration.test_abuse_controls import _metric
 from tests.integration.test_egress_proxy import Decoy
 from tests.integration.test_plumbing_holes import _minimal_config
 from tests.rawhttp import client_context, get, send_raw
-from tests.world import HOST, Bundle, World, free_port, run_gateway_cli
+from tests.world import HOST, Bundle, World, run_gateway_cli
 
 LOOP = "127.0.0.1"
 LISTEN = "127.0.0.90"  # the "sandbox network's" gateway address
