@@ -1,4 +1,5 @@
-"""1 GiB through a CONNECT tunnel: direct, through airlock's EgressProxy, through squid.
+"""1 GiB through a CONNECT tunnel: direct, through airlock's EgressProxy, through squid, and
+through the floor relay (bench/splice_floor.py: splice(2) and nothing else).
 
 The client (this process, blocking sockets) opens a TLS connection to the sink's name, either
 straight to it or inside a CONNECT tunnel, and moves the bytes in 1 MiB reads/writes. The
@@ -55,8 +56,10 @@ class EgressBench:
         self.sink: subprocess.Popen[bytes] | None = None
         self.proxy: subprocess.Popen[bytes] | None = None
         self.squid: Squid | None = None
+        self.floor: subprocess.Popen[bytes] | None = None
         self.sink_port = 0
         self.proxy_port = 0
+        self.floor_port = 0
 
     def _spawn(self, module: str, ready: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
         ready.unlink(missing_ok=True)
@@ -86,6 +89,12 @@ class EgressBench:
         self.start_proxy()
         self.squid = Squid(self.root / "squid", SINK_NAME)
         self.squid.start()
+        self.floor, self.floor_port = self._spawn(
+            "bench.splice_floor",
+            self.root / "floor.ready",
+            "--sink-port",
+            str(self.sink_port),
+        )
 
     def start_proxy(self) -> None:
         """A fresh airlock egress process (its VmHWM starts over)."""
@@ -106,6 +115,7 @@ class EgressBench:
     def stop(self) -> None:
         if self.squid is not None:
             self.squid.stop()
+        stop_process(self.floor)
         stop_process(self.proxy)
         stop_process(self.sink)
 
@@ -118,6 +128,8 @@ class EgressBench:
             port = self.proxy_port
             cred = base64.b64encode(f"airlock:{self.token}".encode()).decode()
             auth = f"Proxy-Authorization: Basic {cred}\r\n"
+        elif path == "floor":
+            port, auth = self.floor_port, ""
         else:
             assert self.squid is not None
             port, auth = self.squid.port, ""
@@ -168,10 +180,12 @@ class EgressBench:
             return [self.proxy.pid]
         if path == "squid" and self.squid is not None:
             return self.squid.pids()
+        if path == "floor" and self.floor is not None:
+            return [self.floor.pid]
         return []
 
     def row(self, direction: str, nbytes: int, runs: int) -> EgressRow:
-        paths = ["direct", "airlock", "squid"]
+        paths = ["direct", "airlock", "squid", "floor"]
         row = EgressRow(direction, nbytes, runs, {p: Samples() for p in paths})
         self.start_proxy()
         for rep in range(runs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bench.common import MiB, median
+from bench.common import MiB, Samples, median
 from bench.egress import EgressRow
 from bench.gitbench import GitRow
 from bench.latency import LatencyRow
@@ -205,14 +205,18 @@ def egress_table(report: Report) -> list[str]:
         "airlock xdirect",
         "squid MiB/s",
         "airlock xsquid",
+        "floor relay MiB/s",
+        "floor xdirect",
         "target",
         "result",
         "airlock CPU s/GiB",
         "squid CPU s/GiB",
+        "floor CPU s/GiB",
         "peak RSS MB airlock / squid",
     ]
     rows = []
     for r in report.egress:
+        floor = r.samples.get("floor", Samples())
         d, a, s = (r.samples[k].median for k in ("direct", "airlock", "squid"))
         ras, rad = _ratio(a, s), _ratio(a, d)
         ok = not math.isnan(ras) and ras >= SQUID_RATIO and rad >= SQUID_RATIO  # nan fails
@@ -229,10 +233,13 @@ def egress_table(report: Report) -> list[str]:
                 _num(_ratio(a, d)),
                 _num(s, 0),
                 _num(ras),
+                _num(floor.median, 0),
+                _num(_ratio(floor.median, d)),
                 f"≥ {SQUID_RATIO}x squid and direct",
                 _verdict(ok),
                 _num(r.samples["airlock"].cpu_median / gib),
                 _num(r.samples["squid"].cpu_median / gib),
+                _num(floor.cpu_median / gib),
                 f"{r.proxy_peak_mb.get('airlock', 0):.0f} / {r.proxy_peak_mb.get('squid', 0):.0f}",
             ]
         )
