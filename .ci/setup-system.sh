@@ -12,7 +12,7 @@ set -euo pipefail
 
 LOG=/var/log/airlock-dockerd.log
 SOCK=/var/run/docker.sock
-PACKAGES=(docker.io nftables debootstrap iproute2 git curl busybox-static gh)
+PACKAGES=(docker.io nftables debootstrap iproute2 git curl busybox-static gh redis-server)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup-system.sh: must run as root" >&2

@@ -325,7 +325,9 @@ class GitProxy:
         if upstream is None:  # parse_git_request already refused unknown hosts
             return self._refuse(out, "unknown_upstream", not_found(rid))
         # Count the request before the first await so concurrent requests cannot overshoot.
-        self.store.put(lifecycle.begin_request(s), durable=False)
+        if not self.store.begin_request(s):
+            # Another gateway on the shared store counted the last request the cap allows.
+            return self._refuse(out, Refusal.REQUEST_CAP, _text(429, "session not usable", rid))
         admitted_at = self.clock()
         success = False
         try:

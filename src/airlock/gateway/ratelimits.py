@@ -4,8 +4,7 @@ Storage is in memory by default, and then every check is synchronous: counters m
 event loop (gateway/limitstore.py, `limits`' arithmetic without its locks, timer thread and
 key building), no await, so nothing can run between a check and the request it admits.
 ``limits.storage_uri = "async+redis://host:6379"`` shares the counters between several
-gateway replicas through `limits`' asyncio strategies (the redis driver must be installed);
-those checks are awaited.
+gateway replicas through `limits`' asyncio strategies on redis-py; those checks are awaited.
 
 The order of the checks is written once, as a generator of :class:`_Ask` steps that a
 synchronous or an asynchronous driver answers (:meth:`RateLimits.admit_now`,
@@ -78,7 +77,10 @@ class RateLimits:
         if self.synchronous:
             self._memory = MemoryCounters(clock=clock)
         else:
-            storage = storage_from_string(storage_uri)
+            # redis-py, the driver the shared session store uses too (limits' default for
+            # async+redis is coredis, which the lock file does not carry).
+            options = {"implementation": "redispy"} if storage_uri.startswith("async+redis") else {}
+            storage = storage_from_string(storage_uri, **options)
             self._limiters = {
                 "requests": aio_strategies.SlidingWindowCounterRateLimiter(storage),
                 "bytes": aio_strategies.FixedWindowRateLimiter(storage),
