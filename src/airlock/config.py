@@ -133,6 +133,10 @@ class GatewayConfig(_Strict):
     audit_log: Path | None = None  # JSON lines; stdout when unset
     dns_port: int = Field(default=53, gt=0, lt=65536)  # on each sandbox network's gateway address
     metrics_listen: str | None = None  # e.g. 127.0.0.1:9109; loopback only
+    # Sessions shared by several gateways (gateway/shared_store.py, docs/shared-store.md):
+    # redis://HOST:PORT/DB. Unset: SQLite in state_dir, this gateway's own.
+    store_url: str | None = Field(default=None, pattern=r"^rediss?://[^\s]+$")
+    store_prefix: str = Field(default="airlock", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Started as root, the gateway re-executes itself as this user, keeping only
     # CAP_NET_BIND_SERVICE (gateway/privileges.py). Unset: it runs as whoever starts it.
     user: str | None = Field(default=None, min_length=1, max_length=32)

@@ -58,7 +58,8 @@ from airlock.gateway.audit import AuditLog
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pki import CertificateAuthority, GatewayIdentity, cert_fingerprint
 from airlock.gateway.rotation import CARotation, RotationError
-from airlock.gateway.store import SessionStore
+from airlock.gateway.shared_store import StoreUnavailable
+from airlock.gateway.store import Store
 from airlock.gateway.unixsock import peer_uid
 
 # Per-session API tokens: not shaped like any GitHub token, so no one mistakes one for a
@@ -66,6 +67,10 @@ from airlock.gateway.unixsock import peer_uid
 API_TOKEN_PREFIX = "airlock_api_"  # noqa: S105 (a prefix, not a secret)
 
 MAX_CONTROL_BODY = 64 * 1024
+# What the control API answers while the shared session store is unreachable: health and
+# metrics (they report the outage); every session operation is refused, not half-done.
+_WITHOUT_STORE = frozenset({"/v1/health", "/v1/metrics"})
+_STORE_DOWN = "the session store is unreachable; nothing was changed, retry when it is back"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -133,7 +138,7 @@ class ControlAPI:
     def __init__(
         self,
         config: Config,
-        store: SessionStore,
+        store: Store,
         identity: GatewayIdentity,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
@@ -188,8 +193,13 @@ class ControlAPI:
             return _error(403, f"uid {uid} may not use the control socket")
         if not self._control_limiter.hit(self._control_limit, "control"):
             return _error(429, "too many control requests; retry shortly")
+        if not self.store.available and request.path not in _WITHOUT_STORE:
+            return _error(503, _STORE_DOWN)
         try:
             return await handler(request)
+        except StoreUnavailable as exc:
+            # Not acknowledged, so not done (the store took nothing): the caller may retry.
+            return _error(503, f"{exc}; nothing was changed, retry when it is back")
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason)
@@ -275,9 +285,10 @@ class ControlAPI:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if self.store.available else "store_unavailable",
                 "sessions": len(self.store),
                 "gateway_id": self.gateway_id,
+                "store": "shared" if self.config.gateway.store_url else "local",
             }
         )
 

@@ -282,6 +282,7 @@ class EgressProxy:
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
         self._conns: dict[asyncio.Task[Any], str] = {}  # handler task -> local address
         self._open: dict[str, int] = {}  # session id -> open tunnels / in-flight requests
+        self._splices: dict[str, set[Splice]] = {}  # session id -> its tunnels moving bytes
         self._allow_cache: dict[tuple[str, ...], AllowList] = {}
         self._denials = DenialCounter(policy.summary_interval, clock())
         self._refusal_lines = QueryRateLimiter(policy.refusal_log_rate, policy.refusal_log_burst)
@@ -320,6 +321,15 @@ class EgressProxy:
 
     def open_tunnels(self, session_id: str) -> int:
         return self._open.get(session_id, 0)
+
+    def end_sessions(self, session_id: str | None) -> None:
+        """End the tunnels of a session just revoked (None: of every session, the store
+        can vouch for none) now, not at their next recheck; on any gateway, the store's
+        listener calls this the moment it hears."""
+        ids = list(self._splices) if session_id is None else [session_id]
+        for sid in ids:
+            for splice in list(self._splices.get(sid, ())):
+                splice.stop("session_ended")
 
     async def stop_listener(self, address: str) -> bool:
         """Stop listening on ``address`` and end the connections that arrived on it."""
@@ -725,6 +735,8 @@ class EgressProxy:
             rec.decision = "allowed"
             # Often enough that a busy tunnel is seen as use before its session idles out.
             recheck = min(self.policy.session_recheck_interval, session.idle_timeout / 2)
+            live = self._splices.setdefault(session.id, set())
+            live.add(splice)
             try:
                 await splice.attach_client(reader, hello)
                 rec.end = await self._relay(
@@ -737,6 +749,9 @@ class EgressProxy:
                 if splice.stopped_detail:
                     rec.detail = splice.stopped_detail
             finally:
+                live.discard(splice)
+                if not live:
+                    self._splices.pop(session.id, None)
                 splice.close_upstream()
                 splice.settle()  # the last bytes count too
                 rec.bytes_up, rec.bytes_down = splice.bytes_up, splice.bytes_down

@@ -47,7 +47,8 @@ from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.pushgate import BodyReader, HeldPush, drain, prove, read_commands
 from airlock.gateway.ratelimits import RateLimits
-from airlock.gateway.store import SessionStore
+from airlock.gateway.shared_store import StoreUnavailable
+from airlock.gateway.store import Store
 from airlock.gateway.tlslistener import ConnectionGuard
 from airlock.gateway.upstreampool import upstream_session
 
@@ -101,7 +102,7 @@ class GitProxy:
     def __init__(
         self,
         config: Config,
-        store: SessionStore,
+        store: Store,
         tokens: Mapping[str, UpstreamCredential],
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
@@ -217,6 +218,17 @@ class GitProxy:
         out.record.reason = reason
         return response
 
+    def _store_unavailable(self, out: _Outcome) -> web.Response:
+        """Fail closed: without the shared store no session can be checked, so none is."""
+        if self.metrics is not None:
+            self.metrics.inc(
+                "airlock_store_unavailable_refusals_total",
+                help="requests refused because the session store was unreachable",
+                kind="git",
+            )
+        message = "session store unreachable; retry shortly"
+        return self._refuse(out, "store_unavailable", _text(503, message, out.request_id))
+
     def _usable_session(
         self, request: web.BaseRequest, out: _Outcome, session_id: str, der: bytes | None
     ) -> lifecycle.Session | web.Response:
@@ -224,6 +236,8 @@ class GitProxy:
         between this check and the request count that follows it. ``der`` is the client
         certificate, None when gitauth.identify accepted HTTP Basic."""
         rid = out.request_id
+        if not self.store.available:
+            return self._store_unavailable(out)
         s = self.store.get(session_id)
         if s is None:
             return self._refuse(out, Refusal.UNKNOWN_SESSION, _text(403, "session invalid", rid))
@@ -325,8 +339,16 @@ class GitProxy:
         if upstream is None:  # parse_git_request already refused unknown hosts
             return self._refuse(out, "unknown_upstream", not_found(rid))
         # Count the request before the first await so concurrent requests cannot overshoot.
-        if not self.store.begin_request(s):
-            # Another gateway on the shared store counted the last request the cap allows.
+        try:
+            counted = self.store.begin_request(s)
+        except StoreUnavailable:
+            return self._store_unavailable(out)
+        if not counted:
+            # The shared store said no: another gateway revoked the session a moment ago
+            # (this copy is the store's now), or counted the last request the cap allows.
+            current = self.store.get(s.id)
+            if current is None or current.state is lifecycle.SessionState.REVOKED:
+                return self._refuse(out, Refusal.REVOKED, _text(403, "session revoked", rid))
             return self._refuse(out, Refusal.REQUEST_CAP, _text(429, "session not usable", rid))
         admitted_at = self.clock()
         success = False

@@ -46,7 +46,8 @@ from airlock.gateway.resolver import (
     nameservers_from_resolv_conf,
 )
 from airlock.gateway.rotation import CARotation, RotationError, recover
-from airlock.gateway.store import SessionStore
+from airlock.gateway.shared_store import RedisSessionStore, StoreUnavailable
+from airlock.gateway.store import SessionStore, Store
 from airlock.gateway.tlslistener import ConnectionGuard, ConnectionLimits, TLSListener
 from airlock.gateway.unixsock import ControlSocket, SocketPathError
 
@@ -241,8 +242,18 @@ class Gateway:
         except (RotationError, OSError) as exc:
             raise StartupError(f"CA rotation: {exc}") from None
         self.identity = load_or_create_identity(gw.state_dir, names, ips, dt.datetime.now(dt.UTC))
-        self.store = SessionStore(gw.state_dir / "sessions.sqlite3")
         self.audit = AuditLog(gw.audit_log, self._secrets)
+        self.store: Store
+        if gw.store_url is None:
+            self.store = SessionStore(gw.state_dir / "sessions.sqlite3")
+        else:
+            try:
+                self.store = RedisSessionStore(
+                    gw.store_url, prefix=gw.store_prefix, on_event=self.audit.event
+                )
+            except StoreUnavailable as exc:
+                self.audit.close()
+                raise StartupError(f"{exc}: is Redis running there?") from None
         lim = config.limits
         self.metrics = Metrics()
         self.guard = ConnectionGuard(
@@ -330,6 +341,7 @@ class Gateway:
             threshold=lim.auth_failure_threshold, maximum=lim.auth_backoff_max
         )
         self.egress = self._make_egress()
+        self.store.on_end(self.egress.end_sessions)
         self.listeners = Listeners(self)
         self._register_gauges()
         self.control.listeners = self.listeners
@@ -434,6 +446,11 @@ class Gateway:
             return counts
 
         self.metrics.gauge("airlock_sessions", sessions, "Sessions by state")
+        self.metrics.gauge(
+            "airlock_store_available",
+            lambda: {(): 1.0 if self.store.available else 0.0},
+            "1 while the session store answers (the shared store: Redis); 0: all refused",
+        )
         self.metrics.gauge(
             "airlock_open_connections",
             lambda: {(("listener", "git"),): float(self.guard.open_connections())},
@@ -568,6 +585,7 @@ class Gateway:
         # running gets its timer back.
         self._schedule_overlap_end()
         self._sweeper = asyncio.create_task(self._sweep_credentials())
+        await self.store.run()
         self.audit.event(
             "gateway_started",
             git_listen=gw.git_listen,

@@ -11,7 +11,7 @@ indexes change on ``set`` and ``pop``; a ``set`` that changes none of the indexe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from airlock.core.session import Session, SessionState
 
@@ -31,6 +31,14 @@ class SessionIndex:
         # Ordered sets (dicts of None): the ids under each key, in the order they came.
         self._by_token: dict[str, dict[str, None]] = {}
         self._live_at: dict[str, dict[str, None]] = {}
+        # Told of each session that turns revoked here, whoever revoked it (this gateway, or
+        # another one through the shared store), and None when the store can vouch for no
+        # session at all: the egress proxy ends those tunnels at once.
+        self.on_end: list[Callable[[str | None], None]] = []
+
+    def ended(self, session_id: str | None) -> None:
+        for fn in self.on_end:
+            fn(session_id)
 
     def _index(self, sid: str, keys: _Keys) -> None:
         token, address = keys
@@ -72,6 +80,8 @@ class SessionIndex:
                 self._unindex(s.id, old_keys)
                 self._index(s.id, keys)
         self._by_id[s.id] = s
+        if s.state is SessionState.REVOKED and (old is None or old.state is not s.state):
+            self.ended(s.id)
 
     def pop(self, session_id: str) -> Session | None:
         old = self._by_id.pop(session_id, None)

@@ -152,6 +152,10 @@ class RedisSessionStore:
 
     # --- reads: memory only ----------------------------------------------------------------
 
+    def on_end(self, fn: Callable[[str | None], None]) -> None:
+        """Call ``fn`` with each session that turns revoked (None: every session)."""
+        self._cache.on_end.append(fn)
+
     def get(self, session_id: str) -> Session | None:
         return self._cache.get(session_id) if self.available else None
 
@@ -342,6 +346,7 @@ class RedisSessionStore:
             self.unavailable_since = time.monotonic()
             self.outages += 1
             self._on_event("store_unavailable", store=self.url)
+            self._cache.ended(None)  # no session can be vouched for: open tunnels end
 
     def _recovered(self) -> None:
         """Redis answers again and the listener is subscribed: catch up, then serve."""

@@ -16,14 +16,34 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from airlock.core import session as lifecycle
 from airlock.core.session import Session
 from airlock.gateway.session_index import SessionIndex
 
 FLUSH_DELAY = 0.5  # seconds
+
+
+class Store(Protocol):
+    """What the gateway asks of its sessions' store: this module's, or the shared one."""
+
+    @property
+    def available(self) -> bool: ...
+    def get(self, session_id: str) -> Session | None: ...
+    def on_end(self, fn: Callable[[str | None], None]) -> None: ...
+    def by_proxy_token(self, digest: str) -> list[Session]: ...
+    def live_bound_to(self, address: str) -> bool: ...
+    def begin_request(self, s: Session) -> bool: ...
+    def put(self, s: Session, *, durable: bool = True) -> None: ...
+    def flush(self) -> None: ...
+    def delete(self, session_id: str) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Session]: ...
+    async def run(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class SessionStore:
@@ -40,6 +60,10 @@ class SessionStore:
         self._flush_pending = False
         for _sid, body in self._db.execute("SELECT id, body FROM sessions"):
             self._cache.set(Session.from_json(json.loads(body)))
+
+    def on_end(self, fn: Callable[[str | None], None]) -> None:
+        """Call ``fn`` with each session that turns revoked (None: every session)."""
+        self._cache.on_end.append(fn)
 
     def get(self, session_id: str) -> Session | None:
         return self._cache.get(session_id)

@@ -59,7 +59,7 @@ from airlock.gateway.api.upstream import UpstreamApi, UpstreamApiError
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.intercept_ca import InterceptAuthority
 from airlock.gateway.ratelimits import RateLimits
-from airlock.gateway.store import SessionStore
+from airlock.gateway.store import Store
 
 __all__ = ["ApiRelay", "ApiTunnel", "RelayLimits"]
 
@@ -226,7 +226,7 @@ class ApiRelay:
         self,
         upstreams: list[UpstreamConfig],
         credentials: dict[str, UpstreamCredential],
-        store: SessionStore,
+        store: Store,
         authority: InterceptAuthority,
         log: Callable[..., None],
         limits: RelayLimits,

@@ -1,0 +1,313 @@
+"""Three gateway processes on one shared store (a real redis-server): what issue 16 must show.
+
+Each gateway is a World of its own (its own upstream, state directory and control socket);
+they share their sessions through Redis and one CA (the replicas of one deployment: the
+second and third copy the first one's keys, as an operator copies them to a new host). A
+sandbox's bundle works at any of them. Requests are git's first request (``info/refs``) on
+kept-alive TLS connections with the session's client certificate.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import ssl
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airlock.testing.ports import free_port
+from airlock.testing.redis_server import RedisServer
+from airlock.testing.tls import make_test_ca_and_server_cert
+from tests.integration.test_egress_proxy import Decoy
+
+# LISTEN: every replica's "sandbox network" address (where Tunnel connects).
+from tests.integration.test_session_liveness import DECOY, LISTEN, LOOP, Liveness, Tunnel
+from tests.world import Bundle, LoopThread, World, run_gateway_cli
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed (./dev setup installs it)",
+)
+
+CAP = 500  # [sessions] max_requests on every replica (the load test stays below it)
+PATH = "/git/github.com/acme/tiny/info/refs?service=git-upload-pack"
+SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
+
+
+class Replica(World):
+    def __init__(self, root: Path, store_url: str, keys_from: Path | None, decoy_port: int) -> None:
+        root.mkdir()
+        self.proxy_port = free_port()
+        super().__init__(
+            root,
+            gateway_extra=f'store_url = "{store_url}"\ndns_port = {free_port()}\n',
+            # The egress recheck stays at its default (5 s): a revoked session's tunnels
+            # must end at once because the store says so, not because a recheck came.
+            config_extra=f"""
+[sessions]
+max_requests = {CAP}
+[egress]
+connect_ports = [{decoy_port}]
+[[egress.static]]
+name = "{DECOY}"
+addresses = ["{LOOP}"]
+allow_private = true
+[sandbox]
+proxy_port = {self.proxy_port}
+""",
+        )
+        if keys_from is not None:
+            self.state_dir.mkdir(mode=0o700)
+            for name in SHARED_KEYS:
+                src = keys_from / name
+                if src.is_dir():
+                    shutil.copytree(src, self.state_dir / name)
+                else:
+                    shutil.copy2(src, self.state_dir / name)
+
+
+@dataclass
+class Fleet:
+    redis: RedisServer
+    decoy_ca: Path
+    decoy: Decoy | None = None
+    gateways: list[Replica] = field(default_factory=list)
+
+    def liveness(self, g: Replica) -> Liveness:
+        """What test_session_liveness.Tunnel needs to open a tunnel through ``g``."""
+        assert self.decoy is not None
+        return Liveness(g, self.decoy, self.decoy, g.proxy_port, self.decoy_ca)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("replicas")
+    tls = make_test_ca_and_server_cert(root / "decoy-tls", [DECOY], [LOOP])
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.server_cert, tls.server_key)
+    f = Fleet(RedisServer(root / "redis"), tls.ca_cert)
+    loop = LoopThread()
+    f.decoy = loop.run(Decoy(LOOP, "decoy", server).start())
+    f.redis.start()
+    try:
+        for i in range(3):
+            keys = f.gateways[0].state_dir if f.gateways else None
+            g = Replica(root / f"gw{i}", f.redis.url, keys, f.decoy.port)
+            g.make_repo("acme", "tiny")
+            g.start()
+            g.control.add_listener(LISTEN)
+            f.gateways.append(g)
+        yield f
+    finally:
+        loop.run(f.decoy.stop())
+        loop.close()
+        for g in f.gateways:
+            g.stop()
+        f.redis.kill()
+
+
+class Client:
+    """One kept-alive TLS connection to one gateway, as the session's git would hold."""
+
+    def __init__(self, gateway: World, bundle: Bundle) -> None:
+        ctx = ssl.create_default_context(cafile=str(bundle.dir / "ca.pem"))
+        ctx.load_cert_chain(bundle.dir / "client.pem", bundle.dir / "client.key")
+        self.conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=ctx, timeout=10)
+
+    def get(self) -> int:
+        self.conn.request("GET", PATH, headers={"Git-Protocol": "version=2"})
+        r = self.conn.getresponse()
+        r.read()
+        return r.status
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_a_session_is_served_by_every_gateway_and_listed_by_each(fleet: Fleet) -> None:
+    a, b, c = fleet.gateways
+    bundle = a.session("github.com/acme/tiny:read")
+    for g in (a, b, c):
+        cl = Client(g, bundle)
+        assert cl.get() == 200
+        cl.close()
+        assert bundle.session_id in {s["id"] for s in g.control.list_sessions()}
+
+
+def test_300_sessions_each_revoked_through_another_gateway_are_refused_at_once(
+    fleet: Fleet,
+) -> None:
+    gws = fleet.gateways
+    delays: list[float] = []
+    for i in range(300):
+        serving, revoking = gws[i % 3], gws[(i + 1) % 3]
+        bundle = serving.session("github.com/acme/tiny:read")
+        cl = Client(serving, bundle)
+        try:
+            assert cl.get() == 200
+            revoking.control.revoke(bundle.session_id)  # returned: acknowledged
+            t0 = time.monotonic()
+            # The same kept-alive connection, at once and again until refused.
+            while (status := cl.get()) == 200:
+                assert time.monotonic() - t0 < 2.0, f"session {i} still served after 2 s"
+            delays.append(time.monotonic() - t0)
+            assert status == 403
+        finally:
+            cl.close()
+    delays.sort()
+    p50, worst = statistics.median(delays), delays[-1]
+    print(
+        f"\nrevocation delay over 300 sessions: p50 {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms"
+    )
+    assert worst < 1.0
+
+
+def test_a_session_budget_is_counted_once_across_gateways(fleet: Fleet) -> None:
+    gws = fleet.gateways
+    bundle = gws[0].session("github.com/acme/tiny:read")
+    clients = [Client(g, bundle) for g in gws]
+    try:
+        statuses = [clients[i % 3].get() for i in range(CAP + 15)]
+    finally:
+        for cl in clients:
+            cl.close()
+    assert statuses.count(200) == CAP
+    assert statuses[:CAP] == [200] * CAP and set(statuses[CAP:]) == {429}
+
+
+def test_the_store_stopped_mid_load_serves_nothing_and_recovers(fleet: Fleet) -> None:
+    gws = fleet.gateways
+    bundle = gws[0].session("github.com/acme/tiny:read")
+    log: list[tuple[float, int, int]] = []  # (sent at, gateway, status)
+    stop = threading.Event()
+
+    def load(i: int) -> None:
+        cl = Client(gws[i], bundle)
+        try:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = cl.get()
+                except (OSError, http.client.HTTPException):
+                    cl.close()
+                    cl = Client(gws[i], bundle)
+                    status = -1
+                log.append((sent, i, status))
+                time.sleep(0.05)
+        finally:
+            cl.close()
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        fleet.redis.stop()
+        stopped = time.monotonic()
+        time.sleep(2.0)
+        fleet.redis.start()
+        back = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    served_while_down = [e for e in log if stopped <= e[0] < back and e[2] == 200]
+    assert served_while_down == []
+    refused = {e[2] for e in log if stopped + 1.0 <= e[0] < back}
+    assert refused == {503}, refused
+    recovery = []
+    for i in range(3):
+        first = min(e[0] for e in log if e[1] == i and e[0] >= back and e[2] == 200)
+        recovery.append(first - back)
+    print(f"\nrecovery after Redis answered again: {[round(r * 1000) for r in recovery]} ms")
+    assert max(recovery) < 3.0
+    # What the gateways said: an audit line, and the health check while it lasted.
+    assert any(e.get("event") == "store_unavailable" for e in gws[1].audit())
+    assert any(e.get("event") == "store_available" for e in gws[1].audit())
+
+
+def _sandbox(f: Fleet, g: Replica, source: str) -> dict[str, Any]:
+    """A session bound to ``source`` behind LISTEN, created through ``g``."""
+    issued, _ = g.issue(allow_hosts=[DECOY], require_activation=True)
+    g.control.activate(
+        issued["session"]["id"],
+        container_id=os.urandom(32).hex(),
+        network="test",
+        address=source,
+        gateway_address=LISTEN,
+    )
+    return issued
+
+
+def test_a_tunnel_ends_within_a_second_of_a_revocation_through_another_gateway(
+    fleet: Fleet,
+) -> None:
+    a, b, _ = fleet.gateways
+    took = []
+    for n in range(5):
+        issued = _sandbox(fleet, a, f"127.0.0.{120 + n}")
+        t = Tunnel(fleet.liveness(a), issued["proxy_token"], f"127.0.0.{120 + n}", "/hold")
+        try:
+            b.control.revoke(issued["session"]["id"])
+            took.append(t.closed_within(1.0))
+        finally:
+            t.close()
+    print(f"\ntunnel ended after a revocation elsewhere: max {max(took) * 1e3:.0f} ms")
+
+
+def test_tunnels_end_at_once_when_the_store_is_unreachable(fleet: Fleet) -> None:
+    a = fleet.gateways[0]
+    issued = _sandbox(fleet, a, "127.0.0.130")
+    t = Tunnel(fleet.liveness(a), issued["proxy_token"], "127.0.0.130", "/hold")
+    try:
+        fleet.redis.stop()
+        t.closed_within(1.5)  # the listener's ping fails within 0.75 s
+    finally:
+        t.close()
+        fleet.redis.start()
+    deadline = time.monotonic() + 5
+    while a.control.health()["status"] != "ok":
+        assert time.monotonic() < deadline, "the gateway did not recover"
+        time.sleep(0.05)
+
+
+def test_no_acknowledged_revocation_is_lost_across_a_store_crash(fleet: Fleet) -> None:
+    gws = fleet.gateways
+    bundles = [gws[i % 3].session("github.com/acme/tiny:read") for i in range(10)]
+    for i, b in enumerate(bundles):
+        gws[(i + 1) % 3].control.revoke(b.session_id)
+    fleet.redis.kill()  # SIGKILL right after the last acknowledgement
+    fleet.redis.start()
+    deadline = time.monotonic() + 5
+    for i, b in enumerate(bundles):
+        cl = Client(gws[(i + 2) % 3], b)
+        try:
+            while (status := cl.get()) == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status == 403, (i, status)
+        finally:
+            cl.close()
+
+
+def test_an_unreachable_store_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    w = World(tmp_path, gateway_extra='store_url = "redis://127.0.0.1:9/0"\n')
+    try:
+        w.loop.run(w.upstream.start())
+        w.write_config()
+        r = run_gateway_cli(w.config)
+    finally:
+        w.loop.run(w.upstream.stop())
+        w.loop.close()
+    assert r.returncode != 0
+    assert "session store (redis://127.0.0.1:9/0) is unreachable" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not w.socket.exists()
