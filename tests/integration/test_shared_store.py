@@ -126,6 +126,23 @@ async def test_a_stale_copy_writing_usage_never_undoes_a_revocation(server: Redi
         assert got.revoked_reason == "operator" and got.requests == 1 and got.bytes == 7
 
 
+async def test_a_stale_activation_never_revives_a_revoked_session(server: RedisServer) -> None:
+    """b revokes a pending session; a, not yet told, activates its copy: still revoked."""
+    async with _stores(server.url, 2) as (a, b):
+        s = _session(state=lc.SessionState.PENDING)
+        a.put(s)
+        await _until(lambda: _known(b, s.id))
+        stale = a.get(s.id)
+        assert stale is not None
+        b.put(lc.revoke(b.get(s.id) or s, "operator"))
+        a.put(lc.activate(stale, lc.Binding("c" * 64, "net", "10.1.0.2")))
+        await _until(lambda: _revoked(a, s.id) and _revoked(b, s.id))
+        fresh = RedisSessionStore(server.url)
+        got = fresh.get(s.id)
+        fresh.close()
+        assert got is not None and got.state is lc.SessionState.REVOKED
+
+
 async def test_requests_are_counted_once_across_stores_to_exactly_the_cap(
     server: RedisServer,
 ) -> None:
