@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -137,6 +138,11 @@ class GatewayConfig(_Strict):
     # redis://HOST:PORT/DB. Unset: SQLite in state_dir, this gateway's own.
     store_url: str | None = Field(default=None, pattern=r"^rediss?://[^\s]+$")
     store_prefix: str = Field(default="airlock", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # The name this gateway's sessions are listed under ("served by"): the machine's
+    # hostname unless set (two gateways on one machine: set it).
+    host_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=64, pattern=r"^[^\s/]+$"
+    )
     # Started as root, the gateway re-executes itself as this user, keeping only
     # CAP_NET_BIND_SERVICE (gateway/privileges.py). Unset: it runs as whoever starts it.
     user: str | None = Field(default=None, min_length=1, max_length=32)

@@ -14,6 +14,8 @@ import os
 import shutil
 import ssl
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,12 +45,17 @@ SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
 
 
 class Replica(World):
-    def __init__(self, root: Path, store_url: str, keys_from: Path | None, decoy_port: int) -> None:
+    def __init__(
+        self, root: Path, name: str, store_url: str, keys_from: Path | None, decoy_port: int
+    ) -> None:
         root.mkdir()
         self.proxy_port = free_port()
+        self.name = name  # gateway.host_name: the "host" it stands for
         super().__init__(
             root,
-            gateway_extra=f'store_url = "{store_url}"\ndns_port = {free_port()}\n',
+            gateway_extra=(
+                f'store_url = "{store_url}"\nhost_name = "{name}"\ndns_port = {free_port()}\n'
+            ),
             # The egress recheck stays at its default (5 s): a revoked session's tunnels
             # must end at once because the store says so, not because a recheck came.
             config_extra=f"""
@@ -100,7 +107,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         for i in range(3):
             keys = f.gateways[0].state_dir if f.gateways else None
-            g = Replica(root / f"gw{i}", f.redis.url, keys, f.decoy.port)
+            g = Replica(root / f"gw{i}", f"host-{'abc'[i]}", f.redis.url, keys, f.decoy.port)
             g.make_repo("acme", "tiny")
             g.start()
             g.control.add_listener(LISTEN)
@@ -139,7 +146,25 @@ def test_a_session_is_served_by_every_gateway_and_listed_by_each(fleet: Fleet) -
         cl = Client(g, bundle)
         assert cl.get() == 200
         cl.close()
-        assert bundle.session_id in {s["id"] for s in g.control.list_sessions()}
+        listed = {s["id"]: s for s in g.control.list_sessions()}
+        assert listed[bundle.session_id]["served_by"].startswith("host-a/")
+
+
+def test_session_list_on_any_gateway_shows_every_session_and_its_host(fleet: Fleet) -> None:
+    made = {g.name: g.session("github.com/acme/tiny:read").session_id for g in fleet.gateways}
+    for g in fleet.gateways:
+        r = subprocess.run(
+            [sys.executable, "-m", "airlock.cli", "session", "list", "--config", str(g.config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "SERVED BY" in r.stdout.splitlines()[0]
+        for host, sid in made.items():
+            row = next(line for line in r.stdout.splitlines() if line.startswith(sid[:12]))
+            assert f" {host}/" in row, row
 
 
 def test_300_sessions_each_revoked_through_another_gateway_are_refused_at_once(

@@ -108,6 +108,7 @@ SESSION_COLUMNS = (
     Column("expires", lambda s: _ts(s["expires_at"])),
     Column("requests", lambda s: s["requests"]),
     Column("bytes", lambda s: s["bytes"]),
+    Column("served by", lambda s: s.get("served_by") or "-"),
 )
 
 

@@ -114,6 +114,10 @@ class Session:
     client_cert_pem: str | None = None
     previous_cert_fingerprint: str | None = None
     previous_cert_until: float = 0.0
+    # The host whose gateway created the session, as "HOST_NAME/GATEWAY_ID": with a shared
+    # store (gateway/shared_store.py) every gateway lists every session, and the sandbox
+    # behind it belongs to that host (its supervise, its network).
+    served_by: str | None = None
 
     @property
     def idle_deadline(self) -> float:
@@ -158,6 +162,7 @@ def create_session(
     require_activation: bool = False,
     allow_hosts: tuple[str, ...] = (),
     labels: dict[str, str] | None = None,
+    served_by: str | None = None,
 ) -> Session:
     return Session(
         id=new_session_id(),
@@ -173,6 +178,7 @@ def create_session(
         bind_ip=bind_ip,
         allow_hosts=allow_hosts,
         labels=dict(labels or {}),
+        served_by=served_by,
     )
 
 

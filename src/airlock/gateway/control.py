@@ -322,6 +322,7 @@ class ControlAPI:
             require_activation=body.require_activation,
             allow_hosts=allow,
             labels=body.labels,
+            served_by=f"{self.config.gateway.host_name}/{self.gateway_id}",
         )
         proxy_token = secrets.token_urlsafe(24)
         s = lifecycle.with_proxy_token(s, proxy_token)
