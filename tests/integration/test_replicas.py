@@ -44,6 +44,17 @@ PATH = "/git/github.com/acme/tiny/info/refs?service=git-upload-pack"
 SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
 
 
+def share_keys(src: Path, dst: Path) -> None:
+    """What an operator copies to a new replica: the CA, the server key and certificate,
+    the interception CA (not the sessions, not the gateway id)."""
+    dst.mkdir(mode=0o700)
+    for name in SHARED_KEYS:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name)
+        else:
+            shutil.copy2(src / name, dst / name)
+
+
 class Replica(World):
     def __init__(
         self, root: Path, name: str, store_url: str, keys_from: Path | None, decoy_port: int
@@ -72,13 +83,7 @@ proxy_port = {self.proxy_port}
 """,
         )
         if keys_from is not None:
-            self.state_dir.mkdir(mode=0o700)
-            for name in SHARED_KEYS:
-                src = keys_from / name
-                if src.is_dir():
-                    shutil.copytree(src, self.state_dir / name)
-                else:
-                    shutil.copy2(src, self.state_dir / name)
+            share_keys(keys_from, self.state_dir)
 
 
 @dataclass
@@ -336,3 +341,38 @@ def test_an_unreachable_store_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert "session store (redis://127.0.0.1:9/0) is unreachable" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not w.socket.exists()
+
+
+def test_a_global_rate_limit_is_global_across_gateways(tmp_path: Path) -> None:
+    """limits.storage_uri on the same Redis: global_requests counts every gateway's."""
+    srv = RedisServer(tmp_path / "redis")
+    srv.start()
+    limit = 40
+    limits = (
+        f'[limits]\nstorage_uri = "async+redis://127.0.0.1:{srv.port}/1"\n'
+        f'global_requests = "{limit}/minute"\n'
+    )
+    gws: list[World] = []
+    try:
+        for i in range(2):
+            root = tmp_path / f"gw{i}"
+            root.mkdir()
+            w = World(root, gateway_extra=f'store_url = "{srv.url}"\n', config_extra=limits)
+            w.make_repo("acme", "tiny")
+            if gws:  # one deployment: the second replica has the first one's keys
+                share_keys(gws[0].state_dir, w.state_dir)
+            w.start()
+            gws.append(w)
+        bundles = [gws[0].session("github.com/acme/tiny:read") for _ in range(4)]
+        clients = [Client(gws[i % 2], b) for i, b in enumerate(bundles)]
+        try:
+            statuses = [clients[i % 4].get() for i in range(limit + 20)]
+        finally:
+            for cl in clients:
+                cl.close()
+        assert statuses.count(200) == limit, statuses
+        assert set(statuses[limit:]) == {429}
+    finally:
+        for w in gws:
+            w.stop()
+        srv.kill()
