@@ -305,9 +305,12 @@ def seen(w: ApiWorld) -> list[Seen]:
     return w.seen  # type: ignore[attr-defined, no-any-return]
 
 
-def new_repo(w: ApiWorld, branch: str | None = "agent/x", *more: str) -> str:
-    """A repository with main and (each a commit ahead of it) branches, made in the bare repo."""
-    name = f"target{next(_names)}"
+def new_repo(
+    w: ApiWorld, branch: str | None = "agent/x", *more: str, name: str | None = None
+) -> str:
+    """A repository with main and (each a commit ahead of it) branches, made in the bare repo
+    (``name``: that one, in each of several worlds; else the next free name)."""
+    name = name or f"target{next(_names)}"
     bare = w.make_repo(OWNER, name, files={"README.md": b"# hello\n"})
     env = git_env(w.home, GIT_AUTHOR_NAME="a", GIT_COMMITTER_NAME="a")
     env.update(GIT_AUTHOR_EMAIL="a@example.com", GIT_COMMITTER_EMAIL="a@example.com")

@@ -10,6 +10,7 @@ kept-alive TLS connections with the session's client certificate.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import ssl
@@ -28,11 +29,15 @@ import pytest
 from airlock.testing.ports import free_port
 from airlock.testing.redis_server import RedisServer
 from airlock.testing.tls import make_test_ca_and_server_cert
+from tests.integration.test_api_attacks import API, LIMITED
+from tests.integration.test_api_attacks import OWNER as API_OWNER
+from tests.integration.test_api_attacks import Sandbox as ApiSandbox
+from tests.integration.test_api_attacks import new_repo as api_new_repo
 from tests.integration.test_egress_proxy import Decoy
 
 # LISTEN: every replica's "sandbox network" address (where Tunnel connects).
 from tests.integration.test_session_liveness import DECOY, LISTEN, LOOP, Liveness, Tunnel
-from tests.world import Bundle, LoopThread, World, run_gateway_cli
+from tests.world import HOST, ApiWorld, Bundle, LoopThread, World, run_gateway_cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -41,6 +46,7 @@ pytestmark = pytest.mark.skipif(
 
 CAP = 500  # [sessions] max_requests on every replica (the load test stays below it)
 PATH = "/git/github.com/acme/tiny/info/refs?service=git-upload-pack"
+API_LISTEN = LIMITED[0]  # the API tests' "sandbox network" address, free while this runs
 SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
 
 
@@ -375,4 +381,76 @@ def test_a_global_rate_limit_is_global_across_gateways(tmp_path: Path) -> None:
     finally:
         for w in gws:
             w.stop()
+        srv.kill()
+
+
+def test_parallel_creates_through_every_gateway_stay_within_the_pull_request_limit(
+    tmp_path: Path,
+) -> None:
+    """max_pulls = 1 and one create at the same moment through each of three gateways: the
+    shared store's hold lets one through. (Each gateway's own lock and count alone would
+    let all three: each decides with no pull recorded yet.)"""
+    srv = RedisServer(tmp_path / "redis")
+    srv.start()
+    gws: list[ApiWorld] = []
+    ports: list[int] = []
+    try:
+        for i in range(3):
+            root = tmp_path / f"gw{i}"
+            root.mkdir()
+            ports.append(free_port())
+            w = ApiWorld(
+                root,
+                gateway_extra=f'store_url = "{srv.url}"\ndns_port = {free_port()}\n',
+                config_extra=f"[sandbox]\nproxy_port = {ports[-1]}\n",
+                api_extra="max_pulls = 1",
+            )
+            if gws:
+                share_keys(gws[0].state_dir, w.state_dir)
+            # The same repository and branches at every gateway's upstream.
+            api_new_repo(w, "agent/p0", "agent/p1", "agent/p2", name="budget")
+            w.start()
+            w.control.add_listener(API_LISTEN)
+            gws.append(w)
+        issued, _ = gws[0].issue(f"{HOST}/{API_OWNER}/budget:write", require_activation=True)
+        gws[0].control.activate(
+            issued["session"]["id"],
+            container_id=os.urandom(32).hex(),
+            network="test",
+            address="127.0.0.140",
+            gateway_address=API_LISTEN,
+        )
+        sandboxes = [
+            ApiSandbox(g, issued, "127.0.0.140", (API_LISTEN, port))
+            for g, port in zip(gws, ports, strict=True)
+        ]
+        tunnels = [sb.tunnel() for sb in sandboxes]
+        try:
+            bodies = [
+                json.dumps({"title": "T", "head": f"agent/p{i}", "base": "main"}).encode()
+                for i in range(3)
+            ]
+            for t, body in zip(tunnels, bodies, strict=True):
+                t.send(
+                    (
+                        f"POST /repos/{API_OWNER}/budget/pulls HTTP/1.1\r\nHost: {API}\r\n"
+                        f"User-Agent: a\r\nAuthorization: token {issued['api_token']}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    ).encode()
+                )  # every head first: each relay now waits for its body
+            for t, body in zip(tunnels, bodies, strict=True):
+                t.send(body)
+            statuses = []
+            for t in tunnels:
+                resp = t.response()
+                statuses.append(resp.status if resp else 0)
+        finally:
+            for t in tunnels:
+                t.close()
+        created = sum(len(g.api.pulls(API_OWNER, "budget")) for g in gws)
+        assert statuses.count(201) == 1 and created == 1, statuses
+        assert sorted(statuses) == [201, 403, 403], statuses
+    finally:
+        for g in gws:
+            g.stop()
         srv.kill()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +90,26 @@ return {admitted, redis.call('HGETALL', k), redis.call('SMEMBERS', refs),
 """
 
 
+# A pull request being created holds a slot until it is recorded (or failed): KEYS the
+# session's hash, its pulls set, its holds (a sorted set: token -> when it lapses). ARGV: the
+# token, the cap, how long a hold lives (s). 1: held; 0: the pulls recorded and the holds of
+# every gateway already reach the cap (or the session is not active). A hold whose gateway
+# died lapses, so a crash mid-create costs the budget a slot for that long, never more.
+_HOLD_PULL = """
+local k, pulls, holds = KEYS[1], KEYS[2], KEYS[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+if redis.call('HGET', k, 'state') ~= 'active' then return 0 end
+if redis.call('SCARD', pulls) + redis.call('ZCARD', holds) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', holds, now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+PULL_HOLD_TTL = 300  # seconds: longer than any create (the API relay's read timeout, 120 s)
+
+
 class StoreUnavailable(OSError):
     """Redis did not answer: nothing is acknowledged, nothing is authorised."""
 
@@ -130,6 +151,7 @@ class RedisSessionStore:
         self._on_event = on_event  # the audit log's event()
         self._redis = _client(url, retries=1)
         self._apply_script = self._redis.register_script(_APPLY)
+        self._hold_script = self._redis.register_script(_HOLD_PULL)
         self._cache = SessionIndex()  # what requests read: base plus this gateway's changes
         self._base: dict[str, Session] = {}  # each session as Redis last returned it
         self._dirty: set[str] = set()
@@ -259,6 +281,25 @@ class RedisSessionStore:
         self._dirty.add(s.id)
         return self._apply([s.id], admit=(s.id, s.max_requests))
 
+    def hold_pull(self, s: Session, cap: int) -> str | None:
+        """A slot for one pull request ``s`` is about to create, counted with every
+        gateway's recorded pulls and holds against ``cap``; None when none is left. Raises
+        :class:`StoreUnavailable`."""
+        self._check()
+        token = secrets.token_hex(8)
+        keys = self._keys(s.id)
+        held = self._call(
+            lambda: self._hold_script(
+                [keys[0], keys[2], keys[0] + ":pull-holds"], [token, cap, PULL_HOLD_TTL]
+            )
+        )
+        return token if held else None
+
+    def release_pull(self, s: Session, token: str) -> None:
+        """The create ended (recorded, refused upstream, or failed): its slot is free."""
+        with contextlib.suppress(StoreUnavailable):  # then it lapses by itself
+            self._call(lambda: self._redis.zrem(self._keys(s.id)[0] + ":pull-holds", token))
+
     def flush(self) -> None:
         """Write every held-back change (raises :class:`StoreUnavailable`; they stay held)."""
         self._flush_pending = False
@@ -273,7 +314,7 @@ class RedisSessionStore:
         self._check()
         keys = self._keys(session_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(*keys[:3])
+        pipe.delete(*keys[:3], keys[0] + ":pull-holds")
         pipe.srem(self._ids_key, session_id)
         pipe.publish(self._channel, session_id)
         self._call(pipe.execute)

@@ -59,6 +59,7 @@ from airlock.gateway.api.upstream import UpstreamApi, UpstreamApiError
 from airlock.gateway.credentials import CredentialError, UpstreamCredential
 from airlock.gateway.intercept_ca import InterceptAuthority
 from airlock.gateway.ratelimits import RateLimits
+from airlock.gateway.shared_store import StoreUnavailable
 from airlock.gateway.store import Store
 
 __all__ = ["ApiRelay", "ApiTunnel", "RelayLimits"]
@@ -483,13 +484,37 @@ class ApiRelay:
                 return
             lock = self._create_locks.setdefault(session.id, asyncio.Lock())
             async with lock:
-                # Decided again with the pull requests recorded meanwhile.
-                current = self.store.get(session.id) or session
-                decision = await self._decide(current, upstream, api_request, call)
-                await self._forward(tunnel, upstream, stream, conn, request, body, decision, call)
+                # A slot in the budget, across every gateway on a shared store (here alone,
+                # the lock is enough), then decided again with the pulls recorded meanwhile.
+                hold = self._hold_pull(session, upstream, call)
+                try:
+                    current = self.store.get(session.id) or session
+                    decision = await self._decide(current, upstream, api_request, call)
+                    await self._forward(
+                        tunnel, upstream, stream, conn, request, body, decision, call
+                    )
+                finally:
+                    self.store.release_pull(session, hold)
         finally:
             if self.rate_limits is not None:
                 await self.rate_limits.done(session.id, call.bytes_down + len(body))
+
+    def _hold_pull(self, session: lifecycle.Session, upstream: UpstreamConfig, call: _Call) -> str:
+        cap = upstream.api.max_pulls
+        try:
+            hold = self.store.hold_pull(session, cap)
+        except StoreUnavailable:
+            call.decision = "refused"
+            raise _Answer(503, "store_unavailable", "airlock: session store unreachable") from None
+        if hold is None:
+            call.decision = "refused"
+            raise _Answer(
+                403,
+                "pull_limit",
+                f"airlock: this session may create at most {cap} pull requests; "
+                "update one of them instead",
+            )
+        return hold
 
     async def _decide(
         self,
