@@ -295,13 +295,33 @@ def test_the_lua_merge_is_the_python_merge(server: RedisServer) -> None:
     ]
     keys = [f"t:s:{base.id}", f"t:s:{base.id}:refs", f"t:s:{base.id}:pulls", "t:sessions"]
     stored = merge(None, delta(None, base))
-    raw = script(keys, [delta(None, base).to_wire(), "t:changed", ""])
+    raw = script(keys, [delta(None, base).to_wire(), "t:changed", "", ""])
     for new in steps:
         d = delta(base, new)
         stored = merge(stored, d)
-        raw = script(keys, [d.to_wire(), "t:changed", ""])
+        raw = script(keys, [d.to_wire(), "t:changed", "", ""])
     got = from_stored(_pairs(raw[1]), map(_s, raw[2]), map(_s, raw[3]))
     assert got == stored
     assert got.requests == 2 and got.bytes == 10**13 and got.revoked_reason == "first"
     assert json.loads(SessionDelta(base.id).to_wire())["publish"] is False
     client.close()
+
+
+async def test_a_byte_budget_spent_through_one_store_stops_requests_on_another(
+    server: RedisServer,
+) -> None:
+    async with _stores(server.url, 2) as (a, b):
+        s = _session()
+        a.put(s)
+        await _until(lambda: _known(b, s.id))
+        assert a.begin_request(s)
+        spent = lc.finish_request(
+            a.get(s.id) or s, now=time.time(), nbytes=LIMITS.max_bytes, success=True
+        )
+        a.put(spent, durable=False)
+        a.flush()
+        # b's copy still says 0 bytes; the count in Redis says the budget is gone.
+        stale = b.get(s.id)
+        assert stale is not None and stale.bytes == 0
+        assert b.begin_request(stale) is False
+        assert (b.get(s.id) or stale).bytes == LIMITS.max_bytes

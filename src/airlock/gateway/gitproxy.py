@@ -349,7 +349,8 @@ class GitProxy:
             current = self.store.get(s.id)
             if current is None or current.state is lifecycle.SessionState.REVOKED:
                 return self._refuse(out, Refusal.REVOKED, _text(403, "session revoked", rid))
-            return self._refuse(out, Refusal.REQUEST_CAP, _text(429, "session not usable", rid))
+            cap = Refusal.BYTE_CAP if current.bytes >= current.max_bytes else Refusal.REQUEST_CAP
+            return self._refuse(out, cap, _text(429, "session not usable", rid))
         admitted_at = self.clock()
         success = False
         try:

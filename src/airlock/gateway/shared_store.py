@@ -47,9 +47,10 @@ PING_INTERVAL = 0.25  # seconds between the listener's health checks
 TIMEOUT = 0.5  # seconds: a Redis call slower than this counts as Redis unreachable
 
 # KEYS: the session's hash, its created-refs set, its pulls set, the set of all ids.
-# ARGV: the delta (core/session_merge.py SessionDelta.to_wire), the channel, and the request
-# cap to count one request against ("" for none). Returns false for an unknown session, else
-# {admitted (1/0), the hash's fields, the refs, the pulls}: what the gateway caches.
+# ARGV: the delta (core/session_merge.py SessionDelta.to_wire), the channel, the request cap
+# to count one request against ("" for none) and the byte cap it must still be under.
+# Returns false for an unknown session, else {admitted (1/0), the hash's fields, the refs,
+# the pulls}: what the gateway caches.
 _APPLY = """
 local k, refs, pulls, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local d = cjson.decode(ARGV[1])
@@ -79,7 +80,9 @@ for _, m in ipairs(d.pulls_del) do redis.call('SREM', pulls, m) end
 local admitted = 0
 if ARGV[3] ~= '' then
   local n = tonumber(redis.call('HGET', k, 'requests') or '0')
-  if redis.call('HGET', k, 'state') == 'active' and n < tonumber(ARGV[3]) then
+  local b = tonumber(redis.call('HGET', k, 'bytes') or '0')
+  if redis.call('HGET', k, 'state') == 'active' and n < tonumber(ARGV[3])
+     and b < tonumber(ARGV[4]) then
     redis.call('HINCRBY', k, 'requests', 1)
     admitted = 1
   end
@@ -219,9 +222,10 @@ class RedisSessionStore:
         self._cache.set(s)
         return bool(admitted)
 
-    def _apply(self, sids: Sequence[str], *, admit: tuple[str, int] | None = None) -> bool:
-        """Write the deltas of ``sids`` in one round trip; with ``admit`` (id, cap), also
-        count one request of that session against the cap: whether it was admitted."""
+    def _apply(self, sids: Sequence[str], *, admit: tuple[str, int, int] | None = None) -> bool:
+        """Write the deltas of ``sids`` in one round trip; with ``admit`` (id, request cap,
+        byte cap), also count one request of that session against the caps: whether it
+        was admitted."""
         pipe = self._redis.pipeline(transaction=False)
         order: list[str] = []
         for sid in sids:
@@ -229,11 +233,14 @@ class RedisSessionStore:
             if s is None:
                 continue
             d = delta(self._base.get(sid), s)
-            cap = str(admit[1]) if admit is not None and admit[0] == sid else ""
+            cap, byte_cap = ("", "")
+            if admit is not None and admit[0] == sid:
+                cap, byte_cap = str(admit[1]), str(admit[2])
             if d.empty and not cap:
                 self._dirty.discard(sid)
                 continue
-            self._apply_script(self._keys(sid), [d.to_wire(), self._channel, cap], client=pipe)
+            args = [d.to_wire(), self._channel, cap, byte_cap]
+            self._apply_script(self._keys(sid), args, client=pipe)
             order.append(sid)
         if not order:
             return False
@@ -275,11 +282,12 @@ class RedisSessionStore:
 
     def begin_request(self, s: Session) -> bool:
         """Count one request of ``s`` against its cap in Redis (with what this gateway
-        still held back of it): False when the gateways together have spent the cap, or
-        the session ended on another one. Raises :class:`StoreUnavailable`."""
+        still held back of it): False when the gateways together have spent the request
+        cap or the byte cap, or the session ended on another one. Raises
+        :class:`StoreUnavailable`."""
         self._check()
         self._dirty.add(s.id)
-        return self._apply([s.id], admit=(s.id, s.max_requests))
+        return self._apply([s.id], admit=(s.id, s.max_requests, s.max_bytes))
 
     def hold_pull(self, s: Session, cap: int) -> str | None:
         """A slot for one pull request ``s`` is about to create, counted with every
