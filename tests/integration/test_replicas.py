@@ -37,7 +37,8 @@ from tests.integration.test_egress_proxy import Decoy
 
 # LISTEN: every replica's "sandbox network" address (where Tunnel connects).
 from tests.integration.test_session_liveness import DECOY, LISTEN, LOOP, Liveness, Tunnel
-from tests.world import HOST, ApiWorld, Bundle, LoopThread, World, run_gateway_cli
+from tests.replicas_world import Client, Replica, share_keys
+from tests.world import HOST, ApiWorld, LoopThread, World, run_gateway_cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -45,51 +46,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 CAP = 500  # [sessions] max_requests on every replica (the load test stays below it)
-PATH = "/git/github.com/acme/tiny/info/refs?service=git-upload-pack"
 API_LISTEN = LIMITED[0]  # the API tests' "sandbox network" address, free while this runs
-SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
 
 
-def share_keys(src: Path, dst: Path) -> None:
-    """What an operator copies to a new replica: the CA, the server key and certificate,
-    the interception CA (not the sessions, not the gateway id)."""
-    dst.mkdir(mode=0o700)
-    for name in SHARED_KEYS:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name)
-        else:
-            shutil.copy2(src / name, dst / name)
-
-
-class Replica(World):
-    def __init__(
-        self, root: Path, name: str, store_url: str, keys_from: Path | None, decoy_port: int
-    ) -> None:
-        root.mkdir()
-        self.proxy_port = free_port()
-        self.name = name  # gateway.host_name: the "host" it stands for
-        super().__init__(
-            root,
-            gateway_extra=(
-                f'store_url = "{store_url}"\nhost_name = "{name}"\ndns_port = {free_port()}\n'
-            ),
-            # The egress recheck stays at its default (5 s): a revoked session's tunnels
-            # must end at once because the store says so, not because a recheck came.
-            config_extra=f"""
-[sessions]
-max_requests = {CAP}
-[egress]
-connect_ports = [{decoy_port}]
+def replica(root: Path, name: str, store_url: str, keys_from: Path | None, decoy: int) -> Replica:
+    """A gateway on the shared store with an egress proxy to the decoy. The egress recheck
+    stays at its default (5 s): a revoked session's tunnels must end at once because the
+    store says so, not because a recheck came."""
+    proxy_port = free_port()
+    g = Replica(
+        root,
+        name,
+        store_url,
+        keys_from,
+        max_requests=CAP,
+        config_extra=f"""[egress]
+connect_ports = [{decoy}]
 [[egress.static]]
 name = "{DECOY}"
 addresses = ["{LOOP}"]
 allow_private = true
 [sandbox]
-proxy_port = {self.proxy_port}
+proxy_port = {proxy_port}
 """,
-        )
-        if keys_from is not None:
-            share_keys(keys_from, self.state_dir)
+        proxy_port=proxy_port,
+    )
+    return g
 
 
 @dataclass
@@ -118,7 +100,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         for i in range(3):
             keys = f.gateways[0].state_dir if f.gateways else None
-            g = Replica(root / f"gw{i}", f"host-{'abc'[i]}", f.redis.url, keys, f.decoy.port)
+            g = replica(root / f"gw{i}", f"host-{'abc'[i]}", f.redis.url, keys, f.decoy.port)
             g.make_repo("acme", "tiny")
             g.start()
             g.control.add_listener(LISTEN)
@@ -130,24 +112,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for g in f.gateways:
             g.stop()
         f.redis.kill()
-
-
-class Client:
-    """One kept-alive TLS connection to one gateway, as the session's git would hold."""
-
-    def __init__(self, gateway: World, bundle: Bundle) -> None:
-        ctx = ssl.create_default_context(cafile=str(bundle.dir / "ca.pem"))
-        ctx.load_cert_chain(bundle.dir / "client.pem", bundle.dir / "client.key")
-        self.conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=ctx, timeout=10)
-
-    def get(self) -> int:
-        self.conn.request("GET", PATH, headers={"Git-Protocol": "version=2"})
-        r = self.conn.getresponse()
-        r.read()
-        return r.status
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def test_a_session_is_served_by_every_gateway_and_listed_by_each(fleet: Fleet) -> None:
