@@ -58,8 +58,9 @@ LAST_RESULTS = REPO_ROOT / "bench" / "LAST_RESULTS.md"
 SECTIONS = ("git", "latency", "egress", "scale", "sessions")
 # The sections that use the shared world (upstream, gateway, nginx); "sessions" has its own.
 BASE_SECTIONS = {"git", "latency", "egress", "scale"}
-# Not in the default run (it needs root and Docker): `--only sandbox`, or add it to a list.
-EXTRA_SECTIONS = ("sandbox",)
+# Not in the default run: `--only sandbox` (it needs root and Docker), `--only replicas`
+# (gateways on a shared Redis store, bench/replicas.py), or add them to a list.
+EXTRA_SECTIONS = ("sandbox", "replicas")
 TINY = "acme/tiny"
 
 
@@ -283,7 +284,18 @@ def sandbox_section(quick: bool) -> str:
     """bench/sandbox_start.py's report (its own world and gateways), one heading level down."""
     from bench.sandbox_start import run_bench
 
-    text = run_bench(3 if quick else 20)
+    return _one_level_down(run_bench(3 if quick else 20))
+
+
+def replicas_section(quick: bool) -> str:
+    """bench/replicas.py's report (its own Redis and gateways), one heading level down."""
+    from bench.replicas import run_bench
+
+    return _one_level_down(run_bench(quick))
+
+
+def _one_level_down(text: str) -> str:
+    """A report of its own as a section of this one: every heading one level deeper."""
     return "\n" + "".join(
         "#" + line if line.startswith("#") else line for line in text.splitlines(keepends=True)
     )
@@ -328,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.section("scale", bench.run_scale)
         bench.section("sessions", bench.run_sessions)
         bench.section("sandbox", lambda: extra.append(sandbox_section(plan.quick)))
+        bench.section("replicas", lambda: extra.append(replicas_section(plan.quick)))
     finally:
         if base:
             bench.stop()
