@@ -2,11 +2,13 @@
 
 A local upstream (git's own http-backend behind HTTPS, requiring a token, and a GitHub API
 double over the same repositories), the gateway, a sandbox granted one repository, and a
-decoy service the sandbox must not reach. The sandbox clones, commits and pushes through its
-plain https://github.com/... URL, opens a pull request with gh (and is refused a merge),
-then tries the decoy and looks for the token; while it waits, the host rotates the gateway's
-CA and key (`airlock rotate ca`) under it, and it clones again once the old CA's overlap has
-ended. The demo checks each outcome from the host side and prints a report.
+decoy service the sandbox must not reach. The gateway keeps its sessions in a shared store
+(Redis), with a second gateway standing in for another host. The sandbox clones, commits
+and pushes through its plain https://github.com/... URL, opens a pull request with gh (and
+is refused a merge), then tries the decoy and looks for the token; while it waits, the host
+rotates the gateway's CA and key (`airlock rotate ca`) under it, and it clones again once
+the old CA's overlap has ended. Then a session revoked through the second gateway is refused
+by the first at once. The demo checks each outcome from the host side and prints a report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from airlock.config import Config, parse_config
+from airlock.demo_shared_store import (
+    HOST_A,
+    check_revocation_across_gateways,
+    second_gateway_config,
+    share_keys,
+)
 from airlock.gateway.server import Gateway, StartupError
 from airlock.host.containerspec import RunSpec
 from airlock.host.control_client import ControlError
@@ -36,6 +44,7 @@ from airlock.host.rotation import bundle_dirs, refresh, rotate_ca, wait_for_over
 from airlock.host.sandbox import SandboxError, SandboxManager, docker_client
 from airlock.testing.github_api import GitHubApiDouble
 from airlock.testing.ports import free_port
+from airlock.testing.redis_server import RedisServer
 from airlock.testing.repos import create_bare_repo, git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from airlock.testing.upstream import GitUpstream
@@ -153,6 +162,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
     os.chmod(root, 0o700)
     loop = _Loop()
     gateway: Gateway | None = None
+    second: Gateway | None = None
+    redis: RedisServer | None = None
     upstream: GitUpstream | None = None
     api: GitHubApiDouble | None = None
     decoy: http.server.ThreadingHTTPServer | None = None
@@ -187,13 +198,28 @@ def run_demo(console: Console, keep: bool = False) -> bool:
 
         downloads = _Downloads(root / "downloads-tls")
         console.log(f"allowlisted host: downloads.demo.test -> HTTPS on 127.0.0.1:{downloads.port}")
-        config = _config(root, upstream.url, api.url, token_file, tls.ca_cert, downloads.port)
+        redis = RedisServer(root / "redis")
+        try:
+            redis.start()
+        except RuntimeError as exc:
+            raise DemoError(f"the shared store: {exc}") from None
+        console.log(f"shared store: redis-server on {redis.url} (appendfsync always)")
+        config = _config(
+            root, upstream.url, api.url, token_file, tls.ca_cert, downloads.port, redis.url
+        )
+        config_b = second_gateway_config(config, root)
         try:
             gateway = Gateway(config)
             loop.run(gateway.start())
+            share_keys(config, config_b)
+            second = Gateway(config_b)
+            loop.run(second.start())
         except StartupError as exc:
             raise DemoError(str(exc)) from None
-        console.log(f"gateway: git proxy on {config.gateway.git_listen}, control socket ready")
+        console.log(
+            f"gateways: {HOST_A} git proxy on {config.gateway.git_listen} (serves the sandbox), "
+            f"a second one on {config_b.gateway.git_listen}; both on the shared store"
+        )
 
         decoy_port = free_port("0.0.0.0")
         decoy = http.server.ThreadingHTTPServer(("0.0.0.0", decoy_port), _Decoy)
@@ -251,6 +277,9 @@ def run_demo(console: Console, keep: bool = False) -> bool:
 
         results = dict(
             line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
+        )
+        shared = check_revocation_across_gateways(
+            config, config_b, str(sb.session_id), DEMO_REPO, root
         )
         pushed = _upstream_has_file(bare, root)
         pulls = api.pulls(*DEMO_REPO.split("/"))
@@ -315,6 +344,15 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 "overlap it clones again",
                 rotated and results.get("clone_after_rotation") == "ok",
             ),
+            (
+                f"a second gateway on the shared store lists the sandbox's session, served by "
+                f"{HOST_A}",
+                shared.listed_elsewhere,
+            ),
+            (
+                "a session revoked through the second gateway is refused by the first at once",
+                shared.served_before and shared.refused_after,
+            ),
         ]
         table = Table("check", "result", title="airlock demo report")
         for name, ok in checks:
@@ -330,8 +368,12 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             downloads.close()
         if decoy is not None:
             decoy.shutdown()
+        if second is not None:
+            loop.run(second.stop())
         if gateway is not None:
             loop.run(gateway.stop())
+        if redis is not None:
+            redis.stop()
         if api is not None:
             loop.run(api.stop())
         if upstream is not None:
@@ -418,7 +460,13 @@ class _Downloads:
 
 
 def _config(
-    root: Path, upstream_url: str, api_url: str, token_file: Path, ca: Path, https_port: int
+    root: Path,
+    upstream_url: str,
+    api_url: str,
+    token_file: Path,
+    ca: Path,
+    https_port: int,
+    store_url: str,
 ) -> Config:
     data: dict[str, Any] = {
         "gateway": {
@@ -426,6 +474,8 @@ def _config(
             "control_socket": str(root / "run" / "control.sock"),
             "git_listen": f"127.0.0.1:{free_port()}",
             "audit_log": str(root / "audit.log"),
+            "store_url": store_url,
+            "host_name": HOST_A,
         },
         "upstream": [
             {

@@ -23,4 +23,4 @@ def test_demo_passes_every_check() -> None:
     assert ok, report
     assert "all checks passed" in report
     passed = [line for line in report.splitlines() if line.rstrip(" │|").endswith(" pass")]
-    assert len(passed) == 21, report  # every check of the report, each passed
+    assert len(passed) == 23, report  # every check of the report, each passed

@@ -299,7 +299,7 @@ def test_no_acknowledged_revocation_is_lost_across_a_store_crash(fleet: Fleet) -
 
 
 def test_an_unreachable_store_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    w = World(tmp_path, gateway_extra='store_url = "redis://127.0.0.1:9/0"\n')
+    w = World(tmp_path, gateway_extra='store_url = "redis://:pw-s3cret@127.0.0.1:9/0"\n')
     try:
         w.loop.run(w.upstream.start())
         w.write_config()
@@ -308,7 +308,8 @@ def test_an_unreachable_store_is_a_clear_start_up_error(tmp_path: Path) -> None:
         w.loop.run(w.upstream.stop())
         w.loop.close()
     assert r.returncode != 0
-    assert "session store (redis://127.0.0.1:9/0) is unreachable" in r.stderr, r.stderr
+    assert "session store (redis://:***@127.0.0.1:9/0) is unreachable" in r.stderr, r.stderr
+    assert "pw-s3cret" not in r.stderr  # the password in the URL is never shown
     assert "Traceback" not in r.stderr
     assert not w.socket.exists()
 

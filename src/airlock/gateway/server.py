@@ -254,6 +254,9 @@ class Gateway:
             except StoreUnavailable as exc:
                 self.audit.close()
                 raise StartupError(f"{exc}: is Redis running there?") from None
+            except ValueError as exc:  # redis-py's reading of the URL
+                self.audit.close()
+                raise StartupError(f"gateway.store_url: {exc}") from None
         lim = config.limits
         self.metrics = Metrics()
         self.guard = ConnectionGuard(

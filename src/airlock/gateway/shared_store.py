@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.exceptions
@@ -125,6 +126,16 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def shown(url: str) -> str:
+    """``url`` as messages and the audit log show it: without a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _client(url: str, retries: int) -> redis.Redis:
     """The gateway's client retries once, at once: a pooled connection that died with a
     Redis restart is replaced (and the command sent again) instead of failing. No more:
@@ -148,6 +159,7 @@ class RedisSessionStore:
         on_event: Callable[..., None] = lambda event, **kw: None,
     ) -> None:
         self.url = url
+        self.where = shown(url)  # never the password: this goes into messages and the log
         self._prefix = prefix
         self._channel = f"{prefix}:changed"
         self._ids_key = f"{prefix}:sessions"
@@ -167,7 +179,7 @@ class RedisSessionStore:
         self.outages = 0
         # Started by the gateway before it listens: an unreachable Redis is a start-up error.
         self._reload()
-        self._set_available(True)
+        self.available, self.unavailable_since = True, None
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -200,14 +212,19 @@ class RedisSessionStore:
 
     def _check(self) -> None:
         if not self.available:
-            raise StoreUnavailable(f"the session store ({self.url}) is unreachable")
+            raise StoreUnavailable(f"the session store ({self.where}) is unreachable")
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             self._set_available(False)
-            raise StoreUnavailable(f"the session store ({self.url}) is unreachable") from exc
+            raise StoreUnavailable(f"the session store ({self.where}) is unreachable") from exc
+        except redis.exceptions.RedisError as exc:
+            # It answers, but not as a store must (NOAUTH, a read-only replica, out of
+            # memory): as good as unreachable, and said so.
+            self._set_available(False)
+            raise StoreUnavailable(f"the session store ({self.where}) refused: {exc}") from exc
 
     def _take(self, sid: str, result: Any) -> bool:
         """Cache what the script returned for ``sid``; whether a request was admitted."""
@@ -390,11 +407,11 @@ class RedisSessionStore:
         if up:
             down_for = time.monotonic() - (self.unavailable_since or time.monotonic())
             self.unavailable_since = None
-            self._on_event("store_available", store=self.url, after_s=round(down_for, 3))
+            self._on_event("store_available", store=self.where, after_s=round(down_for, 3))
         else:
             self.unavailable_since = time.monotonic()
             self.outages += 1
-            self._on_event("store_unavailable", store=self.url)
+            self._on_event("store_unavailable", store=self.where)
             self._cache.ended(None)  # no session can be vouched for: open tunnels end
 
     def _recovered(self) -> None:
@@ -443,7 +460,7 @@ class RedisSessionStore:
                             # A call on the loop failed while this connection held: Redis
                             # answers again, so catch up (again, if the last try failed).
                             self._post(self._recovered)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            except (redis.exceptions.RedisError, OSError):
                 self._post(self._set_available, False)
                 self._stop.wait(PING_INTERVAL)
             finally:
