@@ -261,6 +261,8 @@ class GitProxy:
 
     async def _handle(self, request: web.BaseRequest, out: _Outcome) -> web.StreamResponse:
         rid = out.request_id
+        if not self.store.available:  # before any lookup: every way in is told the same
+            return self._store_unavailable(out)
         ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
         local = request.transport.get_extra_info("sockname") if request.transport else None
         who = gitauth.identify(
