@@ -28,6 +28,7 @@ import pytest
 
 from airlock.testing.ports import free_port
 from airlock.testing.redis_server import RedisServer
+from airlock.testing.repos import git_env
 from airlock.testing.tls import make_test_ca_and_server_cert
 from tests.integration.test_api_attacks import API, LIMITED
 from tests.integration.test_api_attacks import OWNER as API_OWNER
@@ -419,3 +420,49 @@ def test_parallel_creates_through_every_gateway_stay_within_the_pull_request_lim
         for g in gws:
             g.stop()
         srv.kill()
+
+
+def test_a_gateway_killed_mid_transfer_loses_no_session_for_the_others(fleet: Fleet) -> None:
+    """SIGKILL one gateway while it streams a clone: the clone fails, and every session it
+    created (revoked ones included) is served, or refused, by the others as before."""
+    a, b, c = fleet.gateways
+    if not (a.repos / "acme" / "big.git").exists():
+        a.make_repo("acme", "big", files={"blob.bin": os.urandom(48 * 1024 * 1024)})
+    bundles = [a.session("github.com/acme/tiny:read", "github.com/acme/big:read") for _ in range(5)]
+    revoked = a.session("github.com/acme/tiny:read")
+    a.control.revoke(revoked.session_id)
+    clone = subprocess.Popen(
+        ["git", "clone", "-q", f"https://{HOST}/acme/big", str(a.root / "big-clone")],
+        env=git_env(a.home, GIT_CONFIG_GLOBAL=str(bundles[0].gitconfig), GIT_TERMINAL_PROMPT="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(
+            e.get("session") == bundles[0].session_id and e.get("service") == "git-upload-pack"
+            for e in a.audit()
+        ):  # the clone's first request reached the gateway: the transfer is under way
+            assert time.monotonic() < deadline and clone.poll() is None, "the clone never started"
+            time.sleep(0.02)
+        assert a.proc is not None
+        a.proc.kill()  # no shutdown, no last flush
+        a.proc.wait(10)
+        a.proc = None
+        assert clone.wait(60) != 0  # the transfer broke with its gateway
+    finally:
+        if clone.poll() is None:
+            clone.kill()
+    try:
+        for g in (b, c):
+            listed = {s["id"]: s for s in g.control.list_sessions()}
+            for bundle in bundles:
+                assert listed[bundle.session_id]["state"] == "active"
+                cl = Client(g, bundle)
+                assert cl.get() == 200
+                cl.close()
+            cl = Client(g, revoked)
+            assert cl.get() == 403 and listed[revoked.session_id]["state"] == "revoked"
+            cl.close()
+    finally:
+        a.start_gateway()  # the fleet as it was, for whatever runs after
