@@ -2,13 +2,13 @@
 
 A local upstream (git's own http-backend behind HTTPS, requiring a token, and a GitHub API
 double over the same repositories), the gateway, a sandbox granted one repository, and a
-decoy service the sandbox must not reach. The gateway keeps its sessions in a shared store
-(Redis), with a second gateway standing in for another host. The sandbox clones, commits
-and pushes through its plain https://github.com/... URL, opens a pull request with gh (and
-is refused a merge), then tries the decoy and looks for the token; while it waits, the host
-rotates the gateway's CA and key (`airlock rotate ca`) under it, and it clones again once
-the old CA's overlap has ended. Then a session revoked through the second gateway is refused
-by the first at once. The demo checks each outcome from the host side and prints a report.
+decoy service the sandbox must not reach. The sandbox clones, commits and pushes through its
+plain https://github.com/... URL, opens a pull request with gh (and is refused a merge),
+then tries the decoy and looks for the token; while it waits, the host rotates the gateway's
+CA and key (`airlock rotate ca`) under it, and it clones again once the old CA's overlap has
+ended. Two more gateways stand in for two hosts on a shared store (Redis): a session revoked
+through one is refused by the other at once. The demo checks each outcome from the host side
+and prints a report.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from rich.table import Table
 from airlock.config import Config, parse_config
 from airlock.demo_shared_store import (
     HOST_A,
+    HOST_B,
     check_revocation_across_gateways,
-    second_gateway_config,
+    host_config,
     share_keys,
 )
 from airlock.gateway.server import Gateway, StartupError
@@ -162,7 +163,8 @@ def run_demo(console: Console, keep: bool = False) -> bool:
     os.chmod(root, 0o700)
     loop = _Loop()
     gateway: Gateway | None = None
-    second: Gateway | None = None
+    host_a: Gateway | None = None
+    host_b: Gateway | None = None
     redis: RedisServer | None = None
     upstream: GitUpstream | None = None
     api: GitHubApiDouble | None = None
@@ -198,27 +200,32 @@ def run_demo(console: Console, keep: bool = False) -> bool:
 
         downloads = _Downloads(root / "downloads-tls")
         console.log(f"allowlisted host: downloads.demo.test -> HTTPS on 127.0.0.1:{downloads.port}")
+        config = _config(root, upstream.url, api.url, token_file, tls.ca_cert, downloads.port)
+        try:
+            gateway = Gateway(config)
+            loop.run(gateway.start())
+        except StartupError as exc:
+            raise DemoError(str(exc)) from None
+        console.log(f"gateway: git proxy on {config.gateway.git_listen}, control socket ready")
+
         redis = RedisServer(root / "redis")
         try:
             redis.start()
         except RuntimeError as exc:
             raise DemoError(f"the shared store: {exc}") from None
-        console.log(f"shared store: redis-server on {redis.url} (appendfsync always)")
-        config = _config(
-            root, upstream.url, api.url, token_file, tls.ca_cert, downloads.port, redis.url
-        )
-        config_b = second_gateway_config(config, root)
+        config_a = host_config(config, root, HOST_A, redis.url)
+        config_b = host_config(config, root, HOST_B, redis.url)
         try:
-            gateway = Gateway(config)
-            loop.run(gateway.start())
-            share_keys(config, config_b)
-            second = Gateway(config_b)
-            loop.run(second.start())
+            host_a = Gateway(config_a)
+            loop.run(host_a.start())
+            share_keys(config_a, config_b)
+            host_b = Gateway(config_b)
+            loop.run(host_b.start())
         except StartupError as exc:
             raise DemoError(str(exc)) from None
         console.log(
-            f"gateways: {HOST_A} git proxy on {config.gateway.git_listen} (serves the sandbox), "
-            f"a second one on {config_b.gateway.git_listen}; both on the shared store"
+            f"two more hosts' gateways on a shared store (redis-server on {redis.url}): "
+            f"{HOST_A} on {config_a.gateway.git_listen}, {HOST_B} on {config_b.gateway.git_listen}"
         )
 
         decoy_port = free_port("0.0.0.0")
@@ -278,9 +285,7 @@ def run_demo(console: Console, keep: bool = False) -> bool:
         results = dict(
             line.split()[1:3] for line in logs.splitlines() if line.startswith("RESULT ")
         )
-        shared = check_revocation_across_gateways(
-            config, config_b, str(sb.session_id), DEMO_REPO, root
-        )
+        shared = check_revocation_across_gateways(config_a, config_b, DEMO_REPO, root)
         pushed = _upstream_has_file(bare, root)
         pulls = api.pulls(*DEMO_REPO.split("/"))
         pulls_opened = len(pulls)
@@ -345,12 +350,12 @@ def run_demo(console: Console, keep: bool = False) -> bool:
                 rotated and results.get("clone_after_rotation") == "ok",
             ),
             (
-                f"a second gateway on the shared store lists the sandbox's session, served by "
+                f"shared store: {HOST_B}'s gateway lists a session of {HOST_A}'s, served by "
                 f"{HOST_A}",
                 shared.listed_elsewhere,
             ),
             (
-                "a session revoked through the second gateway is refused by the first at once",
+                f"shared store: revoked through {HOST_B}, refused by {HOST_A} at once",
                 shared.served_before and shared.refused_after,
             ),
         ]
@@ -368,10 +373,9 @@ def run_demo(console: Console, keep: bool = False) -> bool:
             downloads.close()
         if decoy is not None:
             decoy.shutdown()
-        if second is not None:
-            loop.run(second.stop())
-        if gateway is not None:
-            loop.run(gateway.stop())
+        for g in (host_b, host_a, gateway):
+            if g is not None:
+                loop.run(g.stop())
         if redis is not None:
             redis.stop()
         if api is not None:
@@ -466,7 +470,6 @@ def _config(
     token_file: Path,
     ca: Path,
     https_port: int,
-    store_url: str,
 ) -> Config:
     data: dict[str, Any] = {
         "gateway": {
@@ -474,8 +477,6 @@ def _config(
             "control_socket": str(root / "run" / "control.sock"),
             "git_listen": f"127.0.0.1:{free_port()}",
             "audit_log": str(root / "audit.log"),
-            "store_url": store_url,
-            "host_name": HOST_A,
         },
         "upstream": [
             {

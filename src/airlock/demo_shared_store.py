@@ -1,11 +1,11 @@
-"""The demo's second gateway: one shared store (Redis), two gateways, one revocation.
+"""The demo's two hosts: one shared store (Redis), two gateways, one revocation.
 
-The demo's gateway keeps its sessions in a Redis server the demo starts (Debian's
-redis-server, durable as docs/shared-store.md requires); a second gateway, standing in for
-another host, shares that store and the first one's CA. After the sandbox has run, the demo
-checks from the host that the second gateway lists the sandbox's session as served by the
-first host, and that a session revoked through the second gateway is refused by the first at
-once: git on the host, through the first gateway, is told "session revoked".
+Beside the sandbox's gateway (its own SQLite store: the demo rotates its CA, which a shared
+store does not support yet), two more gateways stand in for two hosts: they keep their
+sessions in a Redis server the demo starts (Debian's redis-server, durable as
+docs/shared-store.md requires) and share one CA. The demo checks from the host that a session
+created on the first is listed by the second as served by the first host, and that once it
+is revoked through the second, git through the first is refused at once ("session revoked").
 """
 
 from __future__ import annotations
@@ -27,18 +27,20 @@ HOST_A, HOST_B = "demo-host-a", "demo-host-b"
 SHARED_KEYS = ("ca.key", "ca.pem", "gateway.key", "gateway.pem", "intercept")
 
 
-def second_gateway_config(first: Config, root: Path) -> Config:
-    """The first gateway's config for another "host": its own state, socket, port, name."""
-    gw = first.gateway.model_copy(
+def host_config(base: Config, root: Path, host: str, store_url: str) -> Config:
+    """The demo's gateway config for one more "host" on the shared store: its own state,
+    socket, port and name."""
+    gw = base.gateway.model_copy(
         update={
-            "state_dir": root / "state-b",
-            "control_socket": root / "run-b" / "control.sock",
+            "state_dir": root / f"state-{host}",
+            "control_socket": root / f"run-{host}" / "control.sock",
             "git_listen": f"127.0.0.1:{free_port()}",
-            "audit_log": root / "audit-b.log",
-            "host_name": HOST_B,
+            "audit_log": root / f"audit-{host}.log",
+            "host_name": host,
+            "store_url": store_url,
         }
     )
-    return first.model_copy(update={"gateway": gw})
+    return base.model_copy(update={"gateway": gw})
 
 
 def share_keys(first: Config, second: Config) -> None:
@@ -55,21 +57,20 @@ def share_keys(first: Config, second: Config) -> None:
 
 @dataclass
 class SharedStoreChecks:
-    listed_elsewhere: bool  # the second gateway lists the sandbox session, served by host A
+    listed_elsewhere: bool  # the second gateway lists the first's session, served by host A
     served_before: bool  # (control) git through the first gateway works before the revoke
     refused_after: bool  # ... and is refused "revoked" right after the second one revoked
 
 
 def check_revocation_across_gateways(
-    first: Config, second: Config, sandbox_session: str, repo: str, root: Path
+    first: Config, second: Config, repo: str, root: Path
 ) -> SharedStoreChecks:
     a, b = ControlClient(first.gateway.control_socket), ControlClient(second.gateway.control_socket)
-    listed = {s["id"]: s for s in b.list_sessions()}
-    sandbox = listed.get(sandbox_session, {})
-    listed_elsewhere = str(sandbox.get("served_by", "")).startswith(HOST_A + "/")
-
     key = new_private_key()
     issued = a.create_session(grants=[f"github.com/{repo}:read"], csr=make_csr(key).decode())
+    listed = {s["id"]: s for s in b.list_sessions()}
+    mine = listed.get(issued["session"]["id"], {})
+    listed_elsewhere = str(mine.get("served_by", "")).startswith(HOST_A + "/")
     bundle = root / "host-bundle"
     write_bundle(
         bundle,

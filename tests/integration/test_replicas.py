@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from airlock.host.control_client import ControlError
 from airlock.testing.ports import free_port
 from airlock.testing.redis_server import RedisServer
 from airlock.testing.repos import git_env
@@ -466,3 +467,14 @@ def test_a_gateway_killed_mid_transfer_loses_no_session_for_the_others(fleet: Fl
             cl.close()
     finally:
         a.start_gateway()  # the fleet as it was, for whatever runs after
+
+
+def test_a_ca_rotation_is_refused_on_a_shared_store_and_changes_nothing(fleet: Fleet) -> None:
+    a = fleet.gateways[0]
+    bundle = a.session("github.com/acme/tiny:read")
+    before = a.control.show(bundle.session_id)
+    with pytest.raises(ControlError, match="not supported yet"):
+        a.control.rotation_prepare(5.0)
+    assert a.control.rotation()["phase"] == "idle"
+    after = a.control.show(bundle.session_id)
+    assert after["cert_fingerprint"] == before["cert_fingerprint"]

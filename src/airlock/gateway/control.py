@@ -432,6 +432,14 @@ class ControlAPI:
         return web.json_response(self._rotation().describe())
 
     async def rotation_prepare(self, request: web.Request) -> web.Response:
+        if self.config.gateway.store_url is not None:
+            # It would re-issue every host's sessions under a CA only this gateway has: the
+            # others' sandboxes would be refused once the overlap ended.
+            return _error(
+                409,
+                "cannot prepare the rotation: CA rotation with a shared session store is not "
+                "supported yet (docs/shared-store.md); rotate on a gateway with its own store",
+            )
         rot = self._rotation()
         try:
             body: RotationPrepare = await self._json(request, RotationPrepare)
