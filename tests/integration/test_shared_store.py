@@ -295,11 +295,11 @@ def test_the_lua_merge_is_the_python_merge(server: RedisServer) -> None:
     ]
     keys = [f"t:s:{base.id}", f"t:s:{base.id}:refs", f"t:s:{base.id}:pulls", "t:sessions"]
     stored = merge(None, delta(None, base))
-    raw = script(keys, [delta(None, base).to_wire(), "t:changed", "", ""])
+    raw = script(keys, [delta(None, base).to_wire(), "t:changed", "", "", ""])
     for new in steps:
         d = delta(base, new)
         stored = merge(stored, d)
-        raw = script(keys, [d.to_wire(), "t:changed", "", ""])
+        raw = script(keys, [d.to_wire(), "t:changed", "", "", ""])
     got = from_stored(_pairs(raw[1]), map(_s, raw[2]), map(_s, raw[3]))
     assert got == stored
     assert got.requests == 2 and got.bytes == 10**13 and got.revoked_reason == "first"

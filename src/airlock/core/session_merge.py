@@ -22,6 +22,7 @@ does the same in Redis, and the tests hold one to the other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ STATE_RANK = {SessionState.PENDING: 0, SessionState.ACTIVE: 1, SessionState.REVO
 COUNTERS = ("requests", "bytes", "pushes")
 SETS = ("created_refs", "pulls")
 MERGED = ("state", "revoked_reason", "last_used", *COUNTERS, *SETS)
+BODY = tuple(f.name for f in dataclasses.fields(Session) if f.name not in MERGED)
 
 
 def body_of(s: Session) -> str:
@@ -117,12 +119,13 @@ def delta(base: Session | None, new: Session) -> SessionDelta:
             refs_added=tuple(sorted(set(new.created_refs))),
             pulls_added=tuple(sorted(set(new.pulls))),
         )
-    body = body_of(new)
+    # Field by field, not by JSON: this runs for every request the gateway counts.
+    body_changed = any(getattr(base, name) != getattr(new, name) for name in BODY)
     refs_added, refs_removed = _set_change(base.created_refs, new.created_refs)
     pulls_added, pulls_removed = _set_change(base.pulls, new.pulls)
     return SessionDelta(
         new.id,
-        body=body if body != body_of(base) else None,
+        body=body_of(new) if body_changed else None,
         state=new.state if new.state is not base.state else None,
         revoked_reason=(new.revoked_reason if new.revoked_reason != base.revoked_reason else None),
         requests=new.requests - base.requests,
@@ -133,6 +136,20 @@ def delta(base: Session | None, new: Session) -> SessionDelta:
         refs_removed=refs_removed,
         pulls_added=pulls_added,
         pulls_removed=pulls_removed,
+    )
+
+
+def with_scalars(s: Session, fields: Mapping[str, str]) -> Session:
+    """``s`` with the merged scalar fields as the store holds them now (the body and the
+    sets as ``s`` has them): what a request's count returns, cheaper than a whole reload."""
+    return dataclasses.replace(
+        s,
+        state=SessionState(fields["state"]),
+        revoked_reason=fields.get("revoked_reason") or None,
+        last_used=float(fields.get("last_used") or "0"),
+        requests=int(fields.get("requests") or "0"),
+        bytes=int(fields.get("bytes") or "0"),
+        pushes=int(fields.get("pushes") or "0"),
     )
 
 

@@ -40,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from airlock.core.session import Session
-from airlock.core.session_merge import delta, from_stored
+from airlock.core.session_merge import delta, from_stored, with_scalars
 from airlock.gateway.session_index import SessionIndex
 
 FLUSH_DELAY = 0.5  # seconds, as gateway/store.py
@@ -49,9 +49,11 @@ TIMEOUT = 0.5  # seconds: a Redis call slower than this counts as Redis unreacha
 
 # KEYS: the session's hash, its created-refs set, its pulls set, the set of all ids.
 # ARGV: the delta (core/session_merge.py SessionDelta.to_wire), the channel, the request cap
-# to count one request against ("" for none) and the byte cap it must still be under.
-# Returns false for an unknown session, else {admitted (1/0), the hash's fields, the refs,
-# the pulls}: what the gateway caches.
+# to count one request against ("" for none), the byte cap it must still be under, and
+# "scalars" or "". Returns false for an unknown session, else {admitted (1/0), the hash's
+# fields, the refs, the pulls}: what the gateway caches; with "scalars", {admitted, the
+# merged scalar fields}: a request's count needs no more (a change to the body or the sets
+# is published, and each gateway reloads the session when it hears).
 _APPLY = """
 local k, refs, pulls, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local d = cjson.decode(ARGV[1])
@@ -89,9 +91,14 @@ if ARGV[3] ~= '' then
   end
 end
 if d.publish then redis.call('PUBLISH', ARGV[2], d.id) end
+if ARGV[5] == 'scalars' then
+  return {admitted, redis.call('HMGET', k, 'state', 'revoked_reason', 'last_used',
+                               'requests', 'bytes', 'pushes')}
+end
 return {admitted, redis.call('HGETALL', k), redis.call('SMEMBERS', refs),
         redis.call('SMEMBERS', pulls)}
 """
+_SCALARS = ("state", "revoked_reason", "last_used", "requests", "bytes", "pushes")
 
 
 # A pull request being created holds a slot until it is recorded (or failed): KEYS the
@@ -226,15 +233,22 @@ class RedisSessionStore:
             self._set_available(False)
             raise StoreUnavailable(f"the session store ({self.where}) refused: {exc}") from exc
 
-    def _take(self, sid: str, result: Any) -> bool:
-        """Cache what the script returned for ``sid``; whether a request was admitted."""
+    def _take(self, sid: str, result: Any, copy: Session | None) -> bool:
+        """Cache what the script returned for ``sid`` (its scalars go onto ``copy``, the
+        base this gateway had with its own changes); whether a request was admitted."""
         self._dirty.discard(sid)
         if not result:  # deleted meanwhile
             self._base.pop(sid, None)
             self._cache.pop(sid)
             return False
-        admitted, flat, refs, pulls = result
-        s = from_stored(_pairs(flat), map(_s, refs), map(_s, pulls))
+        if len(result) == 2:
+            admitted, values = result
+            assert copy is not None
+            fields = {k: _s(v) for k, v in zip(_SCALARS, values, strict=True) if v is not None}
+            s = with_scalars(copy, fields)
+        else:
+            admitted, flat, refs, pulls = result
+            s = from_stored(_pairs(flat), map(_s, refs), map(_s, pulls))
         self._base[sid] = s
         self._cache.set(s)
         return bool(admitted)
@@ -244,27 +258,30 @@ class RedisSessionStore:
         byte cap), also count one request of that session against the caps: whether it
         was admitted."""
         pipe = self._redis.pipeline(transaction=False)
-        order: list[str] = []
+        order: list[tuple[str, Session | None]] = []
         for sid in sids:
             s = self._cache.get(sid)
             if s is None:
                 continue
-            d = delta(self._base.get(sid), s)
+            base = self._base.get(sid)
+            d = delta(base, s)
             cap, byte_cap = ("", "")
             if admit is not None and admit[0] == sid:
                 cap, byte_cap = str(admit[1]), str(admit[2])
             if d.empty and not cap:
                 self._dirty.discard(sid)
                 continue
-            args = [d.to_wire(), self._channel, cap, byte_cap]
+            # Only counters and the clock changed here: the scalars back are enough.
+            scalars = base is not None and not d.others_should_hear
+            args = [d.to_wire(), self._channel, cap, byte_cap, "scalars" if scalars else ""]
             self._apply_script(self._keys(sid), args, client=pipe)
-            order.append(sid)
+            order.append((sid, s if scalars else None))
         if not order:
             return False
         results = self._call(pipe.execute)
         admitted = False
-        for sid, result in zip(order, results, strict=True):
-            took = self._take(sid, result)
+        for (sid, copy), result in zip(order, results, strict=True):
+            took = self._take(sid, result, copy)
             admitted = admitted or (admit is not None and admit[0] == sid and took)
         return admitted
 
