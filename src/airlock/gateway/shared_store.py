@@ -257,8 +257,7 @@ class RedisSessionStore:
         """Write the deltas of ``sids`` in one round trip; with ``admit`` (id, request cap,
         byte cap), also count one request of that session against the caps: whether it
         was admitted."""
-        pipe = self._redis.pipeline(transaction=False)
-        order: list[tuple[str, Session | None]] = []
+        calls: list[tuple[str, list[str], list[str], Session | None]] = []
         for sid in sids:
             s = self._cache.get(sid)
             if s is None:
@@ -274,13 +273,19 @@ class RedisSessionStore:
             # Only counters and the clock changed here: the scalars back are enough.
             scalars = base is not None and not d.others_should_hear
             args = [d.to_wire(), self._channel, cap, byte_cap, "scalars" if scalars else ""]
-            self._apply_script(self._keys(sid), args, client=pipe)
-            order.append((sid, s if scalars else None))
-        if not order:
+            calls.append((sid, self._keys(sid), args, s if scalars else None))
+        if not calls:
             return False
-        results = self._call(pipe.execute)
+        if len(calls) == 1:  # a request's count: one script call, no pipeline around it
+            _, keys, args, _ = calls[0]
+            results = [self._call(lambda: self._apply_script(keys, args))]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, keys, args, _ in calls:
+                self._apply_script(keys, args, client=pipe)
+            results = self._call(pipe.execute)
         admitted = False
-        for (sid, copy), result in zip(order, results, strict=True):
+        for (sid, _, _, copy), result in zip(calls, results, strict=True):
             took = self._take(sid, result, copy)
             admitted = admitted or (admit is not None and admit[0] == sid and took)
         return admitted

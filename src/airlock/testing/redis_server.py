@@ -21,6 +21,15 @@ from airlock.testing.ports import free_port
 DURABILITY = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the server is killed when the thread that started it exits, so a test
+    or benchmark that dies (or is cut short) leaves no Redis behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class RedisServer:
     def __init__(
         self, root: Path, port: int | None = None, addresses: tuple[str, ...] = ("127.0.0.1",)
@@ -61,6 +70,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
