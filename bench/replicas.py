@@ -26,6 +26,7 @@ import base64
 import datetime as dt
 import http.client
 import os
+import shutil
 import ssl
 import tempfile
 import threading
@@ -43,6 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "REPLICAS_RESULTS.md"
 BUDGET = 300  # max_requests of the budget figure's session (its own gateway's setting)
 CAP = 1_000_000  # max_requests of every other session: the latency runs must not reach it
+# The per-session rate limit (1,200/minute by default) is not what is measured here.
+LIMITS = '[limits]\nsession_requests = "1000000/minute"\n'
 OUTAGE = 2.0  # seconds Redis is stopped
 
 
@@ -95,14 +98,21 @@ class Setup:
 
     def start(self) -> None:
         self.redis.start()
-        self.local = Replica(self.root / "local", "local", None, None, max_requests=CAP)
+        self.local = Replica(
+            self.root / "local", "local", None, None, max_requests=CAP, config_extra=LIMITS
+        )
         self.local.make_repo("acme", "tiny")
         self.local.start()
         for i in range(4):
             keys = self.shared[0].state_dir if self.shared else None
             cap = CAP if i < 3 else BUDGET
             g = Replica(
-                self.root / f"shared{i}", f"host-{i}", self.redis.url, keys, max_requests=cap
+                self.root / f"shared{i}",
+                f"host-{i}",
+                self.redis.url,
+                keys,
+                max_requests=cap,
+                config_extra=LIMITS,
             )
             g.make_repo("acme", "tiny")
             g.start()
@@ -328,6 +338,7 @@ def run_bench(quick: bool) -> str:
         measure_outage(s, r)
     finally:
         s.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return render(r, quick, started, time.monotonic() - t0)
 
 
