@@ -325,3 +325,75 @@ async def test_a_byte_budget_spent_through_one_store_stops_requests_on_another(
         assert stale is not None and stale.bytes == 0
         assert b.begin_request(stale) is False
         assert (b.get(s.id) or stale).bytes == LIMITS.max_bytes
+
+
+async def test_a_revocation_reaches_a_store_holding_back_an_empty_change(
+    server: RedisServer,
+) -> None:
+    """b counted a request that moved nothing (a refused fetch), so its copy is marked as
+    changed with nothing to write; a's revocation must still reach it."""
+    async with _stores(server.url, 2) as (a, b):
+        s = _session()
+        a.put(s)
+        await _until(lambda: _known(b, s.id))
+        assert b.begin_request(b.get(s.id) or s)
+        b.put(b.get(s.id) or s, durable=False)  # finish_request with 0 bytes, no use
+        a.put(lc.revoke(a.get(s.id) or s, "operator"))
+        await _until(lambda: _revoked(b, s.id), 1.0)
+
+
+async def test_a_body_change_reaches_a_store_holding_back_usage(server: RedisServer) -> None:
+    """a changes the body (a renewal's certificate, here a label) while b holds back usage
+    of the same session: b must take the new body, not keep its own."""
+    async with _stores(server.url, 2) as (a, b):
+        s = _session()
+        a.put(s)
+        await _until(lambda: _known(b, s.id))
+        busy = lc.finish_request(b.get(s.id) or s, now=time.time(), nbytes=9, success=True)
+        b.put(busy, durable=False)
+        a.put(lc.Session(**{**(a.get(s.id) or s).__dict__, "cert_fingerprint": "f" * 64}))
+        await _until(lambda: (b.get(s.id) or s).cert_fingerprint == "f" * 64, 1.0)
+        assert (b.get(s.id) or s).bytes == 9
+
+
+async def test_a_silently_dead_subscription_is_noticed(server: RedisServer) -> None:
+    """Only a's subscription connection is cut (its packets dropped: what a NAT that forgot
+    an idle connection does), its other connections work: a must stop serving, because it
+    can no longer hear revocations, and catch up when the connection is back."""
+    async with _stores(server.url, 2) as (a, b):
+        s = _session()
+        a.put(s)
+        await _until(lambda: _known(b, s.id))
+        client = redis.Redis.from_url(server.url)
+        subscribers = [c for c in client.client_list(_type="pubsub")]
+        client.close()
+        assert len(subscribers) == 2
+        # Which one is a's? Cut one; the one whose store goes unavailable is a.
+        port = int(subscribers[0]["addr"].rpartition(":")[2])
+        with _partition_port(port):
+            cut = await _until(lambda: not a.available or not b.available, 2.0)
+            assert cut < 1.5
+            deaf, other = (a, b) if not a.available else (b, a)
+            other.put(lc.revoke(other.get(s.id) or s, "operator"))
+            assert deaf.get(s.id) is None  # it serves nothing while it cannot hear
+        await _until(lambda: deaf.available, 5.0)
+        assert _revoked(deaf, s.id)
+
+
+@contextlib.contextmanager
+def _partition_port(port: int) -> Iterator[None]:
+    """Drop one loopback TCP connection's packets both ways (by its client's port)."""
+    table = f"airlock_test_conn_{port}"
+    rules = f"""table ip {table} {{
+  chain out {{
+    type filter hook output priority 0;
+    tcp sport {port} drop
+    tcp dport {port} drop
+  }}
+}}
+"""
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=True)

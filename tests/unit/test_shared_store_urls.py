@@ -11,3 +11,8 @@ def test_a_store_url_is_shown_without_its_password() -> None:
         "rediss://user:***@store.example.com/1"
     )
     assert shown("redis://10.0.0.5:6379/0") == "redis://10.0.0.5:6379/0"
+
+
+def test_a_password_given_as_a_query_parameter_is_masked_too() -> None:
+    got = shown("redis://10.0.0.5:6379/0?password=hunter2&db=1")
+    assert "hunter2" not in got and "password=***" in got and "db=1" in got

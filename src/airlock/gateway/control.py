@@ -199,7 +199,7 @@ class ControlAPI:
             return await handler(request)
         except StoreUnavailable as exc:
             # Not acknowledged, so not done (the store took nothing): the caller may retry.
-            return _error(503, f"{exc}; nothing was changed, retry when it is back")
+            return _error(503, f"{exc}; what it did not acknowledge did not change, retry")
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason)

@@ -486,7 +486,12 @@ class GitProxy:
         current = self.store.get(session_id)
         if current is not None and (created or deleted):
             updated = lifecycle.record_push(current, _repo_key(req), created, deleted)
-            self.store.put(updated, durable=True)
+            try:
+                self.store.put(updated, durable=True)
+            except StoreUnavailable:
+                # The upstream did it; the shared store could not be told. The refs stay
+                # unowned (the session cannot force or delete them): the safe side.
+                out.record.upstream_report = "refs_not_recorded:store_unavailable"
 
     def _refuse_body(self, out: _Outcome, exc: Exception) -> web.Response:
         rid = out.request_id

@@ -538,6 +538,8 @@ class Gateway:
             return  # token files are not per session: nothing to give up
         while True:
             await asyncio.sleep(min(intervals))
+            if not self.store.available:
+                continue  # it lists nothing then: that is not "every session ended"
             now = time.time()
             live = {s.id for s in self.store if not lifecycle.is_finished(s, now)}
             for cred in self.tokens.values():

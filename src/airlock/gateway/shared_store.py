@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.exceptions
@@ -68,7 +68,7 @@ local cur = redis.call('HGET', k, 'state')
 if d.rank > (cur and rank[cur] or -1) then redis.call('HSET', k, 'state', d.state) end
 if d.reason ~= '' then redis.call('HSETNX', k, 'revoked_reason', d.reason) end
 for _, name in ipairs({'requests', 'bytes', 'pushes'}) do
-  if d[name] ~= '0' then redis.call('HINCRBY', k, name, d[name]) end
+  if tonumber(d[name]) ~= 0 then redis.call('HINCRBY', k, name, d[name]) end
 end
 if d.last_used ~= '' then
   local lu = redis.call('HGET', k, 'last_used')
@@ -130,30 +130,37 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    # errors="replace": a stray byte in the store (or on the channel) is a session id that
+    # matches nothing, not an exception.
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def shown(url: str) -> str:
-    """``url`` as messages and the audit log show it: without a password."""
+    """``url`` as messages and the audit log show it: without a password (in the address
+    or as a query parameter)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.query:
+        query = [(k, "***" if "pass" in k.lower() else v) for k, v in parse_qsl(parts.query)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
 
 
 def _client(url: str, retries: int) -> redis.Redis:
     """The gateway's client retries once, at once: a pooled connection that died with a
     Redis restart is replaced (and the command sent again) instead of failing. No more:
     its calls run on the event loop, and an unreachable Redis must cost one timeout, not
-    several. The listener's pings do not retry: a missed answer is the news."""
+    several. The listener does not retry: a missed answer is the news."""
     return redis.Redis.from_url(
         url,
         socket_timeout=TIMEOUT,
         socket_connect_timeout=TIMEOUT,
         retry=Retry(NoBackoff(), retries),
-        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        # Not on a timeout: the script may have run, and running it again would count twice.
+        retry_on_error=[redis.exceptions.ConnectionError],
     )
 
 
@@ -181,6 +188,7 @@ class RedisSessionStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
+        self._recovery_queued = False  # one catch-up at a time on the loop, never a pile
         self.available = False
         self.unavailable_since: float | None = time.monotonic()
         self.outages = 0
@@ -386,7 +394,12 @@ class RedisSessionStore:
                 out.append((sid, None))
                 continue
             decoded = {_s(a): _s(b) for a, b in fields.items()}
-            out.append((sid, from_stored(decoded, map(_s, refs), map(_s, pulls))))
+            try:
+                out.append((sid, from_stored(decoded, map(_s, refs), map(_s, pulls))))
+            except (KeyError, ValueError, TypeError) as exc:
+                # Unreadable (another version's body, a hand edit): not served, and said so.
+                self._on_event("store_session_unreadable", session=sid, error=repr(exc)[:200])
+                out.append((sid, None))
         return out
 
     def _install(self, fetched: list[tuple[str, Session | None]]) -> None:
@@ -411,14 +424,15 @@ class RedisSessionStore:
         self._install(fetched)
 
     def _changed(self, sid: str) -> None:
-        """Another gateway changed ``sid`` (on the loop, from the listener thread)."""
+        """Another gateway changed ``sid`` (on the loop, from the listener thread): write
+        what this gateway held back of it first, then read all of it (body and sets too:
+        what was published is never only counters)."""
         if not self.available:
             return  # the resync on recovery reads it
         try:
             if sid in self._dirty:
-                self._apply([sid])  # what comes back is the merge of both
-            else:
-                self._install(self._fetch([sid]))
+                self._apply([sid])
+            self._install(self._fetch([sid]))
         except StoreUnavailable:
             pass
 
@@ -436,8 +450,16 @@ class RedisSessionStore:
             self._on_event("store_unavailable", store=self.where)
             self._cache.ended(None)  # no session can be vouched for: open tunnels end
 
+    def _queue_recovery(self) -> None:
+        """From the listener: one catch-up on the loop, unless one is already waiting."""
+        if not self._recovery_queued:
+            self._recovery_queued = True
+            self._post(self._recovered)
+
     def _recovered(self) -> None:
-        """Redis answers again and the listener is subscribed: catch up, then serve."""
+        """The listener is subscribed (again): catch up on what was published before, then
+        serve (again)."""
+        self._recovery_queued = False
         try:
             if self._dirty:
                 # Held-back usage first, so the reload below reads it merged.
@@ -469,20 +491,28 @@ class RedisSessionStore:
                 pubsub.subscribe(self._channel)
                 # Subscribed: whatever changed before now is read by this reload (the first
                 # time: what changed since the constructor's load).
-                self._post(self._recovered)
-                next_ping = time.monotonic() + PING_INTERVAL
+                self._queue_recovery()
+                # The pings go down the subscription itself: it is the connection whose loss
+                # would make this gateway deaf to revocations (a NAT that dropped an idle
+                # connection answers nothing, and says nothing either).
+                last_pong = next_ping = time.monotonic()
                 while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=PING_INTERVAL)
-                    if msg is not None and msg.get("type") == "message":
-                        self._post(self._changed, _s(msg["data"]))
                     if time.monotonic() >= next_ping:
-                        client.ping()
+                        pubsub.ping()
                         next_ping = time.monotonic() + PING_INTERVAL
-                        if not self.available:
-                            # A call on the loop failed while this connection held: Redis
-                            # answers again, so catch up (again, if the last try failed).
-                            self._post(self._recovered)
-            except (redis.exceptions.RedisError, OSError):
+                    msg = pubsub.get_message(timeout=PING_INTERVAL)
+                    if msg is not None and msg.get("type") == "pong":
+                        last_pong = time.monotonic()
+                    elif msg is not None and msg.get("type") == "message":
+                        self._post(self._changed, _s(msg["data"]))
+                    if time.monotonic() - last_pong > PING_INTERVAL + TIMEOUT:
+                        raise TimeoutError("no answer on the subscription")
+                    if not self.available:
+                        # A call on the loop failed while this connection held: Redis
+                        # answers here, so catch up (again, if the last try failed).
+                        self._queue_recovery()
+            except Exception:
+                # The thread must not die: then nothing would notice outages or recover.
                 self._post(self._set_available, False)
                 self._stop.wait(PING_INTERVAL)
             finally:

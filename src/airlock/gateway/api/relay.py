@@ -494,7 +494,8 @@ class ApiRelay:
                         tunnel, upstream, stream, conn, request, body, decision, call
                     )
                 finally:
-                    self.store.release_pull(session, hold)
+                    if "pull_not_recorded" not in call.extra:
+                        self.store.release_pull(session, hold)
         finally:
             if self.rate_limits is not None:
                 await self.rate_limits.done(session.id, call.bytes_down + len(body))
@@ -711,7 +712,15 @@ class ApiRelay:
             return
         number, node_id = found
         current = self.store.get(tunnel.session_id) or session
-        self.store.put(lifecycle.record_pull(current, created.repo, number, node_id), durable=True)
+        try:
+            self.store.put(
+                lifecycle.record_pull(current, created.repo, number, node_id), durable=True
+            )
+        except StoreUnavailable:
+            # Opened upstream, not recorded: the session may not update it, and its slot in
+            # the budget stays held (until it lapses), so the budget is not overshot.
+            call.extra["pull_not_recorded"] = f"{created.repo}#{number}"
+            return
         call.extra["pull"] = f"{created.repo}#{number}"
         if created.labels:
             try:
