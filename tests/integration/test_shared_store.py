@@ -258,21 +258,34 @@ async def test_a_store_cut_off_refuses_and_reads_what_it_missed_when_back(
 
 
 @contextlib.contextmanager
-def _partition(address: str, port: int) -> Iterator[None]:
-    table = f"airlock_test_partition_{port}"
-    rules = f"""table ip {table} {{
-  chain out {{
-    type filter hook output priority 0;
-    ip daddr {address} tcp dport {port} drop
-    ip saddr {address} tcp sport {port} drop
-  }}
-}}
-"""
+def _dropped(name: str, *matches: str) -> Iterator[None]:
+    """Loopback packets matching any of ``matches`` (nft match expressions) dropped, in a
+    table of their own that goes when the block ends."""
+    table = f"airlock_test_{name}"
+    drops = "".join(f"    {m} drop\n" for m in matches)
+    rules = (
+        f"table ip {table} {{\n  chain out {{\n    type filter hook output priority 0;\n"
+        f"{drops}  }}\n}}\n"
+    )
     subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
     try:
         yield
     finally:
         subprocess.run(["nft", "delete", "table", "ip", table], check=True)
+
+
+def _partition(address: str, port: int) -> contextlib.AbstractContextManager[None]:
+    """Everything between ``address`` and Redis's ``port`` dropped, both ways."""
+    return _dropped(
+        f"partition_{port}",
+        f"ip daddr {address} tcp dport {port}",
+        f"ip saddr {address} tcp sport {port}",
+    )
+
+
+def _partition_port(port: int) -> contextlib.AbstractContextManager[None]:
+    """Drop one loopback TCP connection's packets both ways (by its client's port)."""
+    return _dropped(f"conn_{port}", f"tcp sport {port}", f"tcp dport {port}")
 
 
 def test_the_lua_merge_is_the_python_merge(server: RedisServer) -> None:
@@ -378,22 +391,3 @@ async def test_a_silently_dead_subscription_is_noticed(server: RedisServer) -> N
             assert deaf.get(s.id) is None  # it serves nothing while it cannot hear
         await _until(lambda: deaf.available, 5.0)
         assert _revoked(deaf, s.id)
-
-
-@contextlib.contextmanager
-def _partition_port(port: int) -> Iterator[None]:
-    """Drop one loopback TCP connection's packets both ways (by its client's port)."""
-    table = f"airlock_test_conn_{port}"
-    rules = f"""table ip {table} {{
-  chain out {{
-    type filter hook output priority 0;
-    tcp sport {port} drop
-    tcp dport {port} drop
-  }}
-}}
-"""
-    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nft", "delete", "table", "ip", table], check=True)
